@@ -1,0 +1,252 @@
+"""Unit tests of common.py: diffusion core, CFG, mixing-ratio sampler and guideline, ANOVA."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import common
+
+
+# --- noise schedule --------------------------------------------------------------------------
+def test_squaredcos_schedule_matches_closed_form():
+    T = 100
+    sched = common.NoiseSchedule.make(T)
+    f = lambda t: math.cos((t / T + 0.008) / 1.008 * math.pi / 2) ** 2
+    betas = sched.betas.numpy()
+    assert betas.shape == (T,)
+    assert np.all(betas > 0) and np.all(betas <= 0.999)
+    assert np.all(np.diff(sched.alphas_cumprod.numpy()) < 0)
+    # where no beta is capped, prod(1 - beta) telescopes to f(t + 1) / f(0)
+    for t in (0, 10, 50, 90):
+        assert sched.alphas_cumprod[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-9)
+    assert betas[-1] == pytest.approx(0.999)  # the cap of squaredcos_cap_v2
+
+
+def test_add_noise_endpoints():
+    sched = common.NoiseSchedule.make(100)
+    x0 = torch.randn(5, 3, dtype=torch.float64)
+    t = torch.tensor([0, 10, 20, 50, 99])
+    out = sched.add_noise(x0, torch.zeros_like(x0), t)
+    assert torch.allclose(out, sched.alphas_cumprod[t].sqrt()[:, None] * x0)
+    eps = torch.randn_like(x0)
+    out = sched.add_noise(torch.zeros_like(x0), eps, t)
+    assert torch.allclose(out, (1 - sched.alphas_cumprod[t]).sqrt()[:, None] * eps)
+
+
+def test_ddpm_loss_oracle_is_zero_and_zero_model_is_one():
+    sched = common.NoiseSchedule.make(100)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.zeros(4096, 2)  # data at the origin: x_t = sqrt(1 - abar) eps exactly
+    oracle = lambda x_t, t, c: x_t / (1 - sched.alphas_cumprod.float()[t]).sqrt()[:, None]
+    assert common.ddpm_loss(oracle, x0, None, sched, g).item() < 1e-10
+    zero = lambda x_t, t, c: torch.zeros_like(x_t)
+    assert common.ddpm_loss(zero, x0, None, sched, g).item() == pytest.approx(1.0, abs=0.05)
+    per = common.ddpm_loss(zero, torch.zeros(3, 7, 2), None, sched, g, reduce=False)
+    assert per.shape == (3, 7)
+
+
+def test_ddim_timesteps():
+    assert common.ddim_timesteps(100, 10) == [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]
+    assert common.ddim_timesteps(100, 100) == list(range(99, -1, -1))
+    with pytest.raises(ValueError):
+        common.ddim_timesteps(100, 0)
+
+
+def two_mode_eps(sched):
+    """Exact eps for data 0.5 * delta(-1) + 0.5 * delta(+1): eps = (x - sqrt(abar) E[x0|x]) / sqrt(1-abar)."""
+    def eps_fn(x, t):
+        a = sched.alphas_cumprod.float()[t].unsqueeze(-1)
+        logit = 2 * a.sqrt() * x / (1 - a)  # log p(x | +1) - log p(x | -1)
+        x0 = torch.tanh(logit / 2)
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+    return eps_fn
+
+
+def assert_two_modes(x, tol=0.15, share=0.95):
+    x = x.flatten()
+    near = (x - x.sign()).abs() < tol
+    assert near.float().mean() > share, "samples should sit on the modes at -1 and +1"
+    frac_pos = (x > 0).float().mean().item()
+    assert 0.4 < frac_pos < 0.6, f"both modes should be recovered, got {frac_pos:.2f} at +1"
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_samplers_with_exact_denoiser_recover_both_modes(sampler):
+    sched = common.NoiseSchedule.make(100)
+    g = torch.Generator().manual_seed(0)
+    if sampler == "ddpm":
+        x = common.ddpm_sample(two_mode_eps(sched), (2000, 1), sched, g)
+    else:
+        x = common.ddim_sample(two_mode_eps(sched), (2000, 1), sched, 10, g)
+    assert_two_modes(x)
+
+
+def test_samplers_with_trained_denoiser_recover_both_modes():
+    """Train a small MLP on 1-D two-mode data, then DDPM (100 steps) and DDIM (10) sample it."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    sched = common.NoiseSchedule.make(100)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Mish(), torch.nn.Linear(64, 64),
+                              torch.nn.Mish(), torch.nn.Linear(64, 1))
+    model = lambda x_t, t, c: net(torch.cat([x_t, (t.float() / 100).unsqueeze(-1)], -1))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(1500):
+        x0 = torch.where(torch.rand(256, 1, generator=g) < 0.5, -1.0, 1.0)
+        loss = common.ddpm_loss(model, x0, None, sched, g)
+        opt.zero_grad(); loss.backward(); opt.step()
+    eps_fn = lambda x, t: model(x, t, None)
+    with torch.no_grad():
+        assert_two_modes(common.ddpm_sample(eps_fn, (1000, 1), sched, g, clip=1.0), 0.25, 0.9)
+        assert_two_modes(common.ddim_sample(eps_fn, (1000, 1), sched, 10, g, clip=1.0), 0.25, 0.9)
+
+
+def test_ddim_eta0_is_deterministic_given_noise():
+    sched = common.NoiseSchedule.make(100)
+    a = common.ddim_sample(two_mode_eps(sched), (50, 1), sched, 10, torch.Generator().manual_seed(3))
+    b = common.ddim_sample(two_mode_eps(sched), (50, 1), sched, 10, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+# --- CFG -------------------------------------------------------------------------------------
+def test_cfg_combine():
+    c, u = torch.randn(4, 3), torch.randn(4, 3)
+    assert torch.allclose(common.cfg_combine(c, u, 0.0), c)
+    assert torch.allclose(common.cfg_combine(c, u, -1.0), u)
+    assert torch.allclose(common.cfg_combine(c, u, 1.0), 2 * c - u)
+    assert torch.allclose(common.cfg_combine(c, u, -0.5), 0.5 * c + 0.5 * u)
+
+
+# --- EMA -------------------------------------------------------------------------------------
+def test_ema_update_and_decay():
+    e, p = [torch.zeros(3)], [torch.ones(3)]
+    common.ema_update(e, p, 0.75)
+    assert torch.allclose(e[0], torch.full((3,), 0.25))
+    common.ema_update(e, p, 0.0)
+    assert torch.allclose(e[0], p[0])
+    assert common.ema_decay(0) == 0.0
+    assert 0.99 < common.ema_decay(10_000) < 0.9999 + 1e-12
+
+
+# --- mixing-ratio sampler (Eq. 1) ------------------------------------------------------------
+@pytest.mark.parametrize("w", [0.0, 0.016, 0.1, 0.5, 0.8, 1.0])
+def test_sampler_composition_matches_w(w):
+    g = torch.Generator().manual_seed(1)
+    is_t, idx = common.sample_mixed_batch(50, 3000, w, 256, g)
+    assert is_t.shape == idx.shape == (256,)
+    fracs = [common.sample_mixed_batch(50, 3000, w, 256, g)[0].float().mean().item() for _ in range(400)]
+    mean = float(np.mean(fracs))
+    se = math.sqrt(max(w * (1 - w), 1e-12) / (256 * 400))
+    assert abs(mean - w) < 5 * se + 1e-12
+    if w == 0.0:
+        assert max(fracs) == 0.0
+    if w == 1.0:
+        assert min(fracs) == 1.0
+
+
+def test_sampler_indices_in_range_and_vector_w():
+    g = torch.Generator().manual_seed(2)
+    w = torch.tensor([0.0, 0.3, 1.0])
+    is_t, idx = common.sample_mixed_batch(7, 11, w, 5000, g)
+    assert is_t.shape == (3, 5000)
+    assert not is_t[0].any() and is_t[2].all()
+    assert (idx[is_t] < 7).all() and (idx[~is_t] < 11).all() and (idx >= 0).all()
+    assert set(idx[is_t].tolist()) == set(range(7))  # uniform within the domain: all drawn
+    assert abs(is_t[1].float().mean().item() - 0.3) < 0.03
+
+
+@pytest.mark.parametrize("w", [-0.1, 1.5, float("nan")])
+def test_sampler_rejects_bad_ratio(w):
+    with pytest.raises(common.UsageError):
+        common.sample_mixed_batch(5, 5, w, 8)
+
+
+def test_sampler_rejects_empty_domain():
+    with pytest.raises(common.UsageError):
+        common.sample_mixed_batch(0, 5, 0.5, 8)
+    with pytest.raises(common.UsageError):
+        common.sample_mixed_batch(5, 0, 0.5, 8)
+    common.sample_mixed_batch(5, 0, 1.0, 8)  # real-only needs no source
+    common.sample_mixed_batch(0, 5, 0.0, 8)  # sim-only needs no target
+
+
+# --- the guideline (App. B.3, D.5) -----------------------------------------------------------
+def test_guideline_numbers():
+    assert common.natural_ratio(50, 3000) == pytest.approx(50 / 3050)
+    w_n, w_q = common.balanced_ratio_range(50, 3000)
+    assert w_n == pytest.approx(0.0164, abs=1e-4)
+    assert w_q == pytest.approx(0.129, abs=1e-3)
+    # M/N = 10 > 5: sqrt(N/M)
+    assert common.balanced_ratio_range(50, 500)[1] == pytest.approx(math.sqrt(0.1))
+    assert common.balanced_ratio_range(10, 3000)[1] == pytest.approx(math.sqrt(10 / 3000))
+    # M/N = 2 <= 5: N q / ((1 - q) M + N q) with q = 0.8
+    assert common.balanced_ratio_range(50, 100)[1] == pytest.approx(40 / 60)
+    assert common.balanced_ratio_range(50, 100, cap=0.5)[1] == 0.5
+    for n, m in [(10, 3000), (50, 500), (50, 100), (50, 3000)]:
+        lo, hi = common.balanced_ratio_range(n, m)
+        assert 0 < lo < hi < 1
+    with pytest.raises(common.UsageError):
+        common.natural_ratio(0, 10)
+
+
+def test_resolve_ratio():
+    assert common.resolve_ratio("natural", 50, 3000) == pytest.approx(50 / 3050)
+    lo, hi = common.balanced_ratio_range(50, 3000)
+    assert common.resolve_ratio("auto", 50, 3000) == pytest.approx(math.sqrt(lo * hi))
+    assert common.resolve_ratio("0.3", 50, 3000) == 0.3
+    assert common.resolve_ratio(1, 50, 3000) == 1.0
+    for bad in ("1.5", "-0.1", "abc", "nan"):
+        with pytest.raises(common.UsageError):
+            common.resolve_ratio(bad, 50, 3000)
+
+
+# --- ANOVA -----------------------------------------------------------------------------------
+def test_two_way_anova_hand_example():
+    # cells (A, B): A1B1 {1, 3}, A1B2 {5, 7}, A2B1 {2, 4}, A2B2 {10, 12}; grand mean 5.5.
+    # By hand: SS_A = 2*2*((4-5.5)^2 + (7-5.5)^2) = 18; SS_B = 2*2*((2.5-5.5)^2 + (8.5-5.5)^2) = 72;
+    # interaction residuals of the cell means are +-1, so SS_AB = 2*4*1 = 8; within cells every
+    # value is +-1 from its mean, SS_E = 8; total 106. F_A = 18 / (8 / 4) = 9.
+    y = np.array([[[1, 3], [5, 7]], [[2, 4], [10, 12]]], dtype=float)
+    r = common.two_way_anova(y)
+    assert r["A"]["ss"] == pytest.approx(18)
+    assert r["B"]["ss"] == pytest.approx(72)
+    assert r["AB"]["ss"] == pytest.approx(8)
+    assert r["residual"]["ss"] == pytest.approx(8)
+    assert r["ss_total"] == pytest.approx(106)
+    assert (r["A"]["df"], r["B"]["df"], r["AB"]["df"], r["residual"]["df"]) == (1, 1, 1, 4)
+    assert r["A"]["F"] == pytest.approx(9)
+    assert r["B"]["F"] == pytest.approx(36)
+    assert r["A"]["share"] == pytest.approx(18 / 106)
+    # p of F(1, 4) = 9: the F(1, 4) tail equals the two-sided t(4) tail at t = 3
+    from scipy import stats
+    assert r["A"]["p"] == pytest.approx(2 * stats.t.sf(3, 4))
+    assert sum(r[k]["share"] for k in ("A", "B", "AB", "residual")) == pytest.approx(1)
+
+
+def test_two_way_anova_pure_factor():
+    rng = np.random.default_rng(0)
+    y = np.arange(4)[:, None, None] + np.zeros((4, 3, 5)) + 1e-6 * rng.standard_normal((4, 3, 5))
+    r = common.two_way_anova(y)
+    assert r["A"]["share"] > 0.999 and r["B"]["share"] < 1e-6
+    with pytest.raises(ValueError):
+        common.two_way_anova(np.zeros((2, 2, 1)))
+
+
+# --- seeding and argument parsing ------------------------------------------------------------
+def test_seed_everything_reproducible():
+    common.seed_everything(5)
+    a = (torch.rand(3), np.random.rand(3))
+    common.seed_everything(5)
+    b = (torch.rand(3), np.random.rand(3))
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_parse_args_profiles_and_flags(toy):
+    a = common.parse_args(toy.Args, toy.PROFILES, ["--profile", "smoke", "--seeds", "3,4", "--lr", "0.01"])
+    assert a.profile == "smoke" and a.seeds == [3, 4] and a.lr == 0.01
+    assert a.d_values == toy.PROFILES["smoke"]["d_values"]
+    a = common.parse_args(toy.Args, toy.PROFILES, ["--no-ema"])
+    assert a.profile == "cpu" and a.ema is False and a.train_steps == toy.Args().train_steps
+    with pytest.raises(SystemExit) as e:
+        common.parse_args(toy.Args, toy.PROFILES, ["--lr", "fast"])
+    assert e.value.code == 2

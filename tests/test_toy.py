@@ -1,0 +1,99 @@
+"""00_toy.py: pieces of the toy world, the batched ensemble, a smoke run end to end, resume, bad input."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from conftest import run_stage
+
+
+def test_toy_world(toy):
+    a = toy.Args()
+    theta = torch.linspace(0, 2 * math.pi, 50)
+    # the domains share the structure and differ by the target scale: copying source is wrong
+    assert torch.allclose(toy.true_output(theta, True, a), a.target_scale * toy.true_output(theta, False, a))
+    th_t, y_t, th_s, y_s = toy.make_dataset(0, a)
+    assert len(th_t) == a.n_target and len(th_s) == a.n_source
+    assert th_t.max() <= 2 * math.pi * a.target_coverage  # target covers part of the curve only
+    assert th_s.max() > 2 * math.pi * a.target_coverage  # source covers the OOD part too
+    x = toy.latent_input(th_t, 3.0, torch.ones(len(th_t)))
+    assert torch.allclose(x[:, 2], torch.full((len(th_t),), 3.0))  # separated by d along z3
+    _, ood = toy.eval_thetas(a)
+    assert 0 < ood.float().mean() < 1
+    assert toy.regime(0.0, a) == "overlapping" and toy.regime(1.0, a) == "structured"
+    assert toy.regime(8.0, a) == "disjoint"
+
+
+def test_ensemble_members_are_independent(toy):
+    """Member k of the batched ensemble computes what a lone MLP with its weights computes, and a
+    loss on one member leaves the others' gradients at zero."""
+    m = toy.EnsembleMLP([1, 2, 3], 5, 16, 2, 8)
+    y_t, x = torch.randn(3, 4, 2), torch.randn(3, 4, 3)
+    t = torch.randint(0, 100, (3, 4))
+    out = m(y_t, t, x)
+    solo = toy.EnsembleMLP([2], 5, 16, 2, 8)
+    assert torch.allclose(out[1], solo(y_t[1:2], t[1:2], x[1:2])[0], atol=1e-6)
+    out[1].sum().backward()
+    assert m.W[0].grad[0].abs().sum() == 0 and m.W[0].grad[2].abs().sum() == 0
+    assert m.W[0].grad[1].abs().sum() > 0
+
+
+def test_cell_metrics_know_the_answer(toy):
+    a = toy.Args(eval_points=40, eval_samples=3)
+    theta, ood = toy.eval_thetas(a)
+    perfect = toy.true_output(theta, True, a).unsqueeze(1).expand(-1, 3, 2)
+    m = toy.cell_metrics(perfect, a)
+    assert m["mse_all"] == 0 and m["w2"] == pytest.approx(0, abs=1e-6) and m["source_mode"] == 0
+    copied = toy.true_output(theta, False, a).unsqueeze(1).expand(-1, 3, 2)
+    m = toy.cell_metrics(copied, a)
+    assert m["mse_all"] > 0.1 and m["source_mode"] == 1.0
+
+
+def test_smoke_run_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "toy"
+    r = run_stage("00_toy.py", "--profile", "smoke", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    for f in ("config.json", "metrics.json", "fig3_grid.png", "fig4_loss_vs_ratio.png",
+              "fig_setup.png", "summary.md", "cells/d_0.json", "cells/d_1.json"):
+        assert (out / f).exists(), f
+    m = json.loads((out / "metrics.json").read_text())
+    assert len(m["cells"]) == 2 * 2 * 2  # d x w x seeds of the smoke profile
+    shares = [m["anova"][k]["share"] for k in ("alignment", "ratio", "interaction", "residual")]
+    assert sum(shares) == pytest.approx(1)
+    assert all(math.isfinite(c["mse_all"]) for c in m["cells"])
+
+    # resume: a lost cell file is recomputed, identical to the first run; the rest is reused
+    before = (out / "cells" / "d_1.json").read_text()
+    os.remove(out / "cells" / "d_1.json")
+    (out / "cells" / "d_0.json").write_text(json.dumps({**json.loads((out / "cells" / "d_0.json").read_text()), "marker": 1}))
+    r = run_stage("00_toy.py", "--profile", "smoke", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert (out / "cells" / "d_1.json").read_text() == before
+    assert json.loads((out / "cells" / "d_0.json").read_text())["marker"] == 1  # not retrained
+
+    # the same folder with another config is refused, nothing overwritten
+    cfg = (out / "config.json").read_text()
+    r = run_stage("00_toy.py", "--profile", "smoke", "--n-target", "7", "--out", str(out))
+    assert r.returncode == 2 and "different config" in r.stderr
+    assert (out / "config.json").read_text() == cfg
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--profile", "gpu-huge"], "invalid choice"),
+    (["--ratios", "0.1,1.5"], "mixing ratio must be in [0, 1]"),
+    (["--ratios", "0.1,fast"], "ratio must be a number"),
+    (["--n-target", "0"], "--n-target must be positive"),
+    (["--n-source", "-5"], "--n-source must be positive"),
+    (["--train-steps", "0"], "--train-steps must be positive"),
+    (["--d-values", "-1,2"], "--d-values must be finite and >= 0"),
+    (["--target-coverage", "1.2"], "--target-coverage"),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, flags, words):
+    out = tmp_path / "never"
+    r = run_stage("00_toy.py", "--profile", "smoke", "--out", str(out), *flags)
+    assert r.returncode == 2
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and words in lines[0], r.stderr
+    assert not out.exists()
