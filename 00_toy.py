@@ -300,13 +300,15 @@ def run_group(d: float, ws: list, a: Args, data: dict, pbar) -> dict:
 # analysis: ANOVA and figures
 # ----------------------------------------------------------------------------------------------
 def anova_table(rows: list, a: Args, ws: list, key: str = "mse_all", log: bool = False) -> dict:
-    """Two-factor ANOVA of `key` over (alignment d, mixing ratio w), seeds as replicates."""
+    """Two-factor ANOVA of `key` over (alignment d, mixing ratio w in `ws`), seeds as replicates."""
     y = np.zeros((len(a.d_values), len(ws), len(a.seeds)))
     for r in rows:
-        v = r[key]
-        y[a.d_values.index(r["d"]), ws.index(r["w"]), a.seeds.index(r["seed"])] = math.log(v) if log else v
+        if r["w"] in ws:
+            v = r[key]
+            y[a.d_values.index(r["d"]), ws.index(r["w"]), a.seeds.index(r["seed"])] = math.log(v) if log else v
     res = common.two_way_anova(y)
-    return {"metric": ("log " if log else "") + key, "factor_A": "alignment d", "factor_B": "mixing ratio w",
+    return {"metric": ("log " if log else "") + key, "ratios": ws,
+            "factor_A": "alignment d", "factor_B": "mixing ratio w",
             "alignment": res["A"], "ratio": res["B"], "interaction": res["AB"],
             "residual": res["residual"], "ss_total": res["ss_total"]}
 
@@ -368,6 +370,32 @@ def plot_fig4(rows: list, a: Args, ws: list, path: str):
     plt.close(fig)
 
 
+def plot_loss_vs_d(rows: list, a: Args, ws: list, path: str):
+    """Loss against the separation d: mean over the co-training ratios (w < 1) and best ratio."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cot = [w for w in ws if w < 1] or ws
+    xs = np.arange(len(a.d_values))
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for key, label, c in (("mse_all", "whole curve", "k"), ("mse_ood", "OOD region", "tab:red")):
+        cell = {(d, w): np.mean([r[key] for r in rows if r["d"] == d and r["w"] == w]) for d in a.d_values for w in ws}
+        ax.plot(xs, [np.mean([cell[d, w] for w in cot]) for d in a.d_values], "-o", color=c, ms=4,
+                label=f"{label}: mean over w < 1")
+        ax.plot(xs, [min(cell[d, w] for w in cot) for d in a.d_values], "--s", color=c, ms=3,
+                label=f"{label}: best w < 1")
+        if 1.0 in ws:
+            ax.axhline(np.mean([cell[d, 1.0] for d in a.d_values]), color=c, lw=0.8, ls=":",
+                       label=f"{label}: target-only (w = 1)")
+    ax.set_xticks(xs, [f"{d:g}\n{regime(d, a)[:4]}" for d in a.d_values], fontsize=7)
+    ax.set_xlabel("separation d along z3 (regime)"); ax.set_ylabel("MSE vs ground truth")
+    ax.set_yscale("log"); ax.legend(fontsize=6)
+    ax.set_title("Toy co-training: loss against alignment", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 def plot_setup(a: Args, data: dict, path: str):
     """The toy world: inputs in the 3-D latent space and outputs, for one d."""
     import matplotlib
@@ -395,19 +423,27 @@ def plot_setup(a: Args, data: dict, path: str):
     plt.close(fig)
 
 
-def summary_markdown(rows: list, anova: dict, anova_log: dict, a: Args, ws: list) -> str:
+def loss_table(rows: list, a: Args, ws: list, key: str) -> list:
     lines = ["| d | regime | " + " | ".join(f"w={w:.3g}" for w in ws) + " |",
              "|---|---|" + "---|" * len(ws)]
     for d in a.d_values:
         cells = []
         for w in ws:
-            v = [r["mse_all"] for r in rows if r["d"] == d and r["w"] == w]
+            v = [r[key] for r in rows if r["d"] == d and r["w"] == w]
             cells.append(f"{np.mean(v):.3f} ± {np.std(v):.3f}")
         lines.append(f"| {d:g} | {regime(d, a)} | " + " | ".join(cells) + " |")
-    out = ["Loss (MSE of sampled outputs vs ground truth over the whole target curve), mean ± std over "
-           f"{len(a.seeds)} seeds:", ""] + lines + [""]
-    for tab in (anova, anova_log):
-        out += [f"Two-factor ANOVA on {tab['metric']} (share of total sum of squares):", "",
+    return lines
+
+
+def summary_markdown(rows: list, anovas: list, a: Args, ws: list) -> str:
+    n = len(a.seeds)
+    out = [f"Loss (MSE of sampled outputs vs ground truth over the whole target curve), mean ± std over {n} seeds:",
+           ""] + loss_table(rows, a, ws, "mse_all") + [
+           "", f"MSE in the target's OOD region only, mean ± std over {n} seeds:", ""] + loss_table(
+           rows, a, ws, "mse_ood") + [""]
+    for tab in anovas:
+        which = "all ratios" if tab["ratios"] == ws else "ratios " + ", ".join(f"{w:g}" for w in tab["ratios"])
+        out += [f"Two-factor ANOVA on {tab['metric']}, {which} (share of total sum of squares):", "",
                 "| term | SS | df | share | F | p |", "|---|---|---|---|---|---|"]
         for k in ("alignment", "ratio", "interaction", "residual"):
             r = tab[k]
@@ -458,14 +494,20 @@ def main(argv=None):
                "natural_ratio": common.natural_ratio(a.n_target, a.n_source),
                "balanced_range": common.balanced_ratio_range(a.n_target, a.n_source)}
     if len(a.seeds) >= 2:
-        metrics["anova"] = anova_table(rows, a, ws)
-        metrics["anova_log"] = anova_table(rows, a, ws, log=True)
+        metrics["anova"] = anova_table(rows, a, ws)  # the pre-declared analysis
+        # secondary views: log loss; co-training ratios only (w = 1 ignores the source, so d has
+        # no effect there); the OOD region alone
+        cotrain = [w for w in ws if w < 1]
+        metrics["anova_variants"] = [anova_table(rows, a, ws, log=True)] + (
+            [anova_table(rows, a, cotrain)] if 2 <= len(cotrain) < len(ws) else []) + [
+            anova_table(rows, a, ws, key="mse_ood")]
     common.write_json(os.path.join(a.out, "metrics.json"), metrics)
     plot_fig3(groups, a, ws, data, os.path.join(a.out, "fig3_grid.png"))
     plot_fig4(rows, a, ws, os.path.join(a.out, "fig4_loss_vs_ratio.png"))
     plot_setup(a, data, os.path.join(a.out, "fig_setup.png"))
+    plot_loss_vs_d(rows, a, ws, os.path.join(a.out, "fig_loss_vs_d.png"))
     if "anova" in metrics:
-        md = summary_markdown(rows, metrics["anova"], metrics["anova_log"], a, ws)
+        md = summary_markdown(rows, [metrics["anova"]] + metrics["anova_variants"], a, ws)
         common.write_text(os.path.join(a.out, "summary.md"), md)
         print(md)
     print(f"wrote {a.out}")
