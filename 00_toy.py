@@ -440,7 +440,9 @@ def summary_markdown(rows: list, anovas: list, a: Args, ws: list) -> str:
     out = [f"Loss (MSE of sampled outputs vs ground truth over the whole target curve), mean ± std over {n} seeds:",
            ""] + loss_table(rows, a, ws, "mse_all") + [
            "", f"MSE in the target's OOD region only, mean ± std over {n} seeds:", ""] + loss_table(
-           rows, a, ws, "mse_ood") + [""]
+           rows, a, ws, "mse_ood") + [
+           "", "Share of samples nearer the source output than the target output (bimodality), "
+           f"mean ± std over {n} seeds:", ""] + loss_table(rows, a, ws, "source_mode") + [""]
     for tab in anovas:
         which = "all ratios" if tab["ratios"] == ws else "ratios " + ", ".join(f"{w:g}" for w in tab["ratios"])
         out += [f"Two-factor ANOVA on {tab['metric']}, {which} (share of total sum of squares):", "",
