@@ -435,9 +435,26 @@ def loss_table(rows: list, a: Args, ws: list, key: str) -> list:
     return lines
 
 
+def per_d_table(rows: list, a: Args, ws: list) -> list:
+    """Per separation d: loss averaged over the co-training ratios (w < 1), the best of them, and
+    the OOD loss likewise (the numbers behind fig_loss_vs_d.png)."""
+    cot = [w for w in ws if w < 1] or ws
+    lines = ["| d | regime | mean loss, w < 1 | best loss (w) | mean OOD loss, w < 1 | best OOD loss (w) |",
+             "|---|---|---|---|---|---|"]
+    for d in a.d_values:
+        row = [f"{d:g}", regime(d, a)]
+        for key in ("mse_all", "mse_ood"):
+            cell = {w: np.mean([r[key] for r in rows if r["d"] == d and r["w"] == w]) for w in cot}
+            best = min(cell, key=cell.get)
+            row += [f"{np.mean(list(cell.values())):.3f}", f"{cell[best]:.3f} ({best:g})"]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def summary_markdown(rows: list, anovas: list, a: Args, ws: list) -> str:
     n = len(a.seeds)
-    out = [f"Loss (MSE of sampled outputs vs ground truth over the whole target curve), mean ± std over {n} seeds:",
+    out = ["Per separation d, over the co-training ratios (seed means):", ""] + per_d_table(rows, a, ws) + [
+           "", f"Loss (MSE of sampled outputs vs ground truth over the whole target curve), mean ± std over {n} seeds:",
            ""] + loss_table(rows, a, ws, "mse_all") + [
            "", f"MSE in the target's OOD region only, mean ± std over {n} seeds:", ""] + loss_table(
            rows, a, ws, "mse_ood") + [
