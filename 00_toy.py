@@ -13,12 +13,13 @@ out-of-distribution (OOD) region. A 4-layer MLP diffusion model learns p(y | x),
 mixing ratio w (Eq. 1). Every (d, w, seed) cell is one model; the models of one d are trained
 together as a batched ensemble (one bmm per layer), which is exactly K independent trainings.
 
-    python 00_toy.py                      # default sweep, ~10 min on 2 CPU cores
+    python 00_toy.py                      # default sweep, ~9 min on 2 CPU cores
     python 00_toy.py --profile smoke      # seconds
     python 00_toy.py --d-values 0,0.5,4 --ratios 0.016,0.1,natural --seeds 0,1,2
 
 Outputs in --out: config.json, cells/d_<d>.json (per-cell metrics; a rerun skips finished d values),
-metrics.json (all cells + ANOVA), fig3_grid.png, fig4_loss_vs_ratio.png, fig_setup.png, summary.md.
+metrics.json (all cells + ANOVA), summary.md, fig3_grid.png, fig4_loss_vs_ratio.png, fig_loss_vs_d.png,
+fig_setup.png. A killed run, rerun with the same arguments, resumes at the first unfinished d.
 """
 import copy
 import json
@@ -474,7 +475,7 @@ def summary_markdown(rows: list, anovas: list, a: Args, ws: list) -> str:
 
 # ----------------------------------------------------------------------------------------------
 def main(argv=None):
-    a = common.parse_args(Args, PROFILES, argv, description=__doc__.split("\n\n")[0])
+    a = common.parse_args(Args, PROFILES, argv, description=__doc__)
     try:
         ws = check_args(a)
     except common.UsageError as e:

@@ -307,9 +307,10 @@ def parse_args(args_cls, profiles: dict, argv=None, description: str = ""):
     comma-separated values. Bad values exit with one line and code 2."""
     from dataclasses import fields, MISSING
     p = ArgumentParser(description=description,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="cpu", choices=sorted(profiles),
-                   help="preset of defaults (flags override it)")
+                   help="preset of defaults, flags override it; the defaults shown are "
+                        "the base values, a profile may change them (default: cpu)")
     for f in fields(args_cls):
         if f.name == "profile":
             continue
