@@ -1,0 +1,102 @@
+"""tasks.py: task building, seeded resets, domain gaps read back from the model, the scripted
+expert, joint-target replay, cameras, bad names. Few steps, cameras only where tested."""
+import numpy as np
+import pytest
+
+import tasks
+from conftest import run_stage
+
+TASK = "NutAssembly"
+
+
+@pytest.fixture(scope="module")
+def envs():
+    return {d: tasks.make_env(TASK, d) for d in tasks.DOMAIN_NAMES}
+
+
+@pytest.fixture(scope="module")
+def episode(envs):
+    return tasks.run_expert_episode(envs["source"], seed=0)
+
+
+def test_bad_names_raise():
+    with pytest.raises(tasks.TaskError, match="unknown task"):
+        tasks.make_env("Stacking")
+    with pytest.raises(tasks.TaskError, match="unknown domain"):
+        tasks.make_env(TASK, "target_weather")
+    with pytest.raises(tasks.TaskError, match="unknown control"):
+        tasks.make_env(TASK, "source", control="torque")
+
+
+def test_cli_bad_names_exit_2():
+    r = run_stage("tasks.py", "experts", "--tasks", "Stacking", "--episodes", "1")
+    assert r.returncode == 2 and "unknown task" in r.stderr
+    r = run_stage("tasks.py", "experts", "--domains", "source,nowhere", "--episodes", "1")
+    assert r.returncode == 2 and "unknown domain" in r.stderr
+
+
+def test_reset_is_deterministic_and_not_yet_successful(envs):
+    env = envs["source"]
+    s1 = env.reset(11) and env.get_state()
+    s2 = env.reset(11) and env.get_state()
+    s3 = env.reset(12) and env.get_state()
+    assert np.array_equal(s1, s2)
+    assert not np.array_equal(s1, s3)
+    assert not env.success()
+    # the visual domain shares the source's physics and layout: same initial state
+    assert np.array_equal(envs["target_visual"].reset(11) and envs["target_visual"].get_state(), s1)
+
+
+def test_domains_change_what_they_claim(envs):
+    src, vis, phy = (envs[d].sim.model for d in ("source", "target_visual", "target_physics"))
+    gap = tasks.DOMAINS[TASK]["target_physics"].physics
+    nut = src.body_name2id("SquareNut_main")
+    geoms = envs["source"]._object_geoms()
+    peg = src.body_name2id("peg1")
+    # physics: mass, friction, fixture position
+    assert phy.body_mass[nut] == pytest.approx(gap.object_mass_scale * src.body_mass[nut])
+    assert np.allclose(phy.geom_friction[geoms, 0], gap.object_friction_scale * src.geom_friction[geoms, 0])
+    assert np.allclose(phy.body_pos[peg][:2] - src.body_pos[peg][:2], gap.fixture_shift)
+    # ... and not the visuals
+    assert np.array_equal(phy.mat_rgba, src.mat_rgba) and np.array_equal(phy.cam_pos, src.cam_pos)
+    # visual: colors, light, camera; physics untouched
+    assert not np.array_equal(vis.mat_rgba, src.mat_rgba)
+    assert not np.array_equal(vis.light_diffuse, src.light_diffuse)
+    cam = src.camera_name2id("agentview")
+    assert np.linalg.norm(vis.cam_pos[cam] - src.cam_pos[cam]) > 0.01
+    assert vis.body_mass[nut] == src.body_mass[nut] and np.array_equal(vis.body_pos, src.body_pos)
+    # placement: the physics domain's nut starts shifted by the placement shift
+    p_src = envs["source"].reset(3)["nut_pos"]
+    p_phy = envs["target_physics"].reset(3)["nut_pos"]
+    assert np.allclose(p_phy[:2] - p_src[:2], gap.placement_shift, atol=1e-6)
+
+
+def test_expert_episode_succeeds_and_records(episode):
+    assert episode["success"]
+    T = len(episode["actions"])
+    assert episode["actions"].shape == (T, 7)            # OSC_POSE delta + gripper
+    assert episode["joint_actions"].shape == (T, 8)      # joint targets + gripper
+    assert episode["obs_robot0_joint_pos"].shape == (T, 7)
+    assert episode["obs_robot0_gripper_qpos"].shape == (T, 2)
+    assert episode["states"].shape[0] == T
+    assert episode["signal_grasp"].any() and episode["signal_insert"][-1]
+    first_grasp = np.argmax(episode["signal_grasp"])
+    assert 0 < first_grasp < np.argmax(episode["signal_insert"])  # subtask order
+
+
+def test_joint_target_replay_succeeds(episode):
+    env = tasks.make_env(TASK, "source", control="joint")
+    assert tasks.replay_joint_actions(env, episode["states"][0], episode["joint_actions"])
+    with pytest.raises(tasks.TaskError):
+        tasks.replay_joint_actions(tasks.make_env(TASK, "source"), episode["states"][0], episode["joint_actions"])
+
+
+def test_cameras_right_side_up_and_distinct():
+    env = tasks.make_env(TASK, "target_visual", cameras=("agentview", "robot0_eye_in_hand"))
+    obs = env.reset(0)
+    a, h = obs["agentview_image"], obs["robot0_eye_in_hand_image"]
+    assert a.shape == h.shape == (84, 84, 3) and a.dtype == np.uint8
+    assert not np.array_equal(a, h)
+    # right side up: the (brown, in this domain) table fills the bottom of agentview, not the top
+    redness = lambda rows: float(rows[..., 0].mean()) - float(rows[..., 2].mean())
+    assert redness(a[-10:]) > 20 and redness(a[-10:]) > redness(a[:10]) + 10
