@@ -22,7 +22,7 @@ import numpy as np
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-TASK_NAMES = ("NutAssembly",)
+TASK_NAMES = ("NutAssembly", "MugCleanup")
 DOMAIN_NAMES = ("source", "target_visual", "target_physics", "target_visual_physics")
 CONTROL_FREQ = 20  # Hz, robosuite default
 # Joint-position stiffness (robosuite's controller scales it by the mass matrix, so it is 1/s^2):
@@ -44,7 +44,8 @@ class VisualGap:
     """Colors, lighting and camera pose (robosuite's TextureModder fails with mujoco 3.3.7, so
     material and geom colors are edited directly)."""
     table_rgba: tuple = None        # tint of the table top material
-    object_rgba: tuple = None       # tint of the task objects' materials
+    object_rgba: tuple = None       # tint of the manipulated object
+    fixture_rgba: tuple = None      # tint of the fixture (peg, cabinet, hook); None: as object_rgba
     robot_rgba: tuple = None        # color of the robot links' visual geoms
     light_diffuse: float = None     # diffuse intensity of the scene light (robosuite: ~1.0)
     light_dir_shift: tuple = None   # added to the light's direction
@@ -58,6 +59,8 @@ class PhysicsGap:
     object_friction_scale: float = 1.0   # sliding friction of the manipulated object
     fixture_shift: tuple = (0.0, 0.0)    # (dx, dy) of the fixture the object goes to (peg, ...)
     placement_shift: tuple = (0.0, 0.0)  # (dx, dy) of the object's initial placement region
+    object_size_scale: float = 1.0       # size of the manipulated object (tasks with MJCF objects)
+    fixture_damping_scale: float = 1.0   # damping of the fixture's joint (drawer slide)
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,22 @@ _NUT_VISUAL = VisualGap(table_rgba=(0.45, 0.3, 0.18, 1), object_rgba=(0.45, 0.55
                         light_dir_shift=(0.3, -0.3, 0.0), camera_shift=(0.02, -0.03, 0.02))
 _NUT_PHYSICS = PhysicsGap(object_mass_scale=2.0, object_friction_scale=0.45,
                           fixture_shift=(0.02, -0.03), placement_shift=(0.0, 0.02))
+# MugCleanup visual gap: dark table, a red mug, a grey-blue cabinet, dark robot, dimmer light,
+# camera moved. Physics gap: the mug is 10% smaller (grasp height and width change), 2x heavier with
+# 0.5x friction, the drawer slides with 4x damping (slower, harder pull), the cabinet sits 3 cm
+# further left (+y) and 2 cm back, the mug's region shifts 2 cm.
+_MUG_VISUAL = VisualGap(table_rgba=(0.3, 0.3, 0.32, 1), object_rgba=(0.8, 0.2, 0.2, 1),
+                        fixture_rgba=(0.45, 0.5, 0.6, 1), robot_rgba=(0.25, 0.25, 0.3, 1),
+                        light_diffuse=0.55, light_dir_shift=(0.3, -0.3, 0.0), camera_shift=(0.02, -0.03, 0.02))
+_MUG_PHYSICS = PhysicsGap(object_mass_scale=2.0, object_friction_scale=0.5, object_size_scale=0.9,
+                          fixture_damping_scale=4.0, fixture_shift=(0.02, 0.03), placement_shift=(0.0, -0.02))
 DOMAINS = {
+    "MugCleanup": {
+        "source": Domain("source"),
+        "target_visual": Domain("target_visual", visual=_MUG_VISUAL),
+        "target_physics": Domain("target_physics", physics=_MUG_PHYSICS),
+        "target_visual_physics": Domain("target_visual_physics", visual=_MUG_VISUAL, physics=_MUG_PHYSICS),
+    },
     "NutAssembly": {
         "source": Domain("source"),
         "target_visual": Domain("target_visual", visual=_NUT_VISUAL),
@@ -146,12 +164,16 @@ class TaskEnv:
             use_camera_obs=bool(self.cameras), camera_names=list(self.cameras) or "agentview",
             camera_heights=image_size, camera_widths=image_size, control_freq=CONTROL_FREQ,
             horizon=10_000, ignore_done=True, hard_reset=False, lite_physics=True,
-            reward_shaping=False, initialization_noise=None)
+            initialization_noise=None, **self.scene_kwargs())
         self.sim = self.env.sim
         self._defaults = self._read_defaults()
         self._apply_domain()
         self.t = 0
         self._gripper = -1.0
+
+    def scene_kwargs(self) -> dict:
+        """Extra robosuite.make arguments (the objects of a CotrainScene task)."""
+        return dict(reward_shaping=False)
 
     # --- domain ------------------------------------------------------------------------------
     def _object_geoms(self):
@@ -191,7 +213,9 @@ class TaskEnv:
         if v.table_rgba is not None:
             self._tint(self._table_geoms(), v.table_rgba)
         if v.object_rgba is not None:
-            self._tint(obj_geoms + self._fixture_geoms(), v.object_rgba)
+            self._tint(obj_geoms, v.object_rgba)
+        if (v.fixture_rgba or v.object_rgba) is not None:
+            self._tint(self._fixture_geoms(), v.fixture_rgba or v.object_rgba)
         if v.robot_rgba is not None:
             self._tint(self._robot_visual_geoms(), v.robot_rgba)
         if v.light_diffuse is not None:
@@ -217,9 +241,11 @@ class TaskEnv:
         return [g for g in range(m.ngeom) if (m.geom_id2name(g) or "").startswith("table") and m.geom_group[g] == 1]
 
     def _fixture_geoms(self):
+        """Visual geoms of the fixture body and its children (the drawer inside the cabinet)."""
         m = self.sim.model
-        body = m.body_name2id(self.fixture_body)
-        return [g for g in range(m.ngeom) if m.geom_bodyid[g] == body and m.geom_group[g] == 1]
+        root = m.body_name2id(self.fixture_body)
+        bodies = {root} | {b for b in range(m.nbody) if m.body_parentid[b] == root}
+        return [g for g in range(m.ngeom) if m.geom_bodyid[g] in bodies and m.geom_group[g] == 1]
 
     def _robot_visual_geoms(self):
         m = self.sim.model
@@ -275,9 +301,11 @@ class TaskEnv:
         self.sim.forward()
 
     def grasping(self) -> bool:
-        robot = self.env.robots[0]
-        return bool(self.env._check_grasp(robot.gripper, self.env.nuts[self.env.nut_id].contact_geoms)) \
-            if hasattr(self.env, "nuts") else False
+        """Both finger pads touch the manipulated object (robosuite's grasp check)."""
+        return bool(self.env._check_grasp(self.env.robots[0].gripper, self._grasp_object().contact_geoms))
+
+    def _grasp_object(self):
+        return self.env.objects[self.object_name]
 
 
 class NutAssembly(TaskEnv):
@@ -309,6 +337,9 @@ class NutAssembly(TaskEnv):
                 "handle_pos": d.site_xpos[m.site_name2id("SquareNut_handle_site")].copy(),
                 "peg_pos": d.body_xpos[m.body_name2id("peg1")].copy()}
 
+    def _grasp_object(self):
+        return self.env.nuts[self.env.nut_id]
+
     def success(self) -> bool:
         return bool(self.env._check_success())
 
@@ -316,7 +347,222 @@ class NutAssembly(TaskEnv):
         return {"grasp": self.grasping(), "insert": self.success()}
 
 
-TASK_CLASSES = {"NutAssembly": NutAssembly}
+# ----------------------------------------------------------------------------------------------
+# MJCF objects written here (robosuite has no mug, drawer or hook): boxes and cylinders only, so
+# collision geometry is exact and contacts behave
+# ----------------------------------------------------------------------------------------------
+def _xml_object(name: str, body: str, half_height: float, radius: float) -> str:
+    """Write a robosuite-style object XML (body "object" + bottom/top/radius sites) to a cache
+    folder and return its path."""
+    import hashlib
+    import tempfile
+    xml = f"""<mujoco model="{name}">
+  <asset>
+    <material name="{name}_mat" rgba="1 1 1 1" specular="0.2" shininess="0.2"/>
+  </asset>
+  <worldbody>
+    <body>
+      <body name="object">
+{body}
+      </body>
+      <site rgba="0 0 0 0" size="0.005" pos="0 0 {-half_height:.4f}" name="bottom_site"/>
+      <site rgba="0 0 0 0" size="0.005" pos="0 0 {half_height:.4f}" name="top_site"/>
+      <site rgba="0 0 0 0" size="0.005" pos="{radius:.4f} {radius:.4f} 0" name="horizontal_radius_site"/>
+    </body>
+  </worldbody>
+</mujoco>"""
+    folder = os.path.join(tempfile.gettempdir(), "cotrain_mjcf")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}_{hashlib.sha1(xml.encode()).hexdigest()[:12]}.xml")
+    if not os.path.exists(path):
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(xml)
+        os.replace(tmp, path)
+    return path
+
+
+def _geom(kind, size, pos, rgba, name=None, **extra):
+    attrs = " ".join(f'{k}="{v}"' for k, v in extra.items())
+    nm = f'name="{name}" ' if name else ""
+    return (f'        <geom {nm}type="{kind}" size="{" ".join(f"{x:.4f}" for x in size)}" '
+            f'pos="{" ".join(f"{x:.4f}" for x in pos)}" rgba="{" ".join(str(c) for c in rgba)}" '
+            f'group="0" condim="4" friction="1 0.005 0.0001" solref="0.01 1" {attrs}/>')
+
+
+MUG = dict(radius=0.032, half_height=0.035, wall=0.005, segments=16, density=600)
+
+
+def mug_xml(scale: float = 1.0) -> str:
+    """A hollow-cylinder mug (bottom disk + a ring of wall boxes) with a handle loop on +x: two
+    arms and an outer bar, leaving an opening of 3.4 cm x 2.2 cm for a hook."""
+    r, h, w = MUG["radius"] * scale, MUG["half_height"] * scale, MUG["wall"]
+    c = (0.85, 0.85, 0.8, 1)
+    parts = [_geom("cylinder", (r, w / 2), (0, 0, -h + w / 2), c, density=MUG["density"])]
+    n = MUG["segments"]
+    half_chord = r * np.tan(np.pi / n) * 1.05
+    for i in range(n):
+        a = 2 * np.pi * i / n
+        q = (np.cos(a / 2), 0, 0, np.sin(a / 2))
+        parts.append(_geom("box", (w / 2, half_chord, h - w / 2), ((r - w / 2) * np.cos(a), (r - w / 2) * np.sin(a), w / 2), c,
+                           quat=" ".join(f"{x:.5f}" for x in q), density=MUG["density"]))
+    arm, bar = 0.028 * scale, 0.004
+    for z in (h * 0.7, -h * 0.5):  # upper and lower arms of the handle
+        parts.append(_geom("box", (arm / 2, 0.005, bar), (r + arm / 2 - 0.002, 0, z), c, density=MUG["density"]))
+    zc, hz = (h * 0.7 - h * 0.5) / 2, (h * 0.7 + h * 0.5) / 2
+    parts.append(_geom("box", (bar, 0.005, hz + bar), (r + arm - 0.002, 0, zc), c, density=MUG["density"]))
+    return _xml_object("mug", "\n".join(parts), h, r + arm)
+
+
+DRAWER = dict(width=0.22, depth=0.26, height=0.12, travel=0.19, wall=0.01)
+
+
+def drawer_xml(slide_damping: float = 5.0) -> str:
+    """A fixed cabinet (open toward -x, the robot) holding a drawer on a slide joint (qpos 0 =
+    closed, -travel = open). The drawer's front panel closes the opening from outside; a vertical
+    bar handle stands 3.5 cm in front of it, so a hand grasping it stays clear of the cabinet."""
+    W, D, H, t, wl = DRAWER["width"] / 2, DRAWER["depth"] / 2, DRAWER["height"] / 2, DRAWER["travel"], DRAWER["wall"] / 2
+    c, dc, hc = (0.55, 0.4, 0.3, 1), (0.7, 0.55, 0.4, 1), (0.3, 0.3, 0.3, 1)
+    cab = [_geom("box", (D, W, wl), (0, 0, -H + wl), c),            # bottom
+           _geom("box", (D, W, wl), (0, 0, H - wl), c),             # top
+           _geom("box", (D, wl, H), (0, W - wl, 0), c),             # sides
+           _geom("box", (D, wl, H), (0, -W + wl, 0), c),
+           _geom("box", (wl, W, H), (D - wl, 0, 0), c)]             # back
+    # drawer box in the cabinet's inner space (small gaps so it slides without touching)
+    dW, dH = W - 2 * wl - 0.004, H - 2 * wl - 0.004
+    dD = D - wl - 0.006                 # half depth: from the front face to the back wall
+    xc = -D + dD                        # drawer box center x when closed
+    dr = [_geom("box", (dD, dW, wl), (xc, 0, -dH + wl), dc),                  # bottom
+          _geom("box", (wl, dW, dH * 0.8), (xc + dD - wl, 0, -dH * 0.2), dc),  # back
+          _geom("box", (dD, wl, dH * 0.8), (xc, dW - wl, -dH * 0.2), dc),      # sides
+          _geom("box", (dD, wl, dH * 0.8), (xc, -dW + wl, -dH * 0.2), dc),
+          _geom("box", (wl, W, dH * 0.8), (-D - wl - 0.001, 0, -dH * 0.2), dc),  # front panel, outside
+          _geom("box", (0.0175, 0.005, 0.005), (-D - 2 * wl - 0.0175, 0, 0.025), hc),  # handle posts
+          _geom("box", (0.0175, 0.005, 0.005), (-D - 2 * wl - 0.0175, 0, -0.025), hc),
+          _geom("box", (0.005, 0.005, 0.032), (-D - 2 * wl - 0.037, 0, 0.0), hc)]    # vertical bar
+    body = "\n".join(cab) + f"""
+        <body name="drawer" pos="0 0 {wl + 0.002:.4f}">
+          <joint name="slide" type="slide" axis="1 0 0" range="{-t:.3f} 0" damping="{slide_damping}" frictionloss="0.3" limited="true"/>
+          <site name="handle_site" pos="{-D - 2 * wl - 0.037:.4f} 0 0" size="0.004" rgba="1 0 0 0"/>
+          <site name="interior_site" pos="{xc:.4f} 0 {-dH + 2 * wl:.4f}" size="0.004" rgba="0 1 0 0"/>
+{chr(10).join(dr)}
+        </body>"""
+    return _xml_object("drawer", body, H, max(W, D))
+
+
+def hook_xml(arm_length: float = 0.09, height: float = 0.22) -> str:
+    """A mug tree: a base plate, a vertical post and one horizontal arm along -y at `height`
+    with a small stop at its tip (so a hung mug does not slide off)."""
+    c = (0.35, 0.3, 0.25, 1)
+    parts = [_geom("box", (0.05, 0.05, 0.006), (0, 0, -height / 2 + 0.006), c),
+             _geom("cylinder", (0.008, height / 2), (0, 0, 0.0), c),
+             _geom("cylinder", (0.005, arm_length / 2), (0, -arm_length / 2, height / 2 - 0.02), c,
+                   quat="0.70711 0.70711 0 0"),
+             _geom("box", (0.004, 0.004, 0.012), (0, -arm_length + 0.004, height / 2 - 0.02 + 0.008), c)]
+    return _xml_object("hook", "\n".join(parts), height / 2, 0.06)
+
+
+def _register_scene_env():
+    """A robosuite ManipulationEnv with a table, the Panda and the MJCF objects a task names.
+    Defined lazily (robosuite registers environment classes when they are created)."""
+    import robosuite
+    if "CotrainScene" in robosuite.ALL_ENVIRONMENTS:
+        return
+    from robosuite.environments.manipulation.manipulation_env import ManipulationEnv
+    from robosuite.models.arenas import TableArena
+    from robosuite.models.objects import MujocoXMLObject
+    from robosuite.models.tasks import ManipulationTask
+
+    class CotrainScene(ManipulationEnv):
+        def __init__(self, robots, objects=(), table_offset=(0, 0, 0.8), **kw):
+            self.object_specs = list(objects)   # (name, xml_path, free_joint, pos)
+            self.table_full_size = (0.8, 0.8, 0.05)
+            self.table_offset = np.array(table_offset)
+            super().__init__(robots=robots, base_types="default", **kw)
+
+        def reward(self, action=None):
+            return 0.0
+
+        def _load_model(self):
+            super()._load_model()
+            xpos = self.robots[0].robot_model.base_xpos_offset["table"](self.table_full_size[0])
+            self.robots[0].robot_model.set_base_xpos(xpos)
+            arena = TableArena(table_full_size=self.table_full_size, table_offset=self.table_offset)
+            arena.set_origin([0, 0, 0])
+            self.objects = {}
+            for name, path, free, pos in self.object_specs:
+                joints = [dict(type="free", damping="0.0005")] if free else None
+                obj = MujocoXMLObject(path, name=name, joints=joints, obj_type="all", duplicate_collision_geoms=True)
+                if not free:
+                    obj.get_obj().set("pos", " ".join(str(x) for x in pos))
+                self.objects[name] = obj
+            self.model = ManipulationTask(mujoco_arena=arena, mujoco_robots=[r.robot_model for r in self.robots],
+                                          mujoco_objects=list(self.objects.values()))
+
+        def _check_success(self):
+            return False
+
+
+class MugCleanup(TaskEnv):
+    """MimicGen's MugCleanup: open the drawer, put the mug in, close the drawer.
+    Scene: a cabinet (22 x 26 x 12 cm) at x = 0.15, y = 0.2 on the table, opening toward the robot,
+    its drawer on a slide (19 cm travel); a mug (6.4 cm wide, 7 cm tall, handle loop) with center
+    x in [-0.12, -0.02], y in [-0.22, -0.08], yaw uniform in [0, 2 pi). Success: drawer closed
+    (within 1 cm) with the mug inside it. Subtasks (object-centric): 1 open the drawer (frame:
+    drawer; ends when open), 2 grasp the mug (frame: mug; ends when grasped), 3 place it in the
+    drawer (frame: drawer; ends when released inside), 4 close the drawer (frame: drawer)."""
+    robosuite_env = "CotrainScene"
+    horizon = 1000
+    object_name = "mug"
+    fixture_body = "drawer_main"
+    subtasks = (("open", "drawer"), ("grasp", "mug"), ("place", "drawer"), ("close", "drawer"))
+    cabinet_pos = (0.15, 0.2)
+
+    def scene_kwargs(self):
+        _register_scene_env()
+        p = self.domain.physics
+        z = 0.8 + DRAWER["height"] / 2
+        return dict(objects=[("mug", mug_xml(p.object_size_scale), True, None),
+                             ("drawer", drawer_xml(5.0 * p.fixture_damping_scale), False, (*self.cabinet_pos, z))])
+
+    def _place_objects(self, rng):
+        p = self.domain.physics
+        x = rng.uniform(-0.12, -0.02) + p.placement_shift[0]
+        y = rng.uniform(-0.22, -0.08) + p.placement_shift[1]
+        yaw = rng.uniform(0, 2 * np.pi)
+        z = 0.8 + MUG["half_height"] * p.object_size_scale + 0.002
+        self.sim.data.set_joint_qpos("mug_joint0", np.array([x, y, z, np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]))
+        self.sim.data.set_joint_qpos("drawer_slide", 0.0)
+
+    def drawer_opening(self) -> float:
+        """How far the drawer is pulled out (m, 0 = closed)."""
+        return float(-self.sim.data.get_joint_qpos("drawer_slide"))
+
+    def object_poses(self) -> dict:
+        d, m = self.sim.data, self.sim.model
+        mug = m.body_name2id("mug_main")
+        return {"mug_pos": d.body_xpos[mug].copy(), "mug_quat": d.body_xquat[mug].copy(),
+                "drawer_handle_pos": d.site_xpos[m.site_name2id("drawer_handle_site")].copy(),
+                "drawer_interior_pos": d.site_xpos[m.site_name2id("drawer_interior_site")].copy(),
+                "drawer_opening": np.array([self.drawer_opening()])}
+
+    def mug_in_drawer(self) -> bool:
+        d, m = self.sim.data, self.sim.model
+        mug = d.body_xpos[m.body_name2id("mug_main")]
+        inner = d.site_xpos[m.site_name2id("drawer_interior_site")]
+        half_x, half_y = DRAWER["depth"] / 2 - 0.02, DRAWER["width"] / 2 - 0.02
+        return bool(abs(mug[0] - inner[0]) < half_x and abs(mug[1] - inner[1]) < half_y
+                    and mug[2] < inner[2] + MUG["half_height"] * 1.3)
+
+    def success(self) -> bool:
+        return self.drawer_opening() < 0.01 and self.mug_in_drawer() and not self.grasping()
+
+    def subtask_signals(self) -> dict:
+        return {"open": self.drawer_opening() > DRAWER["travel"] * 0.8, "grasp": self.grasping(),
+                "place": self.mug_in_drawer() and not self.grasping(), "close": self.success()}
+
+
+TASK_CLASSES = {"NutAssembly": NutAssembly, "MugCleanup": MugCleanup}
 
 
 def make_env(task: str, domain: str = "source", control: str = "osc", cameras=(), image_size: int = 84) -> TaskEnv:
@@ -483,7 +729,130 @@ def _yaw_of_mat(R) -> float:
     return float(np.arctan2(R[1, 0], R[0, 0]))
 
 
-EXPERTS = {"NutAssembly": NutAssemblyExpert}
+class MugCleanupExpert(WaypointExpert):
+    """Open the drawer by its handle, grasp the mug around its body (fingers on either side of
+    the cup, clear of the handle), set it in the drawer, back out and push the drawer shut. All
+    targets are read from the state, so a moved cabinet, a smaller or heavier mug and a stiffer
+    slide are followed; with a stiffer slide the pull is slower."""
+
+    def __init__(self, env, seed, noise=0.02):
+        super().__init__(env, seed, noise)
+        self.phase, self.count = "to_handle", 0
+        self.hover = 0.08 + self.rng.uniform(-0.01, 0.01)
+        self.grip_depth = 0.03 + self.rng.uniform(-0.003, 0.003)  # fingertips below the rim
+
+    def act(self, obs):
+        p = self.env.domain.physics
+        h = obs["drawer_handle_pos"]
+        eef = obs["robot0_eef_pos"]
+        half_h = MUG["half_height"] * p.object_size_scale
+        yaw_handle = 0.0  # fingers close along y, across the vertical handle bar
+        ph = self.phase
+        half_open = 0.0  # fingers half open: clear of the cabinet front while around the bar
+        if ph == "to_handle":
+            a, dist, ang = self.pose_action(obs, h + [0, 0, self.hover], yaw_handle, half_open, 0.025)
+            if dist < 0.01 and ang < 0.05:
+                self.phase = "down_handle"
+        elif ph == "down_handle":
+            a, dist, _ = self.pose_action(obs, h, yaw_handle, half_open, 0.012)
+            if dist < 0.005:
+                self.phase, self.count = "grip_handle", 0
+        elif ph == "grip_handle":
+            a, _, _ = self.pose_action(obs, h, yaw_handle, 1, 0.01)
+            self.count += 1
+            if self.count >= 8:
+                self.pull_x = h[0] - DRAWER["travel"] * 0.97
+                self.phase = "pull"
+        elif ph == "pull":
+            speed = 0.008 if p.fixture_damping_scale > 1.5 else 0.012
+            a, dist, _ = self.pose_action(obs, [self.pull_x, h[1], h[2]], yaw_handle, 1, speed)
+            if obs["drawer_opening"][0] > DRAWER["travel"] * 0.93 or dist < 0.004:
+                self.phase, self.count = "let_go", 0
+        elif ph == "let_go":
+            a, _, _ = self.pose_action(obs, eef, yaw_handle, -1, 0.01)
+            self.count += 1
+            if self.count >= 6:
+                self.phase = "up"
+        elif ph == "up":
+            a, dist, _ = self.pose_action(obs, [eef[0], eef[1], h[2] + 0.12], yaw_handle, -1, 0.02)
+            if dist < 0.01:
+                self.phase = "to_mug"
+        elif ph == "to_mug":
+            m = obs["mug_pos"]
+            self.yaw = self._closest_yaw(obs, _yaw_of(obs["mug_quat"]))
+            a, dist, ang = self.pose_action(obs, m + [0, 0, half_h + self.hover], self.yaw, -1, 0.03)
+            if dist < 0.01 and ang < 0.05:
+                self.phase = "down_mug"
+        elif ph == "down_mug":
+            m = obs["mug_pos"]
+            a, dist, _ = self.pose_action(obs, m + [0, 0, half_h - self.grip_depth], self.yaw, -1, 0.015)
+            if dist < 0.005:
+                self.phase, self.count = "grip_mug", 0
+        elif ph == "grip_mug":
+            a, _, _ = self.pose_action(obs, obs["mug_pos"] + [0, 0, half_h - self.grip_depth], self.yaw, 1, 0.01)
+            self.count += 1
+            if self.count >= 10:
+                self.lift = [eef[0], eef[1], h[2] + 0.17]
+                self.phase = "lift"
+        elif ph == "lift":
+            speed = 0.016 if p.object_mass_scale > 1.5 else 0.025
+            a, dist, _ = self.pose_action(obs, self.lift, self.yaw, 1, speed)
+            if dist < 0.01:
+                self.phase = "carry"
+        elif ph == "carry":
+            # mug just behind the front panel's inner face (itself 4.7 cm behind the handle bar),
+            # >= 11 cm in front of the cabinet: the hand (~20 cm long) stays clear of the
+            # cabinet's top whatever its yaw
+            # (plus the handle's reach when it points back at the front panel, or a finger's
+            # thickness when the fingers line up along x)
+            r = MUG["radius"] * p.object_size_scale
+            mug_yaw = _yaw_of(obs["mug_quat"])
+            handle_back = max(0.0, -np.cos(mug_yaw)) * 0.03
+            finger_back = abs(np.sin(mug_yaw)) * 0.025  # a finger sits on the panel side
+            goal = np.array([h[0] + 0.047 + r + 0.012 + max(handle_back, finger_back), h[1]])
+            xy = goal + (eef[:2] - obs["mug_pos"][:2])
+            speed = 0.016 if p.object_mass_scale > 1.5 else 0.025
+            a, dist, _ = self.pose_action(obs, [*xy, self.lift[2]], self.yaw, 1, speed)
+            if np.linalg.norm(obs["mug_pos"][:2] - goal) < 0.008:
+                self.goal = goal
+                self.phase = "lower"
+        elif ph == "lower":
+            xy = self.goal + (eef[:2] - obs["mug_pos"][:2])
+            z = obs["drawer_interior_pos"][2] + half_h + 0.01 + (eef[2] - obs["mug_pos"][2])
+            a, dist, _ = self.pose_action(obs, [*xy, z], self.yaw, 1, 0.012)
+            if dist < 0.006:
+                self.phase, self.count = "release", 0
+        elif ph == "release":
+            a, _, _ = self.pose_action(obs, eef, self.yaw, -1, 0.01)
+            self.count += 1
+            if self.count >= 8:
+                self.phase = "back_up"
+        elif ph == "back_up":
+            a, dist, _ = self.pose_action(obs, [eef[0], eef[1], h[2] + 0.14], self.yaw, -1, 0.02)
+            if dist < 0.01:
+                self.phase = "to_front"
+        elif ph == "to_front":
+            # behind the handle (robot side), at handle height, fingers closed: a flat pusher
+            target = h + [-0.04, 0, 0.01]
+            a, dist, ang = self.pose_action(obs, target + [0, 0, 0.08] if eef[2] > h[2] + 0.05 and
+                                            np.linalg.norm(eef[:2] - target[:2]) > 0.01 else target,
+                                            yaw_handle, 1, 0.02)
+            if np.linalg.norm(eef - target) < 0.008:
+                self.phase = "push"
+        else:  # push the drawer shut, then back away
+            closed_x = h[0] + obs["drawer_opening"][0]
+            if obs["drawer_opening"][0] > 0.004:
+                a, _, _ = self.pose_action(obs, [closed_x + 0.01, h[1], h[2] + 0.01], yaw_handle, 1, 0.012)
+            else:
+                a, _, _ = self.pose_action(obs, eef + [-0.03, 0, 0.02], yaw_handle, 1, 0.02)
+        return a
+
+    def _closest_yaw(self, obs, yaw):
+        cur = _yaw_of_mat(_quat_xyzw_to_mat(obs["robot0_eef_quat"]) @ _DOWN.T)
+        return cur + (yaw - cur + np.pi / 2) % np.pi - np.pi / 2
+
+
+EXPERTS = {"NutAssembly": NutAssemblyExpert, "MugCleanup": MugCleanupExpert}
 
 
 def make_expert(env: TaskEnv, seed: int):

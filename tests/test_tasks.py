@@ -9,9 +9,9 @@ from conftest import run_stage
 TASK = "NutAssembly"
 
 
-@pytest.fixture(scope="module")
-def envs():
-    return {d: tasks.make_env(TASK, d) for d in tasks.DOMAIN_NAMES}
+@pytest.fixture(scope="module", params=tasks.TASK_NAMES)
+def envs(request):
+    return {d: tasks.make_env(request.param, d) for d in tasks.DOMAIN_NAMES}
 
 
 @pytest.fixture(scope="module")
@@ -48,44 +48,59 @@ def test_reset_is_deterministic_and_not_yet_successful(envs):
 
 
 def test_domains_change_what_they_claim(envs):
+    env = envs["source"]
+    task = env.task
     src, vis, phy = (envs[d].sim.model for d in ("source", "target_visual", "target_physics"))
-    gap = tasks.DOMAINS[TASK]["target_physics"].physics
-    nut = src.body_name2id("SquareNut_main")
-    geoms = envs["source"]._object_geoms()
-    peg = src.body_name2id("peg1")
-    # physics: mass, friction, fixture position
-    assert phy.body_mass[nut] == pytest.approx(gap.object_mass_scale * src.body_mass[nut])
-    assert np.allclose(phy.geom_friction[geoms, 0], gap.object_friction_scale * src.geom_friction[geoms, 0])
-    assert np.allclose(phy.body_pos[peg][:2] - src.body_pos[peg][:2], gap.fixture_shift)
+    gap = tasks.DOMAINS[task]["target_physics"].physics
+    obj = src.body_name2id(f"{env.object_name}_main")
+    geoms = env._object_geoms()
+    fix = src.body_name2id(env.fixture_body)
+    # physics: mass, friction, fixture position (and size and joint damping where the task has them)
+    # (mass relative to the same object before the gap: a resized object also changes its mass)
+    assert phy.body_mass[obj] == pytest.approx(gap.object_mass_scale * envs["target_physics"]._defaults["mass"])
+    assert phy.body_mass[obj] != pytest.approx(src.body_mass[obj])
+    pgeoms = envs["target_physics"]._object_geoms()
+    assert np.allclose(phy.geom_friction[pgeoms, 0], gap.object_friction_scale * src.geom_friction[geoms, 0])
+    assert np.allclose(phy.body_pos[fix][:2] - src.body_pos[fix][:2], gap.fixture_shift)
+    if gap.object_size_scale != 1.0:
+        size = lambda m, gs: max(m.geom_rbound[g] + np.linalg.norm(m.geom_pos[g]) for g in gs)
+        assert size(phy, pgeoms) == pytest.approx(gap.object_size_scale * size(src, geoms), rel=0.1)
+    if gap.fixture_damping_scale != 1.0:
+        j = src.joint_name2id("drawer_slide")
+        assert phy.dof_damping[src.jnt_dofadr[j]] == pytest.approx(gap.fixture_damping_scale * src.dof_damping[src.jnt_dofadr[j]])
     # ... and not the visuals
-    assert np.array_equal(phy.mat_rgba, src.mat_rgba) and np.array_equal(phy.cam_pos, src.cam_pos)
+    assert np.array_equal(phy.cam_pos, src.cam_pos) and np.array_equal(phy.light_diffuse, src.light_diffuse)
     # visual: colors, light, camera; physics untouched
-    assert not np.array_equal(vis.mat_rgba, src.mat_rgba)
+    assert not (np.array_equal(vis.mat_rgba, src.mat_rgba) and np.array_equal(vis.geom_rgba, src.geom_rgba))
     assert not np.array_equal(vis.light_diffuse, src.light_diffuse)
     cam = src.camera_name2id("agentview")
     assert np.linalg.norm(vis.cam_pos[cam] - src.cam_pos[cam]) > 0.01
-    assert vis.body_mass[nut] == src.body_mass[nut] and np.array_equal(vis.body_pos, src.body_pos)
-    # placement: the physics domain's nut starts shifted by the placement shift
-    p_src = envs["source"].reset(3)["nut_pos"]
-    p_phy = envs["target_physics"].reset(3)["nut_pos"]
+    assert vis.body_mass[obj] == src.body_mass[obj] and np.array_equal(vis.body_pos, src.body_pos)
+    # placement: the physics domain's object starts shifted by the placement shift
+    key = [k for k in env.reset(3) if k.endswith("_pos") and not k.startswith("robot0")][0]
+    p_src = envs["source"].reset(3)[key]
+    p_phy = envs["target_physics"].reset(3)[key]
     assert np.allclose(p_phy[:2] - p_src[:2], gap.placement_shift, atol=1e-6)
 
 
-def test_expert_episode_succeeds_and_records(episode):
+def test_expert_episode_succeeds_and_records(episode, envs):
     assert episode["success"]
+    assert not envs["source"].reset(0) or not envs["source"].success()  # false at reset
     T = len(episode["actions"])
     assert episode["actions"].shape == (T, 7)            # OSC_POSE delta + gripper
     assert episode["joint_actions"].shape == (T, 8)      # joint targets + gripper
     assert episode["obs_robot0_joint_pos"].shape == (T, 7)
     assert episode["obs_robot0_gripper_qpos"].shape == (T, 2)
     assert episode["states"].shape[0] == T
-    assert episode["signal_grasp"].any() and episode["signal_insert"][-1]
-    first_grasp = np.argmax(episode["signal_grasp"])
-    assert 0 < first_grasp < np.argmax(episode["signal_insert"])  # subtask order
+    # subtask signals: each one fires, in the task's order, the last at success
+    names = [name for name, _ in envs["source"].subtasks]
+    firsts = [int(np.argmax(episode[f"signal_{n}"])) for n in names]
+    assert all(episode[f"signal_{n}"].any() for n in names)
+    assert firsts == sorted(firsts) and episode[f"signal_{names[-1]}"][-1]
 
 
-def test_joint_target_replay_succeeds(episode):
-    env = tasks.make_env(TASK, "source", control="joint")
+def test_joint_target_replay_succeeds(episode, envs):
+    env = tasks.make_env(envs["source"].task, "source", control="joint")
     assert tasks.replay_joint_actions(env, episode["states"][0], episode["joint_actions"])
     with pytest.raises(tasks.TaskError):
         tasks.replay_joint_actions(tasks.make_env(TASK, "source"), episode["states"][0], episode["joint_actions"])
