@@ -22,7 +22,7 @@ import numpy as np
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-TASK_NAMES = ("NutAssembly", "MugCleanup")
+TASK_NAMES = ("NutAssembly", "MugCleanup", "MugHang")
 DOMAIN_NAMES = ("source", "target_visual", "target_physics", "target_visual_physics")
 CONTROL_FREQ = 20  # Hz, robosuite default
 # Joint-position stiffness (robosuite's controller scales it by the mass matrix, so it is 1/s^2):
@@ -90,7 +90,18 @@ _MUG_VISUAL = VisualGap(table_rgba=(0.3, 0.3, 0.32, 1), object_rgba=(0.8, 0.2, 0
                         light_diffuse=0.55, light_dir_shift=(0.3, -0.3, 0.0), camera_shift=(0.02, -0.03, 0.02))
 _MUG_PHYSICS = PhysicsGap(object_mass_scale=2.0, object_friction_scale=0.5, object_size_scale=0.9,
                           fixture_damping_scale=4.0, fixture_shift=(0.02, 0.03), placement_shift=(0.0, -0.02))
+# MugHang: the MugCleanup colors (the tree takes the fixture color); physics: the same mug changes
+# (10% smaller, so the handle loop is smaller and sits lower; 2x heavier, 0.5x friction) and the
+# tree moves 3 cm back and 2 cm right.
+_HANG_PHYSICS = PhysicsGap(object_mass_scale=2.0, object_friction_scale=0.5, object_size_scale=0.9,
+                           fixture_shift=(0.03, -0.02), placement_shift=(0.0, -0.02))
 DOMAINS = {
+    "MugHang": {
+        "source": Domain("source"),
+        "target_visual": Domain("target_visual", visual=_MUG_VISUAL),
+        "target_physics": Domain("target_physics", physics=_HANG_PHYSICS),
+        "target_visual_physics": Domain("target_visual_physics", visual=_MUG_VISUAL, physics=_HANG_PHYSICS),
+    },
     "MugCleanup": {
         "source": Domain("source"),
         "target_visual": Domain("target_visual", visual=_MUG_VISUAL),
@@ -107,7 +118,7 @@ DOMAINS = {
 
 
 def get_domain(task: str, domain: str) -> Domain:
-    if task not in TASK_NAMES:
+    if task not in DOMAINS:
         raise TaskError(f"unknown task {task!r}; choose from {', '.join(TASK_NAMES)}")
     if domain not in DOMAIN_NAMES:
         raise TaskError(f"unknown domain {domain!r}; choose from {', '.join(DOMAIN_NAMES)}")
@@ -149,6 +160,7 @@ class TaskEnv:
     subtask signals; this class applies the domain, seeds resets and records joint targets."""
     robosuite_env = None
     horizon = 400
+    settle_steps = 5        # steps an episode runs on after success (it must still hold then)
     object_name = None      # the manipulated object (robosuite object name)
     fixture_body = None     # body the object goes to
 
@@ -450,16 +462,26 @@ def drawer_xml(slide_damping: float = 5.0) -> str:
     return _xml_object("drawer", body, H, max(W, D))
 
 
-def hook_xml(arm_length: float = 0.09, height: float = 0.22) -> str:
-    """A mug tree: a base plate, a vertical post and one horizontal arm along -y at `height`
-    with a small stop at its tip (so a hung mug does not slide off)."""
+HOOK = dict(arm_length=0.10, height=0.24, arm_drop=0.02, arm_tilt=0.12)
+
+
+def hook_xml() -> str:
+    """A mug tree: a heavy base plate, a vertical post and one arm pointing along -y from near
+    the top, tilted up toward its tip by `arm_tilt` rad so a hung mug settles toward the post.
+    Sites mark the arm's tip and root (a hung handle loop sits between them)."""
+    L, H, drop, tilt = HOOK["arm_length"], HOOK["height"], HOOK["arm_drop"], HOOK["arm_tilt"]
     c = (0.35, 0.3, 0.25, 1)
-    parts = [_geom("box", (0.05, 0.05, 0.006), (0, 0, -height / 2 + 0.006), c),
-             _geom("cylinder", (0.008, height / 2), (0, 0, 0.0), c),
-             _geom("cylinder", (0.005, arm_length / 2), (0, -arm_length / 2, height / 2 - 0.02), c,
-                   quat="0.70711 0.70711 0 0"),
-             _geom("box", (0.004, 0.004, 0.012), (0, -arm_length + 0.004, height / 2 - 0.02 + 0.008), c)]
-    return _xml_object("hook", "\n".join(parts), height / 2, 0.06)
+    za = H / 2 - drop
+    mid = (0, -L / 2 * np.cos(tilt), za + L / 2 * np.sin(tilt))
+    q = (np.cos((np.pi / 2 + tilt) / 2), np.sin((np.pi / 2 + tilt) / 2), 0, 0)  # z axis -> arm direction
+    parts = [_geom("box", (0.06, 0.06, 0.006), (0, 0, -H / 2 + 0.006), c),
+             _geom("cylinder", (0.009, H / 2), (0, 0, 0.0), c),
+             _geom("cylinder", (0.005, L / 2), mid, c, quat=" ".join(f"{x:.5f}" for x in q))]
+    tip = (0, -L * np.cos(tilt), za + L * np.sin(tilt))
+    body = "\n".join(parts) + f"""
+        <site name="tip_site" pos="{tip[0]:.4f} {tip[1]:.4f} {tip[2]:.4f}" size="0.004" rgba="1 0 0 0"/>
+        <site name="root_site" pos="0 -0.012 {za:.4f}" size="0.004" rgba="1 0 0 0"/>"""
+    return _xml_object("hook", body, H / 2, 0.08)
 
 
 def _register_scene_env():
@@ -562,7 +584,64 @@ class MugCleanup(TaskEnv):
                 "place": self.mug_in_drawer() and not self.grasping(), "close": self.success()}
 
 
-TASK_CLASSES = {"NutAssembly": NutAssembly, "MugCleanup": MugCleanup}
+class MugHang(TaskEnv):
+    """Hang a mug by its handle on a mug tree (the paper's custom task). Scene: the mug as in
+    MugCleanup, center x in [-0.12, -0.02], y in [-0.22, -0.08], yaw uniform; a mug tree (24 cm
+    post, one 10 cm arm pointing at the robot's right, -y, tilted up 7 degrees) at x = 0.1,
+    y = 0.12. Success: the mug is off the table, out of the gripper, and touching the tree's arm
+    (hanging on it). Subtasks: 1 grasp the mug (frame: mug; ends when grasped), 2 hang it (frame:
+    tree; ends at success)."""
+    robosuite_env = "CotrainScene"
+    horizon = 700
+    settle_steps = 30       # the released mug swings under the arm: it must still hang after
+    object_name = "mug"
+    fixture_body = "hook_main"
+    subtasks = (("grasp", "mug"), ("hang", "hook"))
+    tree_pos = (0.1, 0.12)
+
+    def scene_kwargs(self):
+        _register_scene_env()
+        p = self.domain.physics
+        return dict(objects=[("mug", mug_xml(p.object_size_scale), True, None),
+                             ("hook", hook_xml(), False, (*self.tree_pos, 0.8 + HOOK["height"] / 2))])
+
+    def _place_objects(self, rng):
+        p = self.domain.physics
+        x = rng.uniform(-0.12, -0.02) + p.placement_shift[0]
+        y = rng.uniform(-0.22, -0.08) + p.placement_shift[1]
+        yaw = rng.uniform(0, 2 * np.pi)
+        z = 0.8 + MUG["half_height"] * p.object_size_scale + 0.002
+        self.sim.data.set_joint_qpos("mug_joint0", np.array([x, y, z, np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]))
+
+    def object_poses(self) -> dict:
+        d, m = self.sim.data, self.sim.model
+        mug = m.body_name2id("mug_main")
+        return {"mug_pos": d.body_xpos[mug].copy(), "mug_quat": d.body_xquat[mug].copy(),
+                "hook_tip_pos": d.site_xpos[m.site_name2id("hook_tip_site")].copy(),
+                "hook_root_pos": d.site_xpos[m.site_name2id("hook_root_site")].copy()}
+
+    def _touching(self, body_a: str, body_b: str) -> bool:
+        d, m = self.sim.data, self.sim.model
+        a, b = m.body_name2id(body_a), m.body_name2id(body_b)
+        for i in range(d.ncon):
+            ba, bb = m.geom_bodyid[d.contact[i].geom1], m.geom_bodyid[d.contact[i].geom2]
+            if {ba, bb} == {a, b}:
+                return True
+        return False
+
+    def hanging(self) -> bool:
+        mug_z = self.sim.data.body_xpos[self.sim.model.body_name2id("mug_main")][2]
+        return bool(mug_z > 0.8 + 0.06 and self._touching("mug_main", "hook_main")
+                    and not self._touching("mug_main", "table"))
+
+    def success(self) -> bool:
+        return self.hanging() and not self.grasping()
+
+    def subtask_signals(self) -> dict:
+        return {"grasp": self.grasping(), "hang": self.success()}
+
+
+TASK_CLASSES = {"NutAssembly": NutAssembly, "MugCleanup": MugCleanup, "MugHang": MugHang}
 
 
 def make_env(task: str, domain: str = "source", control: str = "osc", cameras=(), image_size: int = 84) -> TaskEnv:
@@ -777,23 +856,10 @@ class MugCleanupExpert(WaypointExpert):
             a, dist, _ = self.pose_action(obs, [eef[0], eef[1], h[2] + 0.12], yaw_handle, -1, 0.02)
             if dist < 0.01:
                 self.phase = "to_mug"
-        elif ph == "to_mug":
-            m = obs["mug_pos"]
-            self.yaw = self._closest_yaw(obs, _yaw_of(obs["mug_quat"]))
-            a, dist, ang = self.pose_action(obs, m + [0, 0, half_h + self.hover], self.yaw, -1, 0.03)
-            if dist < 0.01 and ang < 0.05:
-                self.phase = "down_mug"
-        elif ph == "down_mug":
-            m = obs["mug_pos"]
-            a, dist, _ = self.pose_action(obs, m + [0, 0, half_h - self.grip_depth], self.yaw, -1, 0.015)
-            if dist < 0.005:
-                self.phase, self.count = "grip_mug", 0
-        elif ph == "grip_mug":
-            a, _, _ = self.pose_action(obs, obs["mug_pos"] + [0, 0, half_h - self.grip_depth], self.yaw, 1, 0.01)
-            self.count += 1
-            if self.count >= 10:
+        elif ph in ("to_mug", "down_mug", "grip_mug"):
+            a = self.grasp_mug(obs)
+            if self.phase == "lift":
                 self.lift = [eef[0], eef[1], h[2] + 0.17]
-                self.phase = "lift"
         elif ph == "lift":
             speed = 0.016 if p.object_mass_scale > 1.5 else 0.025
             a, dist, _ = self.pose_action(obs, self.lift, self.yaw, 1, speed)
@@ -847,12 +913,107 @@ class MugCleanupExpert(WaypointExpert):
                 a, _, _ = self.pose_action(obs, eef + [-0.03, 0, 0.02], yaw_handle, 1, 0.02)
         return a
 
+    def grasp_mug(self, obs):
+        """Phases to_mug -> down_mug -> grip_mug: fingers on either side of the cup, across
+        the handle's direction, 3 cm below the rim; sets phase "lift" when the grip is closed."""
+        half_h = MUG["half_height"] * self.env.domain.physics.object_size_scale
+        m = obs["mug_pos"]
+        if self.phase == "to_mug":
+            self.yaw = self._closest_yaw(obs, _yaw_of(obs["mug_quat"]))
+            a, dist, ang = self.pose_action(obs, m + [0, 0, half_h + self.hover], self.yaw, -1, 0.03)
+            if dist < 0.01 and ang < 0.05:
+                self.phase = "down_mug"
+        elif self.phase == "down_mug":
+            a, dist, _ = self.pose_action(obs, m + [0, 0, half_h - self.grip_depth], self.yaw, -1, 0.015)
+            if dist < 0.005:
+                self.phase, self.count = "grip_mug", 0
+        else:
+            a, _, _ = self.pose_action(obs, m + [0, 0, half_h - self.grip_depth], self.yaw, 1, 0.01)
+            self.count += 1
+            if self.count >= 10:
+                self.phase = "lift"
+        return a
+
     def _closest_yaw(self, obs, yaw):
         cur = _yaw_of_mat(_quat_xyzw_to_mat(obs["robot0_eef_quat"]) @ _DOWN.T)
         return cur + (yaw - cur + np.pi / 2) % np.pi - np.pi / 2
 
 
-EXPERTS = {"NutAssembly": NutAssemblyExpert, "MugCleanup": MugCleanupExpert}
+def _quat_wxyz_to_mat(q):
+    w, x, y, z = q
+    return _quat_xyzw_to_mat((x, y, z, w))
+
+
+class MugHangExpert(MugCleanupExpert):
+    """Grasp the mug around its body, turn it so the handle points along +-x (its loop then faces
+    the tree's arm), bring the loop's center in line with the arm beyond its tip, slide it along
+    the arm toward the post, lower it onto the arm, let go and back off upward."""
+
+    def __init__(self, env, seed, noise=0.02):
+        super().__init__(env, seed, noise)
+        self.phase = "to_mug"
+        self.along = 0.6 + self.rng.uniform(-0.05, 0.05)  # where on the arm the loop ends up
+
+    def loop_center(self, obs):
+        """Center of the handle's opening in world coordinates (from the mug's pose)."""
+        sc = self.env.domain.physics.object_size_scale
+        r, h, arm = MUG["radius"] * sc, MUG["half_height"] * sc, 0.028 * sc
+        local = np.array([r + (arm - 0.006) / 2, 0.0, (0.7 * h - 0.004 + (-0.5 * h + 0.004)) / 2])
+        return obs["mug_pos"] + _quat_wxyz_to_mat(obs["mug_quat"]) @ local
+
+    def act(self, obs):
+        p = self.env.domain.physics
+        eef = obs["robot0_eef_pos"]
+        half_h = MUG["half_height"] * p.object_size_scale
+        tip, root = obs["hook_tip_pos"], obs["hook_root_pos"]
+        axis = (tip - root) / np.linalg.norm(tip - root)
+        ph = self.phase
+        if ph in ("to_mug", "down_mug", "grip_mug"):
+            a = self.grasp_mug(obs)
+            if self.phase == "lift":  # grasp done
+                mug_yaw = _yaw_of(obs["mug_quat"])
+                turns = [_wrap(g - mug_yaw) for g in (0.0, np.pi)]
+                self.hang_yaw = self.yaw + min(turns, key=abs)
+                self.carry_z = tip[2] + 0.10
+                self.phase = "lift_turn"
+            return a
+        speed = 0.015 if p.object_mass_scale > 1.5 else 0.02
+        offset = eef - self.loop_center(obs)  # eef relative to the loop, fixed while held
+        if ph == "lift_turn":
+            a, dist, ang = self.pose_action(obs, [eef[0], eef[1], self.carry_z], self.hang_yaw, 1, speed)
+            if abs(eef[2] - self.carry_z) < 0.01 and ang < 0.05:
+                self.phase = "above_start"
+        elif ph == "above_start":
+            start = tip + 0.05 * axis
+            a, dist, _ = self.pose_action(obs, [*(start + offset)[:2], self.carry_z], self.hang_yaw, 1, speed)
+            if dist < 0.008:
+                self.phase = "down_start"
+        elif ph == "down_start":
+            start = tip + 0.05 * axis
+            a, dist, _ = self.pose_action(obs, start + offset, self.hang_yaw, 1, 0.012)
+            if np.linalg.norm(self.loop_center(obs) - start) < 0.004:
+                self.phase = "slide"
+        elif ph == "slide":
+            goal = root + self.along * (tip - root)
+            a, dist, _ = self.pose_action(obs, goal + offset, self.hang_yaw, 1, 0.008)
+            if np.linalg.norm(self.loop_center(obs) - goal) < 0.004:
+                self.settle_target = eef + [0, 0, -0.02]
+                self.phase = "settle"
+        elif ph == "settle":
+            a, dist, _ = self.pose_action(obs, self.settle_target, self.hang_yaw, 1, 0.006)
+            if dist < 0.004 or self.env._touching("mug_main", "hook_main"):
+                self.phase, self.count = "release", 0
+        elif ph == "release":
+            a, _, _ = self.pose_action(obs, eef, self.hang_yaw, -1, 0.01)
+            self.count += 1
+            if self.count >= 8:
+                self.phase = "retreat"
+        else:
+            a, _, _ = self.pose_action(obs, eef + [0, 0, 0.05], self.hang_yaw, -1, 0.015)
+        return a
+
+
+EXPERTS = {"NutAssembly": NutAssemblyExpert, "MugCleanup": MugCleanupExpert, "MugHang": MugHangExpert}
 
 
 def make_expert(env: TaskEnv, seed: int):
@@ -862,10 +1023,13 @@ def make_expert(env: TaskEnv, seed: int):
 # ----------------------------------------------------------------------------------------------
 # episodes: run the expert, record, replay joint targets
 # ----------------------------------------------------------------------------------------------
-def run_expert_episode(env: TaskEnv, seed: int, record: bool = True, settle: int = 5) -> dict:
-    """One expert episode from the initial state of `seed`. Stops `settle` steps after success or
-    at the horizon. Returns success, length, and (record=True) per-step arrays: obs_<key>,
-    actions (controller space), joint_actions (joint targets + gripper), states, subtask signals."""
+def run_expert_episode(env: TaskEnv, seed: int, record: bool = True, settle: int = None) -> dict:
+    """One expert episode from the initial state of `seed`. Stops `settle` steps (default: the
+    task's) after the first success, or at the horizon; the episode succeeds if the task is still
+    solved at its last step. Returns success, length, and (record=True) per-step arrays:
+    obs_<key>, actions (controller space), joint_actions (joint targets + gripper), states,
+    subtask signals."""
+    settle = env.settle_steps if settle is None else settle
     obs = env.reset(seed)
     expert = make_expert(env, seed)
     steps = {"states": [], "actions": [], "joint_actions": []}
@@ -886,7 +1050,7 @@ def run_expert_episode(env: TaskEnv, seed: int, record: bool = True, settle: int
             done_at = t
         if done_at is not None and t - done_at >= settle:
             break
-    out = {"success": done_at is not None, "length": env.t, "seed": seed}
+    out = {"success": done_at is not None and env.success(), "length": env.t, "seed": seed}
     if record:
         out.update({k: np.asarray(v) for k, v in steps.items()})
     return out
