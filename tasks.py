@@ -137,9 +137,9 @@ def _quiet_robosuite():
         h.setLevel(logging.ERROR)
 
 
-def controller_config(control: str) -> dict:
+def controller_config(control: str, joint_kp: float = JOINT_KP) -> dict:
     """robosuite composite controller config for "osc" (OSC_POSE delta, 7-D) or "joint"
-    (JOINT_POSITION absolute, limits widened, 7 joints + gripper = 8-D)."""
+    (JOINT_POSITION absolute, limits widened, stiffness joint_kp, 7 joints + gripper = 8-D)."""
     from robosuite.controllers import load_composite_controller_config, load_part_controller_config
     from robosuite.controllers.composite.composite_controller_factory import refactor_composite_controller_config
     if control == "osc":
@@ -147,7 +147,7 @@ def controller_config(control: str) -> dict:
     if control == "joint":
         part = load_part_controller_config(default_controller="JOINT_POSITION")
         part.update(input_type="absolute", input_max=10, input_min=-10, output_max=10, output_min=-10,
-                    kp=JOINT_KP)
+                    kp=joint_kp)
         return refactor_composite_controller_config(part, "Panda", ["right"])
     raise TaskError(f"unknown control mode {control!r}; choose osc or joint")
 
@@ -164,14 +164,14 @@ class TaskEnv:
     object_name = None      # the manipulated object (robosuite object name)
     fixture_body = None     # body the object goes to
 
-    def __init__(self, task, domain="source", control="osc", cameras=(), image_size=84):
+    def __init__(self, task, domain="source", control="osc", cameras=(), image_size=84, joint_kp=JOINT_KP):
         import robosuite as suite
         _quiet_robosuite()
         self.task, self.domain, self.control = task, get_domain(task, domain), control
         self.cameras = tuple(cameras)
         self.image_size = image_size
         self.env = suite.make(
-            self.robosuite_env, robots="Panda", controller_configs=controller_config(control),
+            self.robosuite_env, robots="Panda", controller_configs=controller_config(control, joint_kp),
             has_renderer=False, has_offscreen_renderer=bool(self.cameras),
             use_camera_obs=bool(self.cameras), camera_names=list(self.cameras) or "agentview",
             camera_heights=image_size, camera_widths=image_size, control_freq=CONTROL_FREQ,
@@ -644,11 +644,12 @@ class MugHang(TaskEnv):
 TASK_CLASSES = {"NutAssembly": NutAssembly, "MugCleanup": MugCleanup, "MugHang": MugHang}
 
 
-def make_env(task: str, domain: str = "source", control: str = "osc", cameras=(), image_size: int = 84) -> TaskEnv:
+def make_env(task: str, domain: str = "source", control: str = "osc", cameras=(), image_size: int = 84,
+             joint_kp: float = JOINT_KP) -> TaskEnv:
     get_domain(task, domain)
     if control not in ("osc", "joint"):
         raise TaskError(f"unknown control mode {control!r}; choose osc or joint")
-    return TASK_CLASSES[task](task, domain, control, cameras, image_size)
+    return TASK_CLASSES[task](task, domain, control, cameras, image_size, joint_kp)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1093,6 +1094,20 @@ def check_experts(task_names, domains, episodes: int, first_seed: int = 0) -> li
     return rows
 
 
+def check_replay(task_names, domains, episodes: int, first_seed: int = 0, joint_kp: float = JOINT_KP) -> list:
+    """Run expert episodes, replay each successful one's joint targets from its initial state in
+    a joint-control env, count the replays that succeed."""
+    rows = []
+    for task in task_names:
+        for domain in domains:
+            env, jenv = make_env(task, domain), make_env(task, domain, control="joint", joint_kp=joint_kp)
+            eps = [run_expert_episode(env, s) for s in range(first_seed, first_seed + episodes)]
+            ok = [replay_joint_actions(jenv, e["states"][0], e["joint_actions"]) for e in eps if e["success"]]
+            rows.append({"task": task, "domain": domain, "episodes": episodes, "joint_kp": joint_kp,
+                         "expert_success": sum(e["success"] for e in eps), "replay_success": int(sum(ok))})
+    return rows
+
+
 def save_frames(task_names, out_dir: str, seed: int = 0, size: int = 256):
     """One agentview frame per task x domain at the initial state of `seed` (README pictures)."""
     import imageio
@@ -1110,11 +1125,14 @@ def save_frames(task_names, out_dir: str, seed: int = 0, size: int = 256):
 def main(argv=None):
     import common
     p = common.ArgumentParser(description="Check the scripted experts or save domain pictures.")
-    p.add_argument("command", choices=["experts", "frames"])
+    p.add_argument("command", choices=["experts", "replay", "frames"],
+                   help="experts: expert success; replay: expert episodes replayed through joint "
+                        "targets; frames: one agentview picture per task x domain")
     p.add_argument("--tasks", default=",".join(TASK_NAMES), help="comma-separated task names")
     p.add_argument("--domains", default=",".join(DOMAIN_NAMES), help="comma-separated domain names")
     p.add_argument("--episodes", type=int, default=50, help="seeded episodes per task x domain")
-    p.add_argument("--out", default=None, help="experts: JSON file; frames: folder (default results/tasks)")
+    p.add_argument("--out", default=None, help="experts/replay: JSON file; frames: folder (default results/tasks)")
+    p.add_argument("--joint-kp", type=float, default=JOINT_KP, help="stiffness of the joint-position controller")
     a = p.parse_args(argv)
     task_names, domains = a.tasks.split(","), a.domains.split(",")
     try:
@@ -1127,6 +1145,13 @@ def main(argv=None):
         common.die(f"--episodes must be positive, got {a.episodes}")
     if a.command == "frames":
         save_frames(task_names, a.out or "results/tasks")
+        return
+    if a.command == "replay":
+        rows = check_replay(task_names, domains, a.episodes, joint_kp=a.joint_kp)
+        print("\n".join(f"{r['task']} {r['domain']} kp={a.joint_kp:g}: expert {r['expert_success']}/{r['episodes']}, "
+                        f"replayed {r['replay_success']}/{r['expert_success']}" for r in rows))
+        if a.out:
+            common.write_json(a.out, rows)
         return
     rows = check_experts(task_names, domains, a.episodes)
     lines = ["| task | domain | success | mean length (successes) | seconds |", "|---|---|---|---|---|"]
