@@ -367,6 +367,17 @@ class NutAssembly(TaskEnv):
         return {"grasp": self.grasping(), "insert": self.success()}
 
 
+def _place_mug(env: TaskEnv, rng):
+    """The mug upright on the table: center x in [-0.12, -0.02], y in [-0.22, -0.08] (plus the
+    domain's placement shift), yaw uniform in [0, 2 pi)."""
+    p = env.domain.physics
+    x = rng.uniform(-0.12, -0.02) + p.placement_shift[0]
+    y = rng.uniform(-0.22, -0.08) + p.placement_shift[1]
+    yaw = rng.uniform(0, 2 * np.pi)
+    z = 0.8 + MUG["half_height"] * p.object_size_scale + 0.002
+    env.sim.data.set_joint_qpos("mug_joint0", np.array([x, y, z, np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]))
+
+
 class MugCleanup(TaskEnv):
     """MimicGen's MugCleanup: open the drawer, put the mug in, close the drawer.
     Scene: a cabinet (22 x 26 x 12 cm) at x = 0.15, y = 0.2 on the table, opening toward the robot,
@@ -390,12 +401,7 @@ class MugCleanup(TaskEnv):
                              ("drawer", drawer_xml(5.0 * p.fixture_damping_scale), False, (*self.cabinet_pos, z))])
 
     def _place_objects(self, rng):
-        p = self.domain.physics
-        x = rng.uniform(-0.12, -0.02) + p.placement_shift[0]
-        y = rng.uniform(-0.22, -0.08) + p.placement_shift[1]
-        yaw = rng.uniform(0, 2 * np.pi)
-        z = 0.8 + MUG["half_height"] * p.object_size_scale + 0.002
-        self.sim.data.set_joint_qpos("mug_joint0", np.array([x, y, z, np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]))
+        _place_mug(self, rng)
         self.sim.data.set_joint_qpos("drawer_slide", 0.0)
 
     def drawer_opening(self) -> float:
@@ -448,12 +454,7 @@ class MugHang(TaskEnv):
                              ("hook", hook_xml(), False, (*self.tree_pos, 0.8 + HOOK["height"] / 2))])
 
     def _place_objects(self, rng):
-        p = self.domain.physics
-        x = rng.uniform(-0.12, -0.02) + p.placement_shift[0]
-        y = rng.uniform(-0.22, -0.08) + p.placement_shift[1]
-        yaw = rng.uniform(0, 2 * np.pi)
-        z = 0.8 + MUG["half_height"] * p.object_size_scale + 0.002
-        self.sim.data.set_joint_qpos("mug_joint0", np.array([x, y, z, np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]))
+        _place_mug(self, rng)
 
     def object_poses(self) -> dict:
         d, m = self.sim.data, self.sim.model
