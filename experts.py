@@ -320,7 +320,6 @@ class MugHangExpert(MugCleanupExpert):
     def act(self, obs):
         p = self.env.domain.physics
         eef = obs["robot0_eef_pos"]
-        half_h = MUG["half_height"] * p.object_size_scale
         tip, root = obs["hook_tip_pos"], obs["hook_root_pos"]
         axis = (tip - root) / np.linalg.norm(tip - root)
         ph = self.phase

@@ -34,9 +34,9 @@ TASK_NAMES = ("NutAssembly", "MugCleanup", "MugHang")
 DOMAIN_NAMES = ("source", "target_visual", "target_physics", "target_visual_physics")
 CONTROL_FREQ = 20  # Hz, robosuite default
 # Joint-position stiffness (robosuite's controller scales it by the mass matrix, so it is 1/s^2):
-# with robosuite's default kp = 50 the joints lag a 20 Hz target stream by ~0.1 rad and recorded
-# expert trajectories do not replay; kp = 2500 (natural frequency 50 rad/s, like a real Franka's
-# stiff joint impedance) tracks within ~0.01 rad and replays them.
+# with robosuite's default kp = 50 the joints lag a 20 Hz target stream by 0.07-0.10 rad and most
+# recorded expert trajectories do not replay; kp = 2500 (natural frequency 50 rad/s, like a real
+# Franka's stiff joint impedance) lags < 0.01 rad and replays them (`python tasks.py replay`).
 JOINT_KP = 2500
 
 
@@ -531,17 +531,20 @@ def run_expert_episode(env: TaskEnv, seed: int, record: bool = True, settle: int
     return out
 
 
-def replay_joint_actions(env: TaskEnv, states0, joint_actions) -> bool:
+def replay_joint_actions(env: TaskEnv, states0, joint_actions, tracking_errors: list = None) -> bool:
     """Replay recorded absolute joint targets + gripper from a recorded initial state in a
-    joint-control env; True if the task succeeds at any step."""
+    joint-control env; True if the task succeeds at any step. If `tracking_errors` is a list,
+    each step's largest |joint position - target| (rad) is appended to it."""
     if env.control != "joint":
         raise TaskError("replay needs an env made with control='joint'")
     env.reset(0)
     env.set_state(states0)
     ok = False
     for a in joint_actions:
-        env.step(a)
+        obs = env.step(a)
         ok = ok or env.success()
+        if tracking_errors is not None:
+            tracking_errors.append(float(np.abs(obs["robot0_joint_pos"] - np.asarray(a)[:7]).max()))
     return ok
 
 
@@ -576,9 +579,11 @@ def check_replay(task_names, domains, episodes: int, first_seed: int = 0, joint_
         for domain in domains:
             env, jenv = make_env(task, domain), make_env(task, domain, control="joint", joint_kp=joint_kp)
             eps = [run_expert_episode(env, s) for s in range(first_seed, first_seed + episodes)]
-            ok = [replay_joint_actions(jenv, e["states"][0], e["joint_actions"]) for e in eps if e["success"]]
+            err = []
+            ok = [replay_joint_actions(jenv, e["states"][0], e["joint_actions"], err) for e in eps if e["success"]]
             rows.append({"task": task, "domain": domain, "episodes": episodes, "joint_kp": joint_kp,
-                         "expert_success": sum(e["success"] for e in eps), "replay_success": int(sum(ok))})
+                         "expert_success": sum(e["success"] for e in eps), "replay_success": int(sum(ok)),
+                         "mean_tracking_error_rad": float(np.mean(err)) if err else float("nan")})
     return rows
 
 
@@ -623,8 +628,10 @@ def main(argv=None):
     if a.command == "replay":
         rows = check_replay(task_names, domains, a.episodes, joint_kp=a.joint_kp)
         print("\n".join(f"{r['task']} {r['domain']} kp={a.joint_kp:g}: expert {r['expert_success']}/{r['episodes']}, "
-                        f"replayed {r['replay_success']}/{r['expert_success']}" for r in rows))
+                        f"replayed {r['replay_success']}/{r['expert_success']}, mean joint tracking error "
+                        f"{r['mean_tracking_error_rad']:.4f} rad" for r in rows))
         if a.out:
+            os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
             common.write_json(a.out, rows)
         return
     rows = check_experts(task_names, domains, a.episodes)

@@ -101,7 +101,9 @@ def test_expert_episode_succeeds_and_records(episode, envs):
 
 def test_joint_target_replay_succeeds(episode, envs):
     env = tasks.make_env(envs["source"].task, "source", control="joint")
-    assert tasks.replay_joint_actions(env, episode["states"][0], episode["joint_actions"])
+    err = []
+    assert tasks.replay_joint_actions(env, episode["states"][0], episode["joint_actions"], err)
+    assert len(err) == len(episode["joint_actions"]) and np.mean(err) < 0.03  # stiff tracking
     with pytest.raises(tasks.TaskError):
         tasks.replay_joint_actions(tasks.make_env(TASK, "source"), episode["states"][0], episode["joint_actions"])
 
