@@ -5,13 +5,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test reproduce toy venv clean-venv
+.PHONY: test reproduce toy data venv clean-venv
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -23,6 +24,12 @@ reproduce: toy
 
 toy: $(STAMP)
 	MPLBACKEND=Agg $(PY) 00_toy.py --out results/toy
+
+# The CPU dataset set (01_generate_data.py --profile cpu): per task 50 source seed demos ->
+# 500 MimicGen source demos, 50 expert demos per target domain; NutAssembly also with images.
+# Resumable: rerun after a kill continues; finished files are kept. Several hours on 2 cores.
+data: $(STAMP)
+	$(PY) 01_generate_data.py --profile cpu --workers 2 --root data
 
 clean-venv:
 	rm -rf $(VENV)

@@ -20,7 +20,7 @@ def _rot_z(a):
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
 
 
-def _quat_xyzw_to_mat(q):
+def quat_xyzw_to_mat(q):
     x, y, z, w = q
     return np.array([
         [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
@@ -28,12 +28,26 @@ def _quat_xyzw_to_mat(q):
         [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
-def _rotvec(R):
+def rotvec_to_mat(v) -> np.ndarray:
+    """Rotation matrix of axis-angle vector v (Rodrigues)."""
+    angle = np.linalg.norm(v)
+    if angle < 1e-9:
+        return np.eye(3)
+    k = np.asarray(v) / angle
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(angle) * K + (1 - np.cos(angle)) * K @ K
+
+
+def rotvec(R):
     """Axis-angle vector of rotation matrix R."""
     cos = np.clip((np.trace(R) - 1) / 2, -1, 1)
     angle = np.arccos(cos)
     if angle < 1e-6:
         return np.zeros(3)
+    if angle > np.pi - 1e-4:  # half turn: the axis is the column of R + I with the largest norm
+        B = (R + np.eye(3)) / 2
+        axis = B[:, np.argmax(np.linalg.norm(B, axis=0))]
+        return axis / np.linalg.norm(axis) * angle
     axis = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]]) / (2 * np.sin(angle))
     return axis * angle
 
@@ -63,9 +77,9 @@ class WaypointExpert:
         d = 2.0 * d  # proportional gain 2: overcomes the OSC's steady-state sag under load
         if np.linalg.norm(d) > step:
             d = d / np.linalg.norm(d) * step
-        R = _quat_xyzw_to_mat(obs["robot0_eef_quat"])
+        R = quat_xyzw_to_mat(obs["robot0_eef_quat"])
         R_goal = _rot_z(target_yaw) @ _DOWN
-        rv = _rotvec(R_goal @ R.T)
+        rv = rotvec(R_goal @ R.T)
         a = np.zeros(7)
         a[:3] = np.clip(d / 0.05, -1, 1)   # OSC_POSE output_max: 0.05 m
         a[3:6] = np.clip(rv / 0.5 * 0.6, -1, 1)  # output_max: 0.5 rad
@@ -89,7 +103,7 @@ class NutAssemblyExpert(WaypointExpert):
     def _grasp_yaw(self, obs):
         # fingers close along the eef y axis; the handle is narrow along the nut's local y
         yaw = _yaw_of(obs["nut_quat"])
-        cur = _yaw_of_mat(_quat_xyzw_to_mat(obs["robot0_eef_quat"]) @ _DOWN.T)
+        cur = _yaw_of_mat(quat_xyzw_to_mat(obs["robot0_eef_quat"]) @ _DOWN.T)
         # the gripper is symmetric under a half turn: pick the closest equivalent yaw
         return cur + (yaw - cur + np.pi / 2) % np.pi - np.pi / 2
 
@@ -291,13 +305,13 @@ class MugCleanupExpert(WaypointExpert):
         return a
 
     def _closest_yaw(self, obs, yaw):
-        cur = _yaw_of_mat(_quat_xyzw_to_mat(obs["robot0_eef_quat"]) @ _DOWN.T)
+        cur = _yaw_of_mat(quat_xyzw_to_mat(obs["robot0_eef_quat"]) @ _DOWN.T)
         return cur + (yaw - cur + np.pi / 2) % np.pi - np.pi / 2
 
 
-def _quat_wxyz_to_mat(q):
+def quat_wxyz_to_mat(q):
     w, x, y, z = q
-    return _quat_xyzw_to_mat((x, y, z, w))
+    return quat_xyzw_to_mat((x, y, z, w))
 
 
 class MugHangExpert(MugCleanupExpert):
@@ -315,7 +329,7 @@ class MugHangExpert(MugCleanupExpert):
         sc = self.env.domain.physics.object_size_scale
         r, h, arm = MUG["radius"] * sc, MUG["half_height"] * sc, 0.028 * sc
         local = np.array([r + (arm - 0.006) / 2, 0.0, (0.7 * h - 0.004 + (-0.5 * h + 0.004)) / 2])
-        return obs["mug_pos"] + _quat_wxyz_to_mat(obs["mug_quat"]) @ local
+        return obs["mug_pos"] + quat_wxyz_to_mat(obs["mug_quat"]) @ local
 
     def act(self, obs):
         p = self.env.domain.physics

@@ -19,6 +19,7 @@ The scripted experts live in experts.py, the MJCF mug, drawer and mug tree in si
     python tasks.py replay --episodes 5       # joint-target replay of expert episodes
     python tasks.py frames                    # results/tasks/<task>_domains.png
 """
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -27,7 +28,16 @@ import numpy as np
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-from experts import make_expert  # noqa: E402  (scripted experts, experts.py)
+
+def _drop_import_noise(record) -> bool:
+    """robosuite warns at import about its private macro file and two optional packages
+    (robosuite_models, mink) that no task here uses; drop those lines, keep every other one."""
+    return not any(s in record.getMessage() for s in ("macro file", "setup_macros", "robosuite_models", "mink"))
+
+
+logging.getLogger("robosuite_logs").addFilter(_drop_import_noise)
+
+from experts import make_expert, quat_wxyz_to_mat, quat_xyzw_to_mat  # noqa: E402  (experts.py)
 from sim_objects import DRAWER, HOOK, MUG, drawer_xml, hook_xml, mug_xml, register_scene_env  # noqa: E402
 
 TASK_NAMES = ("NutAssembly", "MugCleanup", "MugHang")
@@ -38,6 +48,10 @@ CONTROL_FREQ = 20  # Hz, robosuite default
 # recorded expert trajectories do not replay; kp = 2500 (natural frequency 50 rad/s, like a real
 # Franka's stiff joint impedance) lags < 0.01 rad and replays them (`python tasks.py replay`).
 JOINT_KP = 2500
+# robosuite OSC_POSE output_max: an action of 1 asks for 5 cm / 0.5 rad this step
+OSC_POS_SCALE, OSC_ROT_SCALE = 0.05, 0.5
+# initial-state seed ranges, disjoint so no evaluation episode starts where a demo did
+SEED_BASE = {"seed": 0, "target": 100_000, "generate": 200_000, "eval": 1_000_000}
 
 
 class TaskError(ValueError):
@@ -170,6 +184,8 @@ class TaskEnv:
     horizon = 400
     settle_steps = 5        # steps an episode runs on after success (it must still hold then)
     object_name = None      # the manipulated object (robosuite object name)
+    subtasks = ()           # (name, reference frame) in order; the signal `name` ends the subtask
+    frames = {}             # reference frame -> (position obs key, orientation obs key or None)
     fixture_body = None     # body the object goes to
 
     def __init__(self, task, domain="source", control="osc", cameras=(), image_size=84, joint_kp=JOINT_KP):
@@ -340,6 +356,7 @@ class NutAssembly(TaskEnv):
     object_name = "SquareNut"
     fixture_body = "peg1"
     subtasks = (("grasp", "SquareNut"), ("insert", "peg1"))
+    frames = {"SquareNut": ("nut_pos", "nut_quat"), "peg1": ("peg_pos", None)}  # obs keys (pos, quat wxyz)
 
     def _place_objects(self, rng):
         p = self.domain.physics
@@ -391,6 +408,7 @@ class MugCleanup(TaskEnv):
     object_name = "mug"
     fixture_body = "drawer_main"
     subtasks = (("open", "drawer"), ("grasp", "mug"), ("place", "drawer"), ("close", "drawer"))
+    frames = {"drawer": ("drawer_handle_pos", None), "mug": ("mug_pos", "mug_quat")}
     cabinet_pos = (0.15, 0.2)
 
     def scene_kwargs(self):
@@ -445,6 +463,7 @@ class MugHang(TaskEnv):
     object_name = "mug"
     fixture_body = "hook_main"
     subtasks = (("grasp", "mug"), ("hang", "hook"))
+    frames = {"mug": ("mug_pos", "mug_quat"), "hook": ("hook_root_pos", None)}
     tree_pos = (0.1, 0.12)
 
     def scene_kwargs(self):
@@ -495,18 +514,39 @@ def make_env(task: str, domain: str = "source", control: str = "osc", cameras=()
     return TASK_CLASSES[task](task, domain, control, cameras, image_size, joint_kp)
 
 
+def frame_pose(task: str, frame: str, obs: dict) -> np.ndarray:
+    """4x4 world pose of a subtask's reference frame read from one step's observations (a fixed
+    fixture's frame has the world's orientation). Works on live and on stored observations."""
+    pos_key, quat_key = TASK_CLASSES[task].frames[frame]
+    T = np.eye(4)
+    T[:3, 3] = obs[pos_key]
+    if quat_key is not None:
+        T[:3, :3] = quat_wxyz_to_mat(obs[quat_key])
+    return T
+
+
+def eef_pose(obs: dict) -> np.ndarray:
+    """4x4 world pose of the end effector (robosuite's eef quat is xyzw)."""
+    x, y, z, w = obs["robot0_eef_quat"]
+    T = np.eye(4)
+    T[:3, :3] = quat_xyzw_to_mat((x, y, z, w))
+    T[:3, 3] = obs["robot0_eef_pos"]
+    return T
+
+
 # ----------------------------------------------------------------------------------------------
 # episodes: run the expert, record, replay joint targets
 # ----------------------------------------------------------------------------------------------
-def run_expert_episode(env: TaskEnv, seed: int, record: bool = True, settle: int = None) -> dict:
-    """One expert episode from the initial state of `seed`. Stops `settle` steps (default: the
-    task's) after the first success, or at the horizon; the episode succeeds if the task is still
-    solved at its last step. Returns success, length, and (record=True) per-step arrays:
-    obs_<key>, actions (controller space), joint_actions (joint targets + gripper), states,
-    subtask signals."""
+def run_episode(env: TaskEnv, seed: int, make_agent, record: bool = True, settle: int = None) -> dict:
+    """One episode from the initial state of `seed`, driven by `make_agent(env, seed)` (an object
+    with `act(obs)` returning an OSC action; it may set `done` when it has nothing left to do).
+    Stops `settle` steps (default: the task's) after the first success or after the agent is done,
+    or at the horizon; the episode succeeds if the task is still solved at its last step.
+    Returns success, length, seed, the agent's `info` dict (if any), and (record=True) per-step arrays: obs_<key>, actions
+    (controller space), joint_actions (joint targets + gripper), states, signal_<subtask>."""
     settle = env.settle_steps if settle is None else settle
     obs = env.reset(seed)
-    expert = make_expert(env, seed)
+    agent = make_agent(env, seed)
     steps = {"states": [], "actions": [], "joint_actions": []}
     done_at = None
     for t in range(env.horizon):
@@ -514,21 +554,26 @@ def run_expert_episode(env: TaskEnv, seed: int, record: bool = True, settle: int
             steps["states"].append(env.get_state())
             for k, v in obs.items():
                 steps.setdefault(f"obs_{k}", []).append(v)
-        a = expert.act(obs)
+        a = agent.act(obs)
         obs = env.step(a)
         if record:
             steps["actions"].append(a)
             steps["joint_actions"].append(env.joint_target())
             for k, v in env.subtask_signals().items():
                 steps.setdefault(f"signal_{k}", []).append(v)
-        if done_at is None and env.success():
+        if done_at is None and (env.success() or getattr(agent, "done", False)):
             done_at = t
         if done_at is not None and t - done_at >= settle:
             break
-    out = {"success": done_at is not None and env.success(), "length": env.t, "seed": seed}
+    out = {"success": env.success(), "length": env.t, "seed": seed, "info": getattr(agent, "info", {})}
     if record:
         out.update({k: np.asarray(v) for k, v in steps.items()})
     return out
+
+
+def run_expert_episode(env: TaskEnv, seed: int, record: bool = True, settle: int = None) -> dict:
+    """One scripted-expert episode (see run_episode)."""
+    return run_episode(env, seed, make_expert, record, settle)
 
 
 def replay_joint_actions(env: TaskEnv, states0, joint_actions, tracking_errors: list = None) -> bool:
