@@ -74,6 +74,7 @@ class Args:
     resume: bool = arg(False, "an output that exists already is left as it is (no error)")
     overwrite: bool = arg(False, "replace an existing output")
     verify: str = arg("", "replay the joint actions of this HDF5 from its initial states and report")
+    report: str = arg("", "print a markdown table of the datasets under this folder (demos, rate, time)")
     # set mode: the dataset set (paper Sec. 4: 50 seeds -> 3000 source, 50 target per task)
     set_seeds: int = arg(50, "set: source seed demos per task")
     set_source: int = arg(500, "set: generated source demos per task (paper: 3000)")
@@ -83,7 +84,7 @@ class Args:
 
 
 PROFILES = {
-    "smoke": dict(set_seeds=3, set_source=3, set_target=2, set_tasks=["NutAssembly"], set_image_tasks=[],
+    "smoke": dict(set_seeds=2, set_source=2, set_target=1, set_tasks=["NutAssembly"], set_image_tasks=[],
                   num_demos=2),
     "cpu": dict(),
     "paper": dict(set_source=3000, set_image_tasks=["NutAssembly", "MugCleanup", "MugHang"]),
@@ -650,6 +651,24 @@ def verify(path: str, workers: int) -> float:
     return rate
 
 
+def report(root: str) -> str:
+    """One markdown row per dataset file under `root`: the numbers RESULTS.md quotes."""
+    rows = ["| file | source | demos | steps | attempts | success rate | failed in subtask | wall s | demos/min |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".hdf5"))
+    if not paths:
+        raise common.UsageError(f"no .hdf5 files under {root}")
+    for p in paths:
+        with _open_h5(p) as f:
+            at = f["data"].attrs
+            n = len([k for k in f["data"] if k.startswith("demo_")])
+            sec = float(at.get("seconds", float("nan")))
+            rows.append(f"| {os.path.relpath(p, root)} | {at.get('source', '?')} | {n} | {at.get('total', '?')} | "
+                        f"{at.get('num_attempts', '?')} | {float(at.get('success_rate', float('nan'))):.3f} | "
+                        f"{at.get('failed_in_subtask', '')} | {sec:.0f} | {60 * n / sec:.1f} |")
+    return "\n".join(rows)
+
+
 # ----------------------------------------------------------------------------------------------
 # main: check every input first (exit 2, nothing written), then run
 # ----------------------------------------------------------------------------------------------
@@ -734,6 +753,9 @@ def dataset_set(a: Args) -> list:
 def main(argv=None):
     a = common.parse_args(Args, PROFILES, argv, description=__doc__)
     try:
+        if a.report:
+            print(report(a.report))
+            return
         if a.verify:
             if a.workers <= 0:
                 raise common.UsageError(f"--workers must be positive, got {a.workers}")

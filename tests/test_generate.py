@@ -184,6 +184,34 @@ def test_resume_after_kill_equals_uninterrupted_run(files):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_smoke_set_end_to_end_and_rerun_keeps_it(tmp_path):
+    r = run_stage(GEN, "--profile", "smoke", "--root", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    want = ["source/seed_2.hdf5", "source/mimicgen_2.hdf5", "target_visual/demos_1.hdf5",
+            "target_physics/demos_1.hdf5", "target_visual_physics/demos_1.hdf5"]
+    for w in want:
+        with h5py.File(tmp_path / TASK / w, "r") as f:
+            assert f["data"].attrs["domain"] == w.split("/")[0]
+    r = run_stage(GEN, "--profile", "smoke", "--root", str(tmp_path))
+    assert r.returncode == 0 and r.stdout.count("exists, kept") == len(want)
+    r = run_stage(GEN, "--report", str(tmp_path))
+    assert r.returncode == 0 and r.stdout.count("\n| NutAssembly/") == len(want)
+
+
+def test_images_rendered_from_states(files):
+    out = str(files["dir"] / "img.hdf5")
+    r = run_stage(GEN, "--mode", "import", "--task", TASK, "--input", files["seed"], "--num-demos", "1",
+                  "--images", "--out", out)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(out, "r") as f:
+        g = f["data/demo_0"]
+        a, b = g["obs/agentview_image"], g["obs/robot0_eye_in_hand_image"]
+        assert a.dtype == np.uint8 and a.shape == (g.attrs["num_samples"], 84, 84, 3) and b.shape == a.shape
+        assert not np.array_equal(a[0], b[0]) and a[0].std() > 5     # two cameras, real pictures
+        assert json.loads(f["data"].attrs["env_args"])["env_kwargs"]["camera_names"] == \
+            ["agentview", "robot0_eye_in_hand"]
+
+
 # --- import ----------------------------------------------------------------------------------------
 def test_import_recomputes_what_a_plain_robomimic_file_lacks(files):
     """A robomimic file with only the standard keys (actions, states, a few obs) is imported:
