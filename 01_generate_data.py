@@ -74,6 +74,7 @@ class Args:
     resume: bool = arg(False, "an output that exists already is left as it is (no error)")
     overwrite: bool = arg(False, "replace an existing output")
     verify: str = arg("", "replay the joint actions of this HDF5 from its initial states and report")
+    verify_demos: int = arg(0, "--verify: check only the first this many demos (0 = all)")
     report: str = arg("", "print a markdown table of the datasets under this folder (demos, rate, time)")
     # set mode: the dataset set (paper Sec. 4: 50 seeds -> 3000 source, 50 target per task)
     set_seeds: int = arg(50, "set: source seed demos per task")
@@ -135,13 +136,13 @@ class SeedDemos:
             start = end
         return ends + [T]
 
-    def initial_distance(self, d: int, frames_now: dict) -> float:
-        """Distance between a seed demo's initial reference-frame poses and the new scene's:
+    def distance(self, d: int, frames_now: dict, t: int = 0) -> float:
+        """Distance between seed demo d's reference-frame poses at its step t and the new scene's:
         position (m) + rotation angle (rad), summed over the frames (MimicGen's nearest object)."""
         from experts import rotvec
         dist = 0.0
         for fr, T_now in frames_now.items():
-            T_src = self.demos[d]["frames"][fr][0]
+            T_src = self.demos[d]["frames"][fr][t]
             dist += np.linalg.norm(T_now[:3, 3] - T_src[:3, 3])
             dist += np.linalg.norm(rotvec(T_now[:3, :3] @ T_src[:3, :3].T))
         return float(dist)
@@ -177,14 +178,16 @@ class MimicGenAgent:
         self.info = {"src_demo": [], "src_segment": []}
         obs = env.observe()
         self.frames0 = {fr: frame_pose(env.task, fr, obs) for fr in type(env).frames}
-        self.demo = self._select(self.frames0) if not a.per_subtask else None
+        self.demo = self._select(self.frames0, 0) if not a.per_subtask else None
         self.queue_last, self.grip_last = None, -1.0   # last target pose and gripper command
 
-    def _select(self, frames_now) -> int:
+    def _select(self, frames_now, subtask: int) -> int:
+        """A seed demo: uniform among the nn_k nearest at the start of `subtask`, or at random."""
         n = len(self.src.demos)
         if self.a.selection == "random":
             return int(self.rng.integers(n))
-        dist = np.array([self.src.initial_distance(d, frames_now) for d in range(n)])
+        starts = [self.src.demos[d]["ends"][subtask - 1] if subtask else 0 for d in range(n)]
+        dist = np.array([self.src.distance(d, frames_now, starts[d]) for d in range(n)])
         return int(self.rng.choice(np.argsort(dist, kind="stable")[:min(self.a.nn_k, n)]))
 
     def _plan_next(self, obs):
@@ -192,12 +195,18 @@ class MimicGenAgent:
         self.subtask += 1
         i, (_, frame) = self.subtask, self.env.subtasks[self.subtask]
         F_now = frame_pose(self.env.task, frame, obs)
-        d = self.demo if self.demo is not None else self._select({frame: F_now})
+        d = self.demo if self.demo is not None else self._select({frame: F_now}, i)
         demo = self.src.demos[d]
-        # segment [start, end): previous end to this subtask's end, plus a random offset (MimicGen)
+        # segment [start, end): where the last segment of this demo stopped (or, for a demo new in
+        # this episode, its subtask start) to this subtask's end plus a random offset (MimicGen)
         lo, hi = self.a.term_offset
         ends = list(demo["ends"])
-        start = 0 if i == 0 else self._seg_end_prev
+        if i == 0:
+            start = 0
+        elif self.demo is not None:
+            start = self._seg_end_prev
+        else:
+            start = ends[i - 1]
         end = ends[i] if i == len(ends) - 1 else min(ends[i] + int(self.rng.integers(lo, hi + 1)), ends[-1])
         end = max(end, start + 1)
         self._seg_end_prev = end
@@ -507,9 +516,13 @@ def run_job(a: Args, out: str, desc: str = ""):
     bar = tqdm(total=n_goal, initial=min(sum(done.values()), n_goal), desc=desc, unit="demo", leave=True,
                dynamic_ncols=True, file=sys.stdout)
 
+    sessions.append(0.0)
+
     def on_result(ep):
         _write_part(parts, ep)
         done[ep["attempt"]] = bool(ep.get("keep", ep["success"]))
+        sessions[-1] = time.time() - t_start   # this run's wall time so far, kept across a kill
+        common.write_json(sessions_path, sessions)
         n_ok = sum(done.values())
         bar.n = min(n_ok, n_goal)
         bar.set_postfix(attempts=len(done), rate=f"{n_ok / max(len(done), 1):.2f}", refresh=False)
@@ -527,7 +540,7 @@ def run_job(a: Args, out: str, desc: str = ""):
             _run_pool(a, todo, done, n_goal, on_result)
     bar.close()
     kept = _kept(done, n_goal)
-    sessions.append(time.time() - t_start)
+    sessions[-1] = time.time() - t_start
     common.write_json(sessions_path, sessions)
     if kept is None:
         die(f"{desc}: only {sum(done.values())} successes in {len(done)} attempts (limit {max_attempts}); "
@@ -575,14 +588,16 @@ def _assemble(a: Args, out: str, parts: str, kept: list, attempts: int, seconds:
                 lengths.append(int(p["demo"].attrs["num_samples"]))
         data.attrs["total"] = total
         # attempts that failed, by the subtask they failed in (MimicGen reports the same)
-        fails = {}
+        fails, worker_seconds = {}, 0.0
         for i in range(attempts):
             with h5py.File(os.path.join(parts, f"attempt_{i:06d}.h5"), "r") as p:
+                worker_seconds += float(p.attrs["seconds"])
                 if not p.attrs["success"]:
                     names = [s for s, _ in TASK_CLASSES[a.task].subtasks]
                     k = names[min(int(p.attrs["reached"]), len(names) - 1)]
                     fails[k] = fails.get(k, 0) + 1
         data.attrs["failed_in_subtask"] = json.dumps(fails)
+        data.attrs["worker_seconds"] = worker_seconds   # episode time summed over the counted attempts
         data.attrs["env_args"] = json.dumps(env_args(a))
         data.attrs["task"], data.attrs["domain"] = a.task, a.domain
         data.attrs["domain_params"] = json.dumps(asdict(get_domain(a.task, a.domain)))
@@ -628,9 +643,10 @@ def _verify_one(name: str) -> bool:
         return replay_joint_actions(_V["env"], g["states"][0], g["joint_actions"][()])
 
 
-def verify(path: str, workers: int) -> float:
+def verify(path: str, workers: int, max_demos: int = 0) -> float:
     from tqdm import tqdm
     names = list_demos(path)
+    names = names[:max_demos] if max_demos > 0 else names
     with _open_h5(path) as f:
         task, domain = f["data"].attrs.get("task"), f["data"].attrs.get("domain")
         if task is None or "joint_actions" not in f["data"][names[0]]:
@@ -658,15 +674,17 @@ def report(root: str) -> str:
     paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".hdf5"))
     if not paths:
         raise common.UsageError(f"no .hdf5 files under {root}")
+    total_demos, total_sec = 0, 0.0
     for p in paths:
         with _open_h5(p) as f:
             at = f["data"].attrs
             n = len([k for k in f["data"] if k.startswith("demo_")])
             sec = float(at.get("seconds", float("nan")))
+            total_demos, total_sec = total_demos + n, total_sec + sec
             rows.append(f"| {os.path.relpath(p, root)} | {at.get('source', '?')} | {n} | {at.get('total', '?')} | "
                         f"{at.get('num_attempts', '?')} | {float(at.get('success_rate', float('nan'))):.3f} | "
                         f"{at.get('failed_in_subtask', '')} | {sec:.0f} | {60 * n / sec:.1f} |")
-    return "\n".join(rows)
+    return "\n".join(rows) + f"\n\n{len(paths)} files, {total_demos} demos, {total_sec:.0f} s of wall time in all"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -731,10 +749,11 @@ def check_out(out: str, a: Args) -> bool:
 def dataset_set(a: Args) -> list:
     """The files of the profile's dataset set, in build order: per task, source seed demos,
     MimicGen source demos, expert demos in each target domain (low-dim); then, for the image tasks,
-    a copy of each with camera images rendered from its states (`<name>_img.hdf5`)."""
+    a copy of the training files (not the seeds) with camera images rendered from their states
+    (`<name>_img.hdf5`)."""
     from dataclasses import replace
     from tasks import DOMAIN_NAMES
-    jobs, renders = [], []
+    jobs = []
     for task in ([a.task] if a.task else a.set_tasks):
         base = replace(a, task=task, images=False, first_seed=-1, out="", resume=False, overwrite=False)
         seed = replace(base, mode="expert", domain="source", num_demos=a.set_seeds)
@@ -745,9 +764,9 @@ def dataset_set(a: Args) -> list:
         task_jobs = [(j, o or default_out(j, a.root)) for j, o in task_jobs]
         jobs += task_jobs
         if a.images or task in a.set_image_tasks:
-            renders += [(replace(j, mode="import", input=o, images=True), o.replace(".hdf5", "_img.hdf5"))
-                        for j, o in task_jobs]
-    return jobs + renders
+            jobs += [(replace(j, mode="import", input=o, images=True), o.replace(".hdf5", "_img.hdf5"))
+                     for j, o in task_jobs[1:]]
+    return jobs
 
 
 def main(argv=None):
@@ -759,7 +778,7 @@ def main(argv=None):
         if a.verify:
             if a.workers <= 0:
                 raise common.UsageError(f"--workers must be positive, got {a.workers}")
-            verify(a.verify, a.workers)
+            verify(a.verify, a.workers, a.verify_demos)
             return
         check_args(a)
         if a.mode != "set":

@@ -62,7 +62,8 @@ def test_subtask_ends_follow_signals(gen, files):
     d = src.demos[0]
     grasp = d["signals"]["grasp"]
     assert d["ends"][0] == int(np.argmax(grasp)) + 1 and d["ends"][-1] == len(grasp)
-    assert src.initial_distance(0, {fr: T[0] for fr, T in d["frames"].items()}) == 0.0
+    assert src.distance(0, {fr: T[0] for fr, T in d["frames"].items()}) == 0.0
+    assert src.distance(1, {fr: T[0] for fr, T in d["frames"].items()}) > 0.0
 
 
 def test_seed_targets_reproduce_the_recorded_actions(gen, files):
@@ -126,6 +127,17 @@ def test_mimicgen_records_provenance_and_rate(files):
     with h5py.File(files["seed"], "r") as s, h5py.File(files["mimicgen"], "r") as m:
         p0 = {tuple(np.round(s[f"data/demo_{i}/obs/nut_pos"][0], 6)) for i in range(3)}
         assert not p0 & {tuple(np.round(m[f"data/demo_{i}/obs/nut_pos"][0], 6)) for i in range(3)}
+
+
+def test_per_subtask_random_selection(files):
+    out = str(files["dir"] / "per_subtask.hdf5")
+    r = run_stage(GEN, "--mode", "generate", "--task", TASK, "--num-demos", "2", "--seed-data", files["seed"],
+                  "--per-subtask", "--selection", "random", "--first-seed", "300000", "--out", out)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(out, "r") as f:
+        for n in f["data"]:
+            seg = f[f"data/{n}"].attrs["src_segment"]
+            assert len(f[f"data/{n}"].attrs["src_demo"]) == 2 and (seg[:, 1] > seg[:, 0]).all()
 
 
 def test_robomimic_sequence_dataset_reads_our_file(files):
