@@ -748,12 +748,12 @@ def check_out(out: str, a: Args) -> bool:
 
 def dataset_set(a: Args) -> list:
     """The files of the profile's dataset set, in build order: per task, source seed demos,
-    MimicGen source demos, expert demos in each target domain (low-dim); then, for the image tasks,
-    a copy of the training files (not the seeds) with camera images rendered from their states
-    (`<name>_img.hdf5`)."""
+    MimicGen source demos, expert demos in each target domain (low-dim); then, after every task's,
+    for the image tasks a copy of the training files (not the seeds) with camera images rendered
+    from their states (`<name>_img.hdf5`)."""
     from dataclasses import replace
     from tasks import DOMAIN_NAMES
-    jobs = []
+    jobs, renders = [], []
     for task in ([a.task] if a.task else a.set_tasks):
         base = replace(a, task=task, images=False, first_seed=-1, out="", resume=False, overwrite=False)
         seed = replace(base, mode="expert", domain="source", num_demos=a.set_seeds)
@@ -763,10 +763,10 @@ def dataset_set(a: Args) -> list:
         task_jobs += [(replace(base, mode="expert", domain=dom, num_demos=a.set_target), None) for dom in DOMAIN_NAMES[1:]]
         task_jobs = [(j, o or default_out(j, a.root)) for j, o in task_jobs]
         jobs += task_jobs
-        if a.images or task in a.set_image_tasks:
-            jobs += [(replace(j, mode="import", input=o, images=True), o.replace(".hdf5", "_img.hdf5"))
-                     for j, o in task_jobs[1:]]
-    return jobs
+        if a.images or task in a.set_image_tasks:   # last: rendering is the slow part on a CPU
+            renders += [(replace(j, mode="import", input=o, images=True), o.replace(".hdf5", "_img.hdf5"))
+                        for j, o in task_jobs[1:]]
+    return jobs + renders
 
 
 def main(argv=None):
