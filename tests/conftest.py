@@ -27,3 +27,39 @@ def run_stage(*args, timeout=600):
 @pytest.fixture(scope="session")
 def toy():
     return load_stage("00_toy.py")
+
+
+def make_fake_dataset(path, num_demos=3, T=20, seed=0, domain="target", images=0, lowdim=None,
+                      action_dim=8, nan=False):
+    """A small robomimic-format file with random low-dim observations (joint, gripper, an object
+    position), optional `images`-sized camera frames and 8-D joint actions, for training tests."""
+    import json
+    import h5py
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    lowdim = lowdim or {"robot0_joint_pos": 7, "robot0_gripper_qpos": 2, "nut_pos": 3}
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["total"] = num_demos * T
+        data.attrs["env_args"] = json.dumps({"env_name": "NutAssembly", "type": 1, "env_kwargs": {}})
+        data.attrs["task"], data.attrs["domain"] = "NutAssembly", domain
+        for i in range(num_demos):
+            d = data.create_group(f"demo_{i}")
+            d.attrs["num_samples"] = T
+            shift = 0.0 if domain == "target" else 0.5
+            for k, n in lowdim.items():
+                d.create_dataset(f"obs/{k}", data=rng.normal(shift, 1, (T, n)).astype(np.float32))
+            if images:
+                for cam in ("agentview_image", "robot0_eye_in_hand_image"):
+                    d.create_dataset(f"obs/{cam}", data=rng.integers(0, 255, (T, images, images, 3), dtype=np.uint8))
+            a = np.cumsum(rng.normal(0, 0.1, (T, action_dim)), 0).astype(np.float32)
+            if nan and i == num_demos - 1:
+                a[T // 2, 0] = np.nan
+            d.create_dataset("joint_actions", data=a)
+            d.create_dataset("actions", data=a[:, :7])
+            d.create_dataset("states", data=np.zeros((T, 10)))
+            d.create_dataset("rewards", data=np.zeros(T))
+            d.create_dataset("dones", data=np.zeros(T, dtype=np.int64))
+        f.create_dataset("mask/train", data=np.array([f"demo_{i}" for i in range(num_demos)], dtype="S"))
+        f.create_dataset("mask/valid", data=np.array([], dtype="S"))
+    return str(path)

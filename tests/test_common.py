@@ -250,3 +250,139 @@ def test_parse_args_profiles_and_flags(toy):
     with pytest.raises(SystemExit) as e:
         common.parse_args(toy.Args, toy.PROFILES, ["--lr", "fast"])
     assert e.value.code == 2
+
+
+# --- co-training losses (issue 5) --------------------------------------------------------------
+def test_gradient_reversal_flips_the_encoders_gradient_only():
+    torch.manual_seed(0)
+    enc = torch.nn.Linear(4, 6)
+    disc = common.Discriminator(6, hidden=8)
+    x = torch.randn(32, 4)
+    domain = torch.randint(0, 2, (32,))
+    grads = {}
+    for reverse in (False, True):
+        enc.zero_grad(); disc.zero_grad()
+        loss, acc = common.discriminator_loss(disc, enc(x), domain, reverse=reverse)
+        loss.backward()
+        grads[reverse] = ([p.grad.clone() for p in enc.parameters()],
+                          [p.grad.clone() for p in disc.parameters()])
+        assert 0 <= acc.item() <= 1
+    for g_plain, g_rev in zip(grads[False][0], grads[True][0]):
+        assert g_plain.abs().sum() > 0
+        assert torch.allclose(g_rev, -g_plain)  # the encoder is pushed to fool the discriminator
+    for g_plain, g_rev in zip(grads[False][1], grads[True][1]):
+        assert torch.allclose(g_rev, g_plain)  # the discriminator itself learns as usual
+    x = torch.randn(3, requires_grad=True)
+    common.grad_reverse(x, 0.5).sum().backward()
+    assert torch.allclose(x.grad, torch.full((3,), -0.5))
+
+
+def test_cfg_null_label_is_used_at_the_drop_rate():
+    g = torch.Generator().manual_seed(0)
+    domain = torch.randint(0, 2, (200_000,), generator=g)
+    for p in (0.0, 0.2, 0.5, 1.0):
+        out = common.drop_labels(domain, p, g)
+        dropped = out == common.NULL_LABEL
+        assert dropped.float().mean().item() == pytest.approx(p, abs=0.005)
+        assert torch.equal(out[~dropped], domain[~dropped])
+
+
+def test_ot_loss_zero_for_identical_batches_and_grows_with_shift():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(64, 16, generator=g)
+    losses = [common.ot_loss(z + s, z).item() for s in (0.25, 0.5, 1.0, 2.0)]
+    # zero up to the entropic blur of the plan (off-diagonal mass ~ exp(-cost / reg))
+    assert common.ot_loss(z, z.clone()).item() < 1e-3 * losses[0]
+    assert all(b > a for a, b in zip(losses, losses[1:])) and losses[0] > 1e-3
+    assert common.ot_loss(z[:0], z).item() == 0.0  # no source sample in the batch
+    # the plan is held constant: the gradient is sum(plan * dC/dz), pulling source toward target
+    zs = (z + 1.0).requires_grad_(True)
+    common.ot_loss(zs, z).backward()
+    assert (zs.grad > 0).float().mean() > 0.9
+
+
+def test_unbalanced_sinkhorn_plan_matches_marginals_when_relaxation_is_strong():
+    C = torch.rand(5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    P = common.unbalanced_sinkhorn(C, reg=0.1, reg_m=1e4, iters=2000)
+    assert torch.allclose(P.sum(1), torch.full((5,), 1 / 5, dtype=torch.float64), atol=1e-3)
+    assert torch.allclose(P.sum(0), torch.full((7,), 1 / 7, dtype=torch.float64), atol=1e-3)
+
+
+def test_mixed_batch_counts_exact_in_expectation():
+    g = torch.Generator().manual_seed(0)
+    for w, B in ((0.0, 256), (1.0, 256), (0.5, 256), (0.016, 256), (0.1, 128)):
+        n = np.array([common.mixed_batch_counts(w, B, g) for _ in range(20000)])
+        assert set(np.unique(n)) <= {math.floor(w * B), math.ceil(w * B)}
+        assert n.mean() == pytest.approx(w * B, abs=0.02)
+    with pytest.raises(common.UsageError):
+        common.mixed_batch_counts(1.5, 8, g)
+
+
+def test_get_lr_warmup_then_cosine():
+    assert common.get_lr(0, 1.0, 10, 110) == pytest.approx(0.1)
+    assert common.get_lr(9, 1.0, 10, 110) == pytest.approx(1.0)
+    assert common.get_lr(60, 1.0, 10, 110) == pytest.approx(0.5)
+    assert common.get_lr(110, 1.0, 10, 110) == pytest.approx(0.0)
+
+
+# --- policy networks ----------------------------------------------------------------------------
+def small_policy_cfg(**kw):
+    cfg = dict(arch="encdec", n_obs=2, horizon=8, n_action=4, d_feat=16, d_model=16, n_heads=2,
+               n_layers=1, n_cond_layers=1, dropout=0.0, unet_dims=[16, 32], resnet_width=8,
+               vision_dim=8, crop=0, T=100, sample_steps=5, image_keys=[],
+               lowdim_keys=["a", "b"], lowdim_dims={"a": 3, "b": 2}, action_dim=4, use_label=False)
+    cfg.update(kw)
+    return cfg
+
+
+@pytest.mark.parametrize("arch", ["encdec", "dec", "unet"])
+def test_denoisers_map_chunks_to_chunks(arch):
+    torch.manual_seed(0)
+    pol = common.DiffusionPolicy(small_policy_cfg(arch=arch, use_label=True))
+    obs = {"a": torch.randn(5, 2, 3), "b": torch.randn(5, 2, 2)}
+    stem, z = pol.encode(obs)
+    assert stem.shape == (5, 2, 5) and z.shape == (5, 2, 16)
+    cond = pol.condition(z, torch.tensor([0, 1, -1, 0, 1]))
+    assert cond.shape == (5, 2, 18)
+    assert torch.equal(cond[2, :, 16:], torch.zeros(2, 2))  # the null label is all zeros
+    assert torch.equal(cond[1, 0, 16:], torch.tensor([0.0, 1.0]))
+    loss = pol.diffusion_loss(torch.randn(5, 8, 4), cond)
+    assert loss.shape == (5,)
+    a = pol.predict_action(obs, guidance_scale=-0.5, sample_steps=3,
+                           generator=torch.Generator().manual_seed(0))
+    assert a.shape == (5, 8, 4) and torch.isfinite(a).all()
+
+
+def test_guidance_combines_conditional_and_null_predictions():
+    torch.manual_seed(0)
+    pol = common.DiffusionPolicy(small_policy_cfg(use_label=True)).eval()
+    obs = {"a": torch.randn(3, 2, 3), "b": torch.randn(3, 2, 2)}
+    run = lambda lam, label=0: pol.predict_action(obs, label=label, guidance_scale=lam, sample_steps=1,
+                                                  generator=torch.Generator().manual_seed(1))
+    # with one DDIM step the output is linear in eps, so the guided chunk is the CFG mix
+    a0, a_null, a_g = run(0.0), run(0.0, common.NULL_LABEL), run(-0.5)
+    assert not torch.allclose(a0, a_null)
+    assert torch.allclose(a_g, 0.5 * a0 + 0.5 * a_null, atol=1e-4)
+
+
+def test_resnet18gn_and_crops():
+    net = common.ResNet18GN(width=8, out_dim=10)
+    assert net(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    x = torch.arange(2 * 3 * 10 * 10, dtype=torch.float32).reshape(2, 3, 10, 10)
+    c = common.random_crop(x, 6, torch.Generator().manual_seed(0))
+    assert c.shape == (2, 3, 6, 6)
+    for n in range(2):  # every crop is a contiguous window of its own image
+        i, j = divmod(int(c[n, 0, 0, 0].item()) - n * 300, 10)
+        assert torch.equal(c[n], x[n, :, i:i + 6, j:j + 6])
+    assert torch.equal(common.center_crop(x, 6), x[..., 2:8, 2:8])
+
+
+def test_normalizer_maps_union_to_unit_box_and_back():
+    x = np.random.default_rng(0).normal(3, 2, (500, 4)).astype(np.float32)
+    x[:, 3] = 1.5  # a constant dim is only centred
+    norm = common.Normalizer({"k": 4}).fit({"k": x})
+    y = norm("k", torch.from_numpy(x))
+    assert y[:, :3].min().item() == pytest.approx(-1) and y[:, :3].max().item() == pytest.approx(1)
+    assert torch.allclose(y[:, 3], torch.zeros(500))
+    assert torch.allclose(norm.inverse("k", y), torch.from_numpy(x), atol=1e-5)

@@ -1,0 +1,509 @@
+"""Stage 02: diffusion policy co-training with every method (paper Sec. 4, 5.1, App. C, D.3, D.4).
+
+    python 02_train.py --method cfg_adda --ratio 0.1                 # the paper's method
+    python 02_train.py --method cotrain --ratio natural              # plain concatenation
+    python 02_train.py --method sim_only --out runs/train/pre        # App. D.4: pre-train on sim,
+    python 02_train.py --method real_only --init-from runs/train/pre/ckpt.pt   # then fine-tune
+    torchrun --nproc_per_node 4 02_train.py --profile paper --method cotrain   # data parallel
+
+Methods (Sec. 5.1; each adds one loss term or one conditioning input to the same loop):
+  real_only     w = 1 (target data only)           sim_only   w = 0 (source data only)
+  cotrain       batches mixed with ratio w (Eq. 1: L = w E_T[l] + (1 - w) E_S[l])
+  ot            + disc-free alignment: unbalanced Sinkhorn OT between source and target batch
+                features, plan held constant, weight --ot-weight (Cheng et al. 2025)
+  adda          + 3-layer MLP domain discriminator on the observation features, gradient
+                reversal into the encoder, weight --disc-weight, after --disc-warmup steps
+  discriminate  ADDA's discriminator without gradient reversal (Table 1, "+discrimination")
+  cfg           + one-hot domain label concatenated to the observation features, dropped to the
+                null label with prob. --cfg-drop-prob; guidance at inference (Wei et al. 2025)
+  cfg_adda      CFG's label + ADDA's discriminator on the label-free feature dims (the paper's)
+Guidance convention: eps = (1 + lambda) eps(o, c) - lambda eps(o, null); lambda = --guidance is
+stored in the checkpoint as 03_eval.py's default (CFG: 0, CFG-ADDA: -0.5). Codebases that write
+eps_u + s (eps_c - eps_u) use s = 1 + lambda.
+
+Writes runs/train/<run>/: config.json, metrics.jsonl, ckpt.pt (latest: model, EMA, optimizer,
+RNG states, step, config, normalization, dataset digests; --resume continues from it, and on CPU
+a killed and resumed run ends with the same weights as an uninterrupted one), ckpt_<step>.pt
+(EMA-only snapshots every --snapshot-every steps, for App. D.4's "best along training").
+"""
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+import common
+from common import arg, die, UsageError
+
+METHODS = ["real_only", "sim_only", "cotrain", "ot", "adda", "discriminate", "cfg", "cfg_adda"]
+DISC_METHODS = {"adda": True, "cfg_adda": True, "discriminate": False}  # -> gradient reversal?
+LABEL_METHODS = {"cfg", "cfg_adda"}
+DEFAULT_GUIDANCE = {"cfg": 0.0, "cfg_adda": -0.5}  # Sec. 5.1, Table 2
+
+
+# ----------------------------------------------------------------------------------------------
+# arguments: every default visible here; a profile overrides some (table below)
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Args:
+    profile: str = "cpu"
+    method: str = arg("cotrain", "co-training method: " + ", ".join(METHODS))
+    ratio: str = arg("auto", "mixing ratio w = P(target sample): a number in [0, 1], natural "
+                             "(N/(N+M)) or auto (middle of the guideline's range, App. D.5)")
+    # data
+    task: str = arg("NutAssembly", "task: NutAssembly, MugCleanup, MugHang")
+    target_domain: str = arg("target_visual_physics", "target ('real') domain (Sec. 4: visual-physics)")
+    data_root: str = arg("data", "folder of the dataset set written by 01_generate_data.py")
+    target_name: str = arg("demos_50", "target dataset file name under <root>/<task>/<target domain>/")
+    source_name: str = arg("mimicgen_500", "source dataset file name under <root>/<task>/source/")
+    target_data: str = arg("", "explicit target HDF5 (overrides the three options above)")
+    source_data: str = arg("", "explicit source HDF5")
+    images: bool = arg(False, "train on camera images (reads the *_img.hdf5 files)")
+    image_keys: list = arg(["agentview_image", "robot0_eye_in_hand_image"], "cameras (App. C: 2)")
+    obs_keys: list = arg([], "low-dim keys; empty = proprioception (+ object poses without images)")
+    max_demos: int = arg(0, "use only the first K demos of each file (0 = all)")
+    # method hyperparameters (Sec. 5.1, App. C)
+    disc_weight: float = arg(0.05, "ADDA/CFG-ADDA discriminator loss weight alpha (App. D.6 sweep: 0, 0.05, 0.5)")
+    disc_warmup: int = arg(5000, "steps before the discriminator loss starts (App. C: 5000)")
+    disc_hidden: int = arg(256, "discriminator hidden width (3-layer MLP, App. C)")
+    cfg_drop_prob: float = arg(0.2, "CFG: probability of replacing the domain label by the null label")
+    guidance: str = arg("", "default guidance lambda stored for eval (empty: CFG 0, CFG-ADDA -0.5)")
+    ot_weight: float = arg(0.1, "OT: loss weight")
+    ot_reg: float = arg(0.05, "OT: entropic regularization of the unbalanced Sinkhorn plan")
+    ot_reg_m: float = arg(1.0, "OT: marginal relaxation (KL weight) of the unbalanced plan")
+    ot_action_weight: float = arg(0.0, "OT: weight of the action-chunk distance in the cost")
+    init_from: str = arg("", "start from this checkpoint's EMA weights (App. D.4 fine-tuning)")
+    # policy (Chi et al. Diffusion Policy; App. C, D.3)
+    arch: str = arg("encdec", "denoiser: encdec (transformer enc-dec, the paper's), dec, unet")
+    n_obs: int = arg(2, "observation history length")
+    horizon: int = arg(16, "predicted action chunk length")
+    n_action: int = arg(8, "actions executed per chunk at test time")
+    d_feat: int = arg(256, "observation feature width (trunk output)")
+    d_model: int = arg(256, "transformer width")
+    n_heads: int = arg(4, "attention heads")
+    n_layers: int = arg(8, "transformer decoder layers")
+    n_cond_layers: int = arg(4, "transformer encoder layers over the observation tokens (encdec)")
+    dropout: float = arg(0.1, "transformer dropout")
+    unet_dims: list = arg([256, 512, 1024], "U-Net channel widths")
+    resnet_width: int = arg(64, "ResNet18 base width (64 = the original)")
+    vision_dim: int = arg(256, "per-camera feature width after the vision stem")
+    crop: int = arg(76, "random crop size in training, center crop at test (0 = none)")
+    T: int = arg(100, "diffusion steps in training (DDPM)")
+    sample_steps: int = arg(10, "DDIM steps at inference (stored for eval)")
+    # optimization
+    steps: int = arg(100000, "training steps")
+    batch_size: int = arg(256, "batch size (App. C: 256); with torchrun, split across processes")
+    lr: float = arg(1e-4, "AdamW peak learning rate")
+    weight_decay: float = arg(1e-3, "AdamW weight decay")
+    warmup: int = arg(1000, "linear learning-rate warm-up steps, then cosine decay to 0")
+    grad_clip: float = arg(1.0, "gradient norm clip (0 = off)")
+    ema_power: float = arg(0.75, "EMA warm-up power (Diffusion Policy)")
+    ema_max: float = arg(0.9999, "EMA maximum decay")
+    seed: int = arg(0, "seed of the model init, batch sampler and noise")
+    # running
+    out: str = arg("", "run folder (default runs/train/<task>_<domain>_<method>_r<w>_<arch>_s<seed>)")
+    resume: bool = arg(False, "continue from <out>/ckpt.pt if it exists")
+    overwrite: bool = arg(False, "start over in an existing run folder")
+    save_every: int = arg(5000, "steps between checkpoints (ckpt.pt)")
+    snapshot_every: int = arg(0, "steps between EMA-only snapshots ckpt_<step>.pt (0 = none)")
+    log_every: int = arg(100, "steps between metrics.jsonl lines")
+    device: str = arg("auto", "auto (cuda if available), cpu, cuda")
+    verbose: bool = arg(False, "print every metrics line")
+
+
+# The profiles: every value that differs from the defaults above, in one table.
+PROFILES = {
+    # GPU, the paper's setting: 2 cameras 84x84 (crop 76), history 2, batch 256. The paper does
+    # not state its step budget; 100k steps is our choice (Diffusion Policy trains for ~3000 epochs).
+    "paper": dict(images=True, source_name="mimicgen_3000"),
+    # This 2-core CPU: low-dim observations (proprioception + object poses), a small transformer.
+    "cpu": dict(images=False, d_feat=128, d_model=128, n_layers=2, n_cond_layers=1, dropout=0.0,
+                unet_dims=[64, 128, 256], steps=15000, batch_size=128, lr=3e-4, warmup=500,
+                disc_warmup=2000, save_every=1000, snapshot_every=5000, log_every=100),
+    # Seconds, for tests.
+    "smoke": dict(images=False, d_feat=32, d_model=32, n_heads=2, n_layers=1, n_cond_layers=1,
+                  dropout=0.0, horizon=8, n_action=4, unet_dims=[16, 32], resnet_width=8,
+                  vision_dim=16, crop=0, steps=20, batch_size=16, lr=1e-3, warmup=5,
+                  disc_warmup=5, disc_hidden=32, save_every=10, snapshot_every=10, log_every=5),
+}
+# Settings that may change on --resume without changing the result.
+RESUME_FREE = {"resume", "overwrite", "save_every", "snapshot_every", "log_every", "verbose", "device"}
+# Settings that define the network (a checkpoint for --init-from must match them).
+MODEL_KEYS = ["arch", "n_obs", "horizon", "d_feat", "d_model", "n_heads", "n_layers",
+              "n_cond_layers", "unet_dims", "resnet_width", "vision_dim", "crop", "T",
+              "image_keys", "lowdim_keys", "lowdim_dims", "action_dim", "use_label"]
+
+
+# ----------------------------------------------------------------------------------------------
+# checks and data
+# ----------------------------------------------------------------------------------------------
+def check_args(a: Args):
+    if a.method not in METHODS:
+        raise UsageError(f"unknown method {a.method!r}; choose from {', '.join(METHODS)}")
+    if a.arch not in ("encdec", "dec", "unet"):
+        raise UsageError(f"unknown --arch {a.arch!r}; choose from encdec, dec, unet")
+    for name in ("steps", "batch_size", "n_obs", "horizon", "n_action", "T", "sample_steps"):
+        if getattr(a, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
+    if a.n_action > a.horizon:
+        raise UsageError(f"--n-action ({a.n_action}) cannot exceed --horizon ({a.horizon})")
+    if not 0 <= a.cfg_drop_prob <= 1:
+        raise UsageError(f"--cfg-drop-prob must be in [0, 1], got {a.cfg_drop_prob}")
+    if a.guidance and a.method not in LABEL_METHODS:
+        raise UsageError(f"--guidance needs a domain label (methods cfg, cfg_adda), not {a.method}")
+    if a.resume and a.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+
+
+def data_paths(a: Args):
+    suffix = "_img" if a.images else ""
+    tgt = a.target_data or os.path.join(a.data_root, a.task, a.target_domain, f"{a.target_name}{suffix}.hdf5")
+    src = a.source_data or os.path.join(a.data_root, a.task, "source", f"{a.source_name}{suffix}.hdf5")
+    return tgt, src
+
+
+def load_data(a: Args):
+    """Both datasets (the source set also serves real_only: actions and observations are
+    normalized over the union of both, so every method sees the same normalization)."""
+    tgt_path, src_path = data_paths(a)
+    for p in (tgt_path, src_path):
+        if not os.path.isfile(p):
+            raise UsageError(f"dataset not found: {p} (make it with `make data` or "
+                             f"01_generate_data.py; or name it with --target-data/--source-data)")
+    lowdim_keys = a.obs_keys or (common.PROPRIO_KEYS if a.images else common.lowdim_keys_of(tgt_path))
+    image_keys = a.image_keys if a.images else []
+    missing = set(lowdim_keys) - set(common.lowdim_keys_of(src_path)) - set(common.PROPRIO_KEYS)
+    if missing:
+        raise UsageError(f"datasets have mismatched observation keys: {sorted(missing)} in "
+                         f"{tgt_path} but not in {src_path}")
+    sets = []
+    for p in (tgt_path, src_path):
+        sets.append(common.load_demos(p, lowdim_keys + image_keys, a.n_obs, a.horizon,
+                                      max_demos=a.max_demos))
+    target, source = sets
+    for k in lowdim_keys + image_keys:
+        if target.obs[k].shape[1:] != source.obs[k].shape[1:]:
+            raise UsageError(f"datasets have mismatched observation '{k}': {target.obs[k].shape[1:]} "
+                             f"in {tgt_path} vs {source.obs[k].shape[1:]} in {src_path}")
+    if target.actions.shape[1] != source.actions.shape[1]:
+        raise UsageError(f"datasets have mismatched action dims: {target.actions.shape[1]} vs "
+                         f"{source.actions.shape[1]}")
+    return target, source, lowdim_keys, image_keys
+
+
+def model_config(a: Args, target, lowdim_keys, image_keys) -> dict:
+    return dict(arch=a.arch, n_obs=a.n_obs, horizon=a.horizon, n_action=a.n_action, d_feat=a.d_feat,
+                d_model=a.d_model, n_heads=a.n_heads, n_layers=a.n_layers,
+                n_cond_layers=a.n_cond_layers, dropout=a.dropout, unet_dims=list(a.unet_dims),
+                resnet_width=a.resnet_width, vision_dim=a.vision_dim,
+                crop=a.crop if image_keys else 0, T=a.T, sample_steps=a.sample_steps,
+                image_keys=list(image_keys), lowdim_keys=list(lowdim_keys),
+                lowdim_dims={k: int(target.obs[k].shape[-1]) for k in lowdim_keys},
+                action_dim=int(target.actions.shape[1]), use_label=a.method in LABEL_METHODS)
+
+
+def run_name(a: Args, w: float) -> str:
+    return f"{a.task}_{a.target_domain}_{a.method}_r{w:.3g}_{a.arch}_s{a.seed}"
+
+
+# ----------------------------------------------------------------------------------------------
+# the co-training objective: one module, so DistributedDataParallel sees every parameter
+# ----------------------------------------------------------------------------------------------
+class CoTrainObjective(torch.nn.Module):
+    """Total loss of one batch for any method. The shared part is the diffusion loss of Eq. 1
+    (the batch composition carries w); each method adds one term or one conditioning input."""
+
+    def __init__(self, policy: common.DiffusionPolicy, a: Args):
+        super().__init__()
+        self.policy, self.a = policy, a
+        d_disc = a.n_obs * a.d_feat  # the label-free features only (CFG-ADDA, Sec. 5.1)
+        self.disc = common.Discriminator(d_disc, a.disc_hidden) if a.method in DISC_METHODS else None
+
+    def forward(self, batch: dict, step: int, gen: torch.Generator):
+        a, policy = self.a, self.policy
+        stem, z = policy.encode(batch["obs"], gen)
+        label = batch["domain"]
+        # --- CFG / CFG-ADDA: domain label, dropped to the null label with prob. p -----------
+        if a.method in LABEL_METHODS:
+            label = common.drop_labels(label, a.cfg_drop_prob, gen)
+        cond = policy.condition(z, label)
+        terms = {"diffusion": policy.diffusion_loss(batch["actions"], cond, gen).mean()}
+        loss = terms["diffusion"]
+        # --- ADDA / CFG-ADDA / +discrimination: discriminator on z (label-free dims) -------
+        if self.disc is not None:
+            d_loss, acc = common.discriminator_loss(self.disc, z, batch["domain"],
+                                                    reverse=DISC_METHODS[a.method])
+            on = float(step >= a.disc_warmup)  # App. C: no discriminator loss before warm-up
+            terms["disc"], terms["disc_acc"] = d_loss, acc
+            loss = loss + on * a.disc_weight * d_loss
+        # --- OT: unbalanced Sinkhorn between source and target features in the batch ------
+        if a.method == "ot":
+            is_t = batch["domain"] == common.TARGET
+            terms["ot"] = common.ot_loss(z[~is_t], z[is_t], a.ot_reg, a.ot_reg_m,
+                                         batch["actions"][~is_t], batch["actions"][is_t],
+                                         a.ot_action_weight)
+            loss = loss + a.ot_weight * terms["ot"]
+        terms["loss"] = loss
+        return terms
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+# ----------------------------------------------------------------------------------------------
+def save_atomic(obj, path: str):
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_states(gens: dict) -> dict:
+    out = {k: g.get_state() for k, g in gens.items()}
+    out["torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_states(gens: dict, states: dict):
+    for k, g in gens.items():
+        g.set_state(states[k])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load_checkpoint(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise UsageError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})")
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+# ----------------------------------------------------------------------------------------------
+def setup_distributed():
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: one process per GPU, gradients all-reduced."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 1, 0, 0
+    import torch.distributed as dist
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return world, dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def to_device(batch: dict, device) -> dict:
+    return {"obs": {k: v.to(device, non_blocking=True) for k, v in batch["obs"].items()},
+            "actions": batch["actions"].to(device, non_blocking=True),
+            "domain": batch["domain"].to(device, non_blocking=True)}
+
+
+def train(a: Args):
+    check_args(a)
+    world, rank, local_rank = setup_distributed()
+    if a.batch_size % world:
+        raise UsageError(f"--batch-size {a.batch_size} is not divisible by {world} processes")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+
+    # --- data, ratio, configuration: everything checked before anything is written ---------
+    target, source, lowdim_keys, image_keys = load_data(a)
+    if a.method == "real_only":
+        w = 1.0
+    elif a.method == "sim_only":
+        w = 0.0
+    else:
+        w = common.resolve_ratio(a.ratio, target.num_demos, source.num_demos)
+    guidance = float(a.guidance) if a.guidance else DEFAULT_GUIDANCE.get(a.method)
+    mcfg = model_config(a, target, lowdim_keys, image_keys)
+    out = a.out or os.path.join("runs", "train", run_name(a, w))
+    ckpt_path = os.path.join(out, "ckpt.pt")
+    config = {"args": asdict(a), "model": mcfg, "mixing_ratio": w, "guidance_scale": guidance,
+              "data": {name: {"path": ds.path, "digest": ds.digest, "num_demos": ds.num_demos,
+                              "num_windows": len(ds), **ds.attrs}
+                       for name, ds in (("target", target), ("source", source))}}
+    resume_ck = None
+    if os.path.exists(ckpt_path) and not a.overwrite:
+        if not a.resume:
+            raise UsageError(f"{out} holds a run already: --resume to continue it, --overwrite "
+                             f"to start over, or another --out")
+        resume_ck = load_checkpoint(ckpt_path)
+        old = resume_ck["config"]
+        diff = [k for k in old["args"] if k not in RESUME_FREE and old["args"][k] != config["args"].get(k)]
+        diff += [f"data.{k}.digest" for k in ("target", "source")
+                 if old["data"][k]["digest"] != config["data"][k]["digest"]]
+        if diff:
+            raise UsageError(f"--resume: {ckpt_path} was made with different settings: {', '.join(diff)}")
+    init_ck = None
+    if a.init_from:
+        init_ck = load_checkpoint(a.init_from)
+        have = init_ck["config"]["model"]
+        bad = [f"{k}: {have.get(k)} vs {mcfg[k]}" for k in MODEL_KEYS if have.get(k) != mcfg[k]]
+        if bad:
+            raise UsageError(f"--init-from {a.init_from}: checkpoint from a different architecture "
+                             f"({'; '.join(bad)})")
+
+    # --- model, EMA, optimizer -------------------------------------------------------------
+    common.seed_everything(a.seed + rank, deterministic=device.type == "cpu")
+    policy = common.DiffusionPolicy(mcfg)
+    policy.normalizer.fit({**{k: np.concatenate([target.obs[k], source.obs[k]]) for k in lowdim_keys},
+                           "actions": np.concatenate([target.actions, source.actions])})
+    if init_ck is not None:
+        policy.load_state_dict(init_ck["ema"])
+    objective = CoTrainObjective(policy, a).to(device)
+    ema = copy.deepcopy(policy).requires_grad_(False).eval()
+    decay, no_decay = [], []
+    for n, p in objective.named_parameters():
+        (decay if p.dim() >= 2 and "pos" not in n else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.95, 0.999))
+    gens = {"sampler": torch.Generator().manual_seed(a.seed * 1000 + rank),
+            "noise": torch.Generator().manual_seed(a.seed * 1000 + 500 + rank)}
+    step = 0
+    if resume_ck is not None:
+        objective.load_state_dict(resume_ck["objective"])
+        ema.load_state_dict(resume_ck["ema"])
+        opt.load_state_dict(resume_ck["optimizer"])
+        set_rng_states(gens, resume_ck["rng"][rank] if isinstance(resume_ck["rng"], list) else resume_ck["rng"])
+        step = resume_ck["step"]
+    model = objective
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=objective.disc is not None)
+
+    # --- run folder (written only now that every check has passed) --------------------------
+    main_proc = rank == 0
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    if main_proc:
+        if a.overwrite and os.path.isdir(out):
+            for f in os.listdir(out):
+                if f.startswith("ckpt") or f in ("metrics.jsonl", "config.json") or f.startswith("events."):
+                    os.remove(os.path.join(out, f))
+        os.makedirs(out, exist_ok=True)
+        common.write_json(os.path.join(out, "config.json"), config)
+        keep_metrics_until(metrics_path, step)
+    tb = tensorboard_writer(out, config) if main_proc else None
+
+    def checkpoint(final=False):
+        if not main_proc:
+            return
+        ck = {"objective": objective.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+              "step": step, "config": config, "rng": rng_states(gens), "final": final}
+        save_atomic(ck, ckpt_path)
+
+    def snapshot():
+        if main_proc:
+            save_atomic({"ema": ema.state_dict(), "step": step, "config": config, "final": False},
+                        os.path.join(out, f"ckpt_{step:07d}.pt"))
+
+    # --- the loop ----------------------------------------------------------------------------
+    from tqdm import tqdm
+    local_batch = a.batch_size // world
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    bar = tqdm(total=a.steps, initial=step, desc=f"train {a.method} w={w:.3g}", disable=not main_proc,
+               dynamic_ncols=True)
+    acc = new_interval()
+    objective.train()
+    while step < a.steps:
+        batch = to_device(common.sample_cotrain_batch(target, source, w, local_batch, gens["sampler"]), device)
+        lr = common.get_lr(step, a.lr, a.warmup, a.steps)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        t1 = time.perf_counter()
+        with amp:
+            terms = model(batch, step, gens["noise"])
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if a.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(objective.parameters(), a.grad_clip)
+        opt.step()
+        common.ema_update(ema.parameters(), policy.parameters(), common.ema_decay(step, a.ema_power, a.ema_max))
+        step += 1
+        acc["t_model"] += time.perf_counter() - t1
+        acc["n"] += 1
+        acc["n_target"] += int((batch["domain"] == common.TARGET).sum())
+        for k, v in terms.items():
+            acc["terms"][k] = acc["terms"].get(k, 0.0) + v.detach().float()
+        if step % a.log_every == 0 or step == a.steps:
+            row = log_metrics(acc, step, lr, local_batch * world, metrics_path if main_proc else None, tb)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.0f}")
+            if a.verbose and main_proc:
+                tqdm.write(json.dumps(row))
+            acc = new_interval()
+        if a.snapshot_every and step % a.snapshot_every == 0:
+            snapshot()
+        if step % a.save_every == 0 and step < a.steps:
+            checkpoint()
+        bar.update(1)
+    bar.close()
+    checkpoint(final=True)
+    if tb is not None:
+        tb.close()
+    if main_proc:
+        print(f"done: {ckpt_path} (step {step}, mixing ratio {w:.4g})")
+    return out
+
+
+def keep_metrics_until(path: str, step: int):
+    """On resume, drop metrics lines logged after the checkpoint (they will be logged again)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        rows = [r for r in f if r.strip() and json.loads(r)["step"] <= step]
+    common.write_text(path, "".join(rows))
+
+
+def new_interval() -> dict:
+    """Accumulators between two metrics lines; wall time counts everything (data, model,
+    logging, checkpoints), model time only forward + backward + optimizer + EMA."""
+    return {"t_start": time.perf_counter(), "t_model": 0.0, "n": 0, "n_target": 0, "terms": {}}
+
+
+def log_metrics(acc: dict, step: int, lr: float, batch_size: int, path, tb) -> dict:
+    n = max(acc["n"], 1)
+    wall = max(time.perf_counter() - acc["t_start"], 1e-9)
+    row = {"step": step, **{k: float(v) / n for k, v in acc["terms"].items()}, "lr": lr,
+           "target_fraction": acc["n_target"] / (n * batch_size),
+           "samples_per_s": acc["n"] * batch_size / wall,
+           "frac_outside_model": max(0.0, 1 - acc["t_model"] / wall)}
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    if tb is not None:
+        for k, v in row.items():
+            if k != "step":
+                tb.add_scalar(k, v, step)
+    return row
+
+
+def tensorboard_writer(out: str, config: dict):
+    """TensorBoard logging if the package is installed (not a requirement), hparams as text."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:
+        return None
+    tb = SummaryWriter(out)
+    tb.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
+                "\n".join(f"|{k}|{v}|" for k, v in config["args"].items()))
+    return tb
+
+
+def main(argv=None):
+    a = common.parse_args(Args, PROFILES, argv, description=__doc__)
+    try:
+        train(a)
+    except UsageError as e:
+        die(str(e))
+
+
+if __name__ == "__main__":
+    main()
