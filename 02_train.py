@@ -378,7 +378,7 @@ def train(a: Args):
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=objective.disc is not None)
+            )  # every parameter gets a gradient each step (the disc loss is weighted 0 in warm-up)
 
     # --- run folder (written only now that every check has passed) --------------------------
     main_proc = rank == 0
@@ -434,7 +434,7 @@ def train(a: Args):
         for k, v in terms.items():
             acc["terms"][k] = acc["terms"].get(k, 0.0) + v.detach().float()
         if step % a.log_every == 0 or step == a.steps:
-            row = log_metrics(acc, step, lr, local_batch * world, metrics_path if main_proc else None, tb)
+            row = log_metrics(acc, step, lr, local_batch, world, metrics_path if main_proc else None, tb)
             bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.0f}")
             if a.verbose and main_proc:
                 tqdm.write(json.dumps(row))
@@ -450,6 +450,8 @@ def train(a: Args):
         tb.close()
     if main_proc:
         print(f"done: {ckpt_path} (step {step}, mixing ratio {w:.4g})")
+    if world > 1:
+        torch.distributed.destroy_process_group()
     return out
 
 
@@ -468,12 +470,13 @@ def new_interval() -> dict:
     return {"t_start": time.perf_counter(), "t_model": 0.0, "n": 0, "n_target": 0, "terms": {}}
 
 
-def log_metrics(acc: dict, step: int, lr: float, batch_size: int, path, tb) -> dict:
+def log_metrics(acc: dict, step: int, lr: float, local_batch: int, world: int, path, tb) -> dict:
+    """One metrics line (losses and the target fraction of this process's batches)."""
     n = max(acc["n"], 1)
     wall = max(time.perf_counter() - acc["t_start"], 1e-9)
     row = {"step": step, **{k: float(v) / n for k, v in acc["terms"].items()}, "lr": lr,
-           "target_fraction": acc["n_target"] / (n * batch_size),
-           "samples_per_s": acc["n"] * batch_size / wall,
+           "target_fraction": acc["n_target"] / (n * local_batch),
+           "samples_per_s": acc["n"] * local_batch * world / wall,
            "frac_outside_model": max(0.0, 1 - acc["t_model"] / wall)}
     if path:
         with open(path, "a") as f:
