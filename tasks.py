@@ -188,7 +188,8 @@ class TaskEnv:
     frames = {}             # reference frame -> (position obs key, orientation obs key or None)
     fixture_body = None     # body the object goes to
 
-    def __init__(self, task, domain="source", control="osc", cameras=(), image_size=84, joint_kp=JOINT_KP):
+    def __init__(self, task, domain="source", control="osc", cameras=(), image_size=84, joint_kp=JOINT_KP,
+                 offscreen=False):
         import robosuite as suite
         _quiet_robosuite()
         self.task, self.domain, self.control = task, get_domain(task, domain), control
@@ -196,7 +197,7 @@ class TaskEnv:
         self.image_size = image_size
         self.env = suite.make(
             self.robosuite_env, robots="Panda", controller_configs=controller_config(control, joint_kp),
-            has_renderer=False, has_offscreen_renderer=bool(self.cameras),
+            has_renderer=False, has_offscreen_renderer=bool(self.cameras) or offscreen,
             use_camera_obs=bool(self.cameras), camera_names=list(self.cameras) or "agentview",
             camera_heights=image_size, camera_widths=image_size, control_freq=CONTROL_FREQ,
             horizon=10_000, ignore_done=True, hard_reset=False, lite_physics=True,
@@ -507,11 +508,13 @@ TASK_CLASSES = {"NutAssembly": NutAssembly, "MugCleanup": MugCleanup, "MugHang":
 
 
 def make_env(task: str, domain: str = "source", control: str = "osc", cameras=(), image_size: int = 84,
-             joint_kp: float = JOINT_KP) -> TaskEnv:
+             joint_kp: float = JOINT_KP, offscreen: bool = False) -> TaskEnv:
+    """A task env; `cameras` are rendered into every observation, `offscreen` only makes a
+    renderer available (for videos: `env.sim.render(...)` when asked)."""
     get_domain(task, domain)
     if control not in ("osc", "joint"):
         raise TaskError(f"unknown control mode {control!r}; choose osc or joint")
-    return TASK_CLASSES[task](task, domain, control, cameras, image_size, joint_kp)
+    return TASK_CLASSES[task](task, domain, control, cameras, image_size, joint_kp, offscreen)
 
 
 def frame_pose(task: str, frame: str, obs: dict) -> np.ndarray:

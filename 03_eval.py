@@ -1,0 +1,359 @@
+"""Stage 03: success rate of a trained policy in a target domain (paper Sec. 4-5, Fig. 8-10).
+
+    python 03_eval.py --ckpt runs/train/<run>/ckpt.pt                       # the run's target domain
+    python 03_eval.py --ckpt runs/train/<run>/ckpt.pt --domain target_physics --trials 200
+    python 03_eval.py --ckpt runs/train/<cfg_adda run>/ckpt.pt --guidance -1,-0.5,0,0.5,1   # Fig. 10
+    python 03_eval.py --ckpt a/ckpt.pt,b/ckpt.pt --workers 2 --video 3
+
+The policy runs closed loop with a receding horizon (Diffusion Policy): from the last n_obs
+observations it predicts a chunk of `horizon` joint targets + gripper (DDIM, the checkpoint's
+steps) and executes the first n_action of them, then predicts again. Episodes start from the
+evaluation seeds (tasks.SEED_BASE["eval"] + i), which no training demo used; the policy's
+sampling noise is seeded by the episode seed, so a result does not depend on --workers.
+
+Writes runs/eval/<name>/: episodes.jsonl (one line per finished episode: resumable, a rerun
+continues with the episodes not yet done), results.json (per checkpoint x domain x guidance:
+success rate with a 95% Wilson interval, mean episode length, per-episode results; the form
+04_analyze.py reads), and videos/*.mp4 with --video K.
+"""
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+import common
+from common import arg, die, UsageError
+
+# ----------------------------------------------------------------------------------------------
+# arguments: every default visible here; a profile overrides some (table below)
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Args:
+    profile: str = "cpu"
+    ckpt: list = arg([], "checkpoint(s) from 02_train.py, comma-separated")
+    domain: str = arg("", "domain to evaluate in (default: the run's target domain)")
+    trials: int = arg(50, "episodes per checkpoint x domain x guidance (paper: 200 in simulation)")
+    guidance: list = arg([], "guidance scales lambda, comma-separated (default: the checkpoint's); "
+                             "needs a checkpoint trained with a domain label (cfg, cfg_adda)")
+    first_seed: int = arg(-1, "first initial-state seed (-1 = tasks.SEED_BASE['eval'])")
+    sample_steps: int = arg(0, "DDIM steps (0 = the checkpoint's)")
+    sampler: str = arg("ddim", "ddim | ddpm (all training steps)")
+    workers: int = arg(1, "parallel rollout processes, each with its own env (results do not depend on it)")
+    video: int = arg(0, "write an MP4 of the first K episodes of each evaluation")
+    video_size: int = arg(256, "video frame size (agentview camera)")
+    max_steps: int = arg(0, "cut episodes at this many steps (0 = the task's horizon)")
+    out: str = arg("", "output folder (default runs/eval/<run name of the first checkpoint>)")
+    overwrite: bool = arg(False, "discard earlier episodes in --out and start over")
+
+
+PROFILES = {
+    "paper": dict(trials=200),  # Sec. 4: 200 trials per checkpoint in simulation
+    "cpu": dict(trials=50),
+    "smoke": dict(trials=2, max_steps=40, video_size=64),
+}
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple:
+    """95% Wilson score interval for k successes in n trials (Wilson 1927)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, mid - half), min(1.0, mid + half))
+
+
+# ----------------------------------------------------------------------------------------------
+# the closed loop
+# ----------------------------------------------------------------------------------------------
+class PolicyAgent:
+    """Receding-horizon control (Diffusion Policy): keep the last n_obs observations (the first
+    one repeated at the start), predict a chunk, execute its first n_action joint targets."""
+
+    def __init__(self, policy, seed: int, guidance, sample_steps: int, sampler: str):
+        import torch
+        self.policy, self.cfg = policy, policy.cfg
+        self.keys = self.cfg["lowdim_keys"] + self.cfg["image_keys"]
+        self.guidance = 0.0 if guidance is None else guidance
+        self.sample_steps, self.sampler = sample_steps, sampler
+        self.gen = torch.Generator().manual_seed(seed)  # the episode's own noise stream
+        self.history, self.queue = [], []
+        self.chunk_seconds = []
+        self.on_act = None  # called before each action (films a video frame)
+
+    def act(self, obs: dict) -> np.ndarray:
+        import torch
+        if self.on_act is not None:
+            self.on_act()
+        self.history = (self.history or [obs] * self.cfg["n_obs"])[1:] + [obs]
+        if not self.queue:
+            batch = {k: torch.from_numpy(np.stack([np.asarray(o[k]) for o in self.history])[None])
+                     for k in self.keys}
+            t0 = time.perf_counter()
+            chunk = self.policy.predict_action(batch, common.TARGET, self.guidance, self.sample_steps,
+                                               self.gen, self.sampler)[0].numpy()
+            self.chunk_seconds.append(time.perf_counter() - t0)
+            self.queue = list(chunk[:self.cfg["n_action"]])
+        return self.queue.pop(0).astype(np.float64)
+
+
+def marked_video(frames: list, success: bool) -> list:
+    """Frames with a green (success) or red (failure) bar and label at the top."""
+    import cv2
+    color = (40, 180, 60) if success else (200, 40, 40)
+    out = []
+    for f in frames:
+        f = f.copy()
+        f[:18] = color
+        cv2.putText(f, "success" if success else "failure", (4, 13), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        out.append(f)
+    return out
+
+
+class Worker:
+    """One process's policies and envs (built on first use), and the episode function."""
+
+    def __init__(self, threads: int = 0):
+        import torch
+        if threads:
+            torch.set_num_threads(threads)
+        self.policies, self.envs = {}, {}
+
+    def policy(self, ckpt):
+        if ckpt not in self.policies:
+            self.policies[ckpt] = common.load_policy(ckpt)[0]
+        return self.policies[ckpt]
+
+    def env(self, task, domain, cameras, filmed, max_steps):
+        import tasks
+        key = (task, domain, cameras, filmed)
+        if key not in self.envs:
+            self.envs[key] = tasks.make_env(task, domain, control="joint", cameras=cameras, offscreen=filmed)
+        env = self.envs[key]
+        env.horizon = min(type(env).horizon, max_steps) if max_steps else type(env).horizon
+        return env
+
+    def episode(self, job: dict) -> dict:
+        import tasks
+        policy = self.policy(job["ckpt"])
+        cams = tuple(k[:-len(common.IMAGE_SUFFIX)] for k in policy.cfg["image_keys"])
+        filmed = bool(job["video_path"])
+        env = self.env(job["task"], job["domain"], cams, filmed, job["max_steps"])
+        frames, agents = [], []
+
+        def make_agent(e, seed):
+            agents.append(PolicyAgent(policy, seed, job["guidance"], job["sample_steps"], job["sampler"]))
+            if filmed:
+                agents[-1].on_act = lambda: frames.append(film(e, job["video_size"]))
+            return agents[-1]
+
+        t0 = time.perf_counter()
+        ep = tasks.run_episode(env, job["seed"], make_agent, record=False)
+        if filmed:
+            frames.append(film(env, job["video_size"]))
+            write_video(job["video_path"], marked_video(frames, ep["success"]))
+        chunk = agents[0].chunk_seconds
+        return {"key": job["key"], "seed": job["seed"], "success": bool(ep["success"]),
+                "length": int(ep["length"]), "seconds": time.perf_counter() - t0,
+                "final_joint_pos": [round(float(q), 6) for q in env.observe()["robot0_joint_pos"]],
+                "chunk_ms": 1000 * float(np.mean(chunk)) if chunk else None}
+
+
+def film(env, size: int) -> np.ndarray:
+    img = env.sim.render(width=size, height=size, camera_name="agentview")
+    return np.ascontiguousarray(img[::-1])
+
+
+def write_video(path: str, frames: list, fps: int = 20):
+    import imageio
+    tmp = path + ".tmp.mp4"
+    imageio.mimwrite(tmp, frames, fps=fps, macro_block_size=1)
+    os.replace(tmp, path)
+
+
+_WORKER = None
+
+
+def _init_worker(threads):
+    global _WORKER
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    _WORKER = Worker(threads)
+
+
+def _run_job(job):
+    return _WORKER.episode(job)
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluations: checkpoints x domains x guidance scales, episodes in seed order, resumable
+# ----------------------------------------------------------------------------------------------
+def plan(a: Args) -> list:
+    """One entry per (checkpoint, domain, guidance): everything checked before anything runs."""
+    import tasks
+    if not a.ckpt:
+        raise UsageError("--ckpt is required (a checkpoint from 02_train.py)")
+    if a.trials <= 0:
+        raise UsageError(f"--trials must be positive, got {a.trials}")
+    if a.workers <= 0:
+        raise UsageError(f"--workers must be positive, got {a.workers}")
+    if a.sampler not in ("ddim", "ddpm"):
+        raise UsageError(f"--sampler must be ddim or ddpm, got {a.sampler!r}")
+    evals = []
+    for ckpt in a.ckpt:
+        policy, cfg = common.load_policy(ckpt)
+        task = cfg["args"]["task"]
+        domain = a.domain or cfg["args"]["target_domain"]
+        try:
+            tasks.get_domain(task, domain)
+        except tasks.TaskError as e:
+            raise UsageError(str(e))
+        labelled = cfg["model"]["use_label"]
+        if a.guidance and not labelled:
+            raise UsageError(f"--guidance needs a checkpoint trained with a domain label (cfg, "
+                             f"cfg_adda); {ckpt} was trained with {cfg['args']['method']}")
+        try:
+            scales = [float(g) for g in a.guidance] or [cfg.get("guidance_scale") if labelled else None]
+        except ValueError:
+            raise UsageError(f"--guidance takes numbers, got {','.join(a.guidance)}")
+        steps = a.sample_steps or cfg["model"]["sample_steps"]
+        if not 1 <= steps <= cfg["model"]["T"]:
+            raise UsageError(f"--sample-steps must be in [1, {cfg['model']['T']}], got {steps}")
+        step = torch_load_step(ckpt)
+        for g in scales:
+            evals.append({"key": f"{os.path.abspath(ckpt)}|{domain}|guidance={g}", "ckpt": os.path.abspath(ckpt),
+                          "step": step, "task": task, "domain": domain, "guidance": g,
+                          "sample_steps": steps, "sampler": a.sampler,
+                          "run": {k: cfg["args"][k] for k in ("task", "target_domain", "method", "arch", "seed")},
+                          "mixing_ratio": cfg["mixing_ratio"]})
+    return evals
+
+
+def torch_load_step(ckpt: str) -> int:
+    import torch
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"])
+
+
+def read_episodes(path: str) -> dict:
+    done = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill: that episode runs again
+                    continue
+                done[(r["key"], r["seed"])] = r
+    return done
+
+
+def summarize(evals: list, done: dict, seeds: list, settings: dict) -> dict:
+    out = {"settings": settings, "evaluations": {}}
+    for ev in evals:
+        eps = [done[(ev["key"], s)] for s in seeds if (ev["key"], s) in done]
+        k, n = sum(e["success"] for e in eps), len(eps)
+        lo, hi = wilson_interval(k, n)
+        chunk = [e["chunk_ms"] for e in eps if e.get("chunk_ms") is not None]
+        out["evaluations"][ev["key"]] = {
+            **{x: ev[x] for x in ("ckpt", "step", "task", "domain", "guidance", "sample_steps",
+                                  "sampler", "run", "mixing_ratio")},
+            "trials": n, "successes": k, "success_rate": k / n if n else None, "wilson95": [lo, hi],
+            "mean_length": float(np.mean([e["length"] for e in eps])) if eps else None,
+            "chunk_ms": float(np.mean(chunk)) if chunk else None,
+            "episodes": [{x: e[x] for x in ("seed", "success", "length")} for e in eps]}
+    return out
+
+
+def evaluate(a: Args) -> str:
+    import tasks
+    evals = plan(a)
+    first = a.first_seed if a.first_seed >= 0 else tasks.SEED_BASE["eval"]
+    seeds = list(range(first, first + a.trials))
+    out = a.out or os.path.join("runs", "eval", os.path.basename(os.path.dirname(evals[0]["ckpt"])))
+    settings = {"first_seed": first, "sampler": a.sampler, "max_steps": a.max_steps}
+    ep_path = os.path.join(out, "episodes.jsonl")
+    set_path = os.path.join(out, "settings.json")
+    if os.path.exists(set_path) and not a.overwrite:
+        with open(set_path) as f:
+            old = json.load(f)
+        if old != settings:
+            raise UsageError(f"{out} holds episodes made with other settings ({old}); "
+                             f"--overwrite to start over or another --out")
+    if a.overwrite:
+        for f in (ep_path, set_path, os.path.join(out, "results.json")):
+            if os.path.exists(f):
+                os.remove(f)
+    os.makedirs(out, exist_ok=True)
+    common.write_json(set_path, settings)
+    done = read_episodes(ep_path)
+    jobs = []
+    for ev in evals:
+        for i, s in enumerate(seeds):
+            if (ev["key"], s) in done:
+                continue
+            video = ""
+            if i < a.video:
+                os.makedirs(os.path.join(out, "videos"), exist_ok=True)
+                tag = f"{os.path.basename(os.path.dirname(ev['ckpt']))}_{ev['domain']}_g{ev['guidance']}"
+                video = os.path.join(out, "videos", f"{tag}_seed{s}.mp4")
+            jobs.append({**{k: ev[k] for k in ("key", "ckpt", "task", "domain", "guidance",
+                                               "sample_steps", "sampler")},
+                         "seed": s, "video_path": video, "video_size": a.video_size,
+                         "max_steps": a.max_steps})
+    print(f"{len(evals)} evaluation(s) x {len(seeds)} episodes: {len(jobs)} to run, "
+          f"{len(evals) * len(seeds) - len(jobs)} done before -> {out}")
+    run_jobs(jobs, a.workers, ep_path, done)
+    results = summarize(evals, done, seeds, settings)
+    common.write_json(os.path.join(out, "results.json"), results)
+    for r in results["evaluations"].values():
+        lo, hi = r["wilson95"]
+        g = "" if r["guidance"] is None else f", guidance {r['guidance']:g}"
+        print(f"{r['run']['method']} w={r['mixing_ratio']:.3g} step {r['step']} in {r['domain']}{g}: "
+              f"{r['successes']}/{r['trials']} = {r['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}), "
+              f"mean length {r['mean_length']:.0f}")
+    return out
+
+
+def run_jobs(jobs: list, workers: int, ep_path: str, done: dict):
+    """Episodes in job order (whatever the number of workers), each appended to episodes.jsonl
+    as soon as it and every earlier one are finished."""
+    from tqdm import tqdm
+    bar = tqdm(total=len(jobs), desc="episodes", dynamic_ncols=True)
+    succ = 0
+
+    def record(r):
+        nonlocal succ
+        with open(ep_path, "a") as f:
+            f.write(json.dumps(r) + "\n")
+        done[(r["key"], r["seed"])] = r
+        succ += r["success"]
+        bar.update(1)
+        bar.set_postfix(success=f"{succ}/{bar.n}")
+
+    if workers == 1 or len(jobs) <= 1:
+        _init_worker(0)
+        for job in jobs:
+            record(_run_job(job))
+    else:
+        import multiprocessing as mp
+        with mp.get_context("spawn").Pool(workers, _init_worker, (1,)) as pool:
+            for r in pool.imap(_run_job, jobs, chunksize=1):
+                record(r)
+    bar.close()
+
+
+def main(argv=None):
+    a = common.parse_args(Args, PROFILES, argv, description=__doc__)
+    try:
+        evaluate(a)
+    except UsageError as e:
+        die(str(e))
+
+
+if __name__ == "__main__":
+    main()

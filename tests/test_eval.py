@@ -1,0 +1,127 @@
+"""03_eval.py: smoke evaluation, determinism across workers, resume, video, guidance, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, make_fake_dataset, run_stage, load_stage
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("eval_ckpts")
+    tgt = make_fake_dataset(d / "t.hdf5", 3, 20, seed=0)
+    src = make_fake_dataset(d / "s.hdf5", 4, 20, seed=1, domain="source")
+    out = {}
+    for method in ("cotrain", "cfg"):
+        r = run_stage("02_train.py", "--profile", "smoke", "--target-data", tgt, "--source-data", src,
+                      "--method", method, "--ratio", "0.5", "--out", str(d / method))
+        assert r.returncode == 0, r.stderr
+        out[method] = str(d / method / "ckpt.pt")
+    return out
+
+
+def evaluate(ckpt, out, *extra):
+    return run_stage("03_eval.py", "--profile", "smoke", "--ckpt", ckpt, "--out", str(out), *extra)
+
+
+def results(out):
+    with open(os.path.join(out, "results.json")) as f:
+        return json.load(f)["evaluations"]
+
+
+def episodes(out):
+    with open(os.path.join(out, "episodes.jsonl")) as f:
+        return [json.loads(r) for r in f]
+
+
+def test_wilson_interval_known_values():
+    ev = load_stage("03_eval.py")
+    assert ev.wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert ev.wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert ev.wilson_interval(50, 50)[1] == 1.0 and ev.wilson_interval(50, 50)[0] == pytest.approx(0.9287, abs=1e-4)
+
+
+def test_smoke_evaluation_and_same_seeds_same_results(ckpts, tmp_path):
+    r1 = evaluate(ckpts["cotrain"], tmp_path / "w1", "--trials", "3")
+    assert r1.returncode == 0, r1.stderr
+    res = results(tmp_path / "w1")
+    (key, ev), = res.items()
+    assert ev["trials"] == 3 and ev["domain"] == "target_visual_physics" and ev["guidance"] is None
+    assert ev["run"]["method"] == "cotrain" and ev["step"] == 20
+    assert [e["seed"] for e in ev["episodes"]] == [1_000_000, 1_000_001, 1_000_002]
+    lo, hi = ev["wilson95"]
+    assert 0 <= lo <= ev["success_rate"] <= hi <= 1
+    assert all(e["length"] <= 40 for e in ev["episodes"])
+    r2 = evaluate(ckpts["cotrain"], tmp_path / "w2", "--trials", "3", "--workers", "2")
+    assert r2.returncode == 0, r2.stderr
+    strip = lambda eps: [(e["seed"], e["success"], e["length"], e["final_joint_pos"]) for e in eps]
+    assert strip(episodes(tmp_path / "w1")) == strip(episodes(tmp_path / "w2"))
+    # the policy acted: the arm is not where every episode started
+    assert len({tuple(e["final_joint_pos"]) for e in episodes(tmp_path / "w1")}) == 3
+
+
+def test_resume_after_kill(ckpts, tmp_path):
+    out = tmp_path / "ev"
+    cmd = [sys.executable, "03_eval.py", "--profile", "smoke", "--ckpt", ckpts["cotrain"], "--out",
+           str(out), "--trials", "4"]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = out / "episodes.jsonl"
+    while p.poll() is None and not (path.exists() and path.read_text().count("\n") >= 1):
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL, "the evaluation finished before it could be killed"
+    n_before = path.read_text().count("\n")
+    assert 1 <= n_before < 4
+    r = evaluate(ckpts["cotrain"], out, "--trials", "4")
+    assert r.returncode == 0, r.stderr
+    assert f"{n_before} done before" in r.stdout
+    eps = episodes(out)
+    assert sorted(e["seed"] for e in eps) == list(range(1_000_000, 1_000_004))  # no duplicates
+    ref = tmp_path / "ref"
+    assert evaluate(ckpts["cotrain"], ref, "--trials", "4").returncode == 0
+    key = lambda e: (e["seed"], e["success"], e["length"], e["final_joint_pos"])
+    assert sorted(map(key, eps)) == sorted(map(key, episodes(ref)))
+
+
+def test_guidance_sweep_and_video(ckpts, tmp_path):
+    import imageio.v3 as iio
+    r = evaluate(ckpts["cfg"], tmp_path / "g", "--guidance", "-1,0.5", "--trials", "1", "--video", "1")
+    assert r.returncode == 0, r.stderr
+    res = results(tmp_path / "g")
+    assert sorted(ev["guidance"] for ev in res.values()) == [-1.0, 0.5]
+    vids = sorted(os.listdir(tmp_path / "g" / "videos"))
+    assert len(vids) == 2 and all(v.endswith(".mp4") for v in vids)
+    frames = iio.imread(tmp_path / "g" / "videos" / vids[0])
+    assert frames.shape[0] == 41 and frames.shape[1:] == (64, 64, 3)  # 40 steps + the last state
+    # default guidance of a CFG checkpoint is the one stored in it (CFG: 0)
+    r = evaluate(ckpts["cfg"], tmp_path / "d", "--trials", "1")
+    assert [ev["guidance"] for ev in results(tmp_path / "d").values()] == [0.0]
+
+
+@pytest.mark.parametrize("case", ["missing", "domain", "guidance", "trials", "not_ckpt"])
+def test_bad_input_exits_2_and_writes_nothing(ckpts, tmp_path, case):
+    ckpt, extra = ckpts["cotrain"], []
+    if case == "missing":
+        ckpt = str(tmp_path / "nope.pt")
+    elif case == "domain":
+        extra = ["--domain", "target_moon"]
+    elif case == "guidance":
+        extra = ["--guidance", "-0.5"]
+    elif case == "trials":
+        extra = ["--trials", "0"]
+    elif case == "not_ckpt":
+        (tmp_path / "x.pt").write_text("not a checkpoint")
+        ckpt = str(tmp_path / "x.pt")
+    r = evaluate(ckpt, tmp_path / "out", *extra)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert {"missing": "not found", "domain": "target_moon", "guidance": "domain label",
+            "trials": "--trials", "not_ckpt": "checkpoint"}[case] in lines[0]
+    assert not os.path.exists(tmp_path / "out")
