@@ -342,6 +342,9 @@ def train(a: Args):
                  if old["data"][k]["digest"] != config["data"][k]["digest"]]
         if diff:
             raise UsageError(f"--resume: {ckpt_path} was made with different settings: {', '.join(diff)}")
+        if len(resume_ck["rng"]) != world:
+            raise UsageError(f"--resume: {ckpt_path} was made by {len(resume_ck['rng'])} process(es), "
+                             f"this run has {world}")
     init_ck = None
     if a.init_from:
         init_ck = load_checkpoint(a.init_from)
@@ -372,13 +375,13 @@ def train(a: Args):
         objective.load_state_dict(resume_ck["objective"])
         ema.load_state_dict(resume_ck["ema"])
         opt.load_state_dict(resume_ck["optimizer"])
-        set_rng_states(gens, resume_ck["rng"][rank] if isinstance(resume_ck["rng"], list) else resume_ck["rng"])
+        set_rng_states(gens, resume_ck["rng"][rank])  # one entry per process
         step = resume_ck["step"]
     model = objective
     if world > 1:
+        # every parameter gets a gradient each step (the disc loss is weighted 0 in warm-up)
         model = torch.nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None,
-            )  # every parameter gets a gradient each step (the disc loss is weighted 0 in warm-up)
+            objective, device_ids=[device.index] if device.type == "cuda" else None)
 
     # --- run folder (written only now that every check has passed) --------------------------
     main_proc = rank == 0
@@ -394,11 +397,14 @@ def train(a: Args):
     tb = tensorboard_writer(out, config) if main_proc else None
 
     def checkpoint(final=False):
-        if not main_proc:
-            return
-        ck = {"objective": objective.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-              "step": step, "config": config, "rng": rng_states(gens), "final": final}
-        save_atomic(ck, ckpt_path)
+        rng = [rng_states(gens)]
+        if world > 1:  # every process's sampler and noise streams, so a resume continues each
+            rng = [None] * world
+            torch.distributed.all_gather_object(rng, rng_states(gens))
+        if main_proc:
+            save_atomic({"objective": objective.state_dict(), "ema": ema.state_dict(),
+                         "optimizer": opt.state_dict(), "step": step, "config": config, "rng": rng,
+                         "final": final}, ckpt_path)
 
     def snapshot():
         if main_proc:

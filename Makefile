@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test reproduce toy data venv clean-venv
+.PHONY: test reproduce toy data nut venv clean-venv
 
 venv: $(STAMP)
 
@@ -30,6 +30,16 @@ toy: $(STAMP)
 # Resumable: rerun after a kill continues; finished files are kept. Several hours on 2 cores.
 data: $(STAMP)
 	$(PY) 01_generate_data.py --profile cpu --workers 2 --root data
+
+# The cpu-profile NutAssembly comparison of RESULTS.md ("Training", "Evaluation"): real_only vs
+# cotrain at the guideline's ratio, vis-phys target, 200 episodes each, after `make data`
+# (finished files are kept). About 40 min of training + 25 min of rollouts on 2 cores; resumable.
+NUT := runs/train/NutAssembly_target_visual_physics
+nut: data
+	$(PY) 02_train.py --profile cpu --method real_only --resume
+	$(PY) 02_train.py --profile cpu --method cotrain --ratio auto --resume
+	$(PY) 03_eval.py --ckpt $(NUT)_real_only_r1_encdec_s0/ckpt.pt --trials 200 --workers 2
+	$(PY) 03_eval.py --ckpt $(NUT)_cotrain_r0.17_encdec_s0/ckpt.pt --trials 200 --workers 2
 
 clean-venv:
 	rm -rf $(VENV)

@@ -45,7 +45,13 @@ def die(msg: str, code: int = 2):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports bad input in one line (no usage dump) and exits with code 2."""
+    """argparse that reports bad input in one line (no usage dump) and exits with code 2, and
+    takes comma lists that start with a negative number as values (`--guidance -1,-0.5,0`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        import re
+        self._negative_number_matcher = re.compile(r"^-\d*\.?\d+(,-?\d*\.?\d+)*$")
 
     def error(self, message):
         die(f"{self.prog}: {message}")

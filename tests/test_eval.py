@@ -43,7 +43,7 @@ def test_wilson_interval_known_values():
     ev = load_stage("03_eval.py")
     assert ev.wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
     assert ev.wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
-    assert ev.wilson_interval(50, 50)[1] == 1.0 and ev.wilson_interval(50, 50)[0] == pytest.approx(0.9287, abs=1e-4)
+    assert ev.wilson_interval(50, 50) == pytest.approx((0.9287, 1.0), abs=1e-4)
 
 
 def test_smoke_evaluation_and_same_seeds_same_results(ckpts, tmp_path):
