@@ -56,3 +56,33 @@ def test_correlation_hand_example(an):
     assert r["spearman"] == pytest.approx(-0.8)  # 1 - 6 * 36 / (5 * 24)
     assert r["pearson"] == pytest.approx(-0.8)
     assert 0 < r["pearson_p"] < 1
+
+
+def test_smoke_end_to_end_and_no_runs(tmp_path):
+    import json
+    import os
+    from conftest import make_fake_dataset, run_stage
+    tgt = make_fake_dataset(tmp_path / "t.hdf5", 3, 20, seed=0)
+    src = make_fake_dataset(tmp_path / "s.hdf5", 4, 20, seed=1, domain="source")
+    runs = tmp_path / "runs"
+    for method, ratio in (("cotrain", "0.3"), ("real_only", "1")):
+        r = run_stage("02_train.py", "--profile", "smoke", "--target-data", tgt, "--source-data", src,
+                      "--method", method, "--ratio", ratio, "--out", str(runs / "train" / method))
+        assert r.returncode == 0, r.stderr
+    r = run_stage("03_eval.py", "--profile", "smoke", "--ckpt", str(runs / "train" / "cotrain" / "ckpt.pt"),
+                  "--trials", "1", "--out", str(runs / "eval" / "cotrain"))
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "analysis"
+    r = run_stage("04_analyze.py", "--profile", "smoke", "--runs", str(runs), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((out / "alignment.json").read_text())
+    assert sorted(r["method"] for r in rows) == ["cotrain", "real_only"]
+    by = {r["method"]: r for r in rows}
+    assert by["cotrain"]["success"] is not None and by["real_only"]["success"] is None
+    assert all(r["w_trunk"] > 0 and 0 <= r["probe_trunk"] <= 1 for r in rows)
+    assert (out / "alignment.md").exists() and (out / "alignment_vs_ratio.png").stat().st_size > 0
+    assert "needs 3" in r.stdout  # too few evaluated checkpoints for a correlation: said so
+    bad = run_stage("04_analyze.py", "--profile", "smoke", "--runs", str(tmp_path / "none"),
+                    "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: no training runs")
+    assert not os.path.exists(tmp_path / "bad")
