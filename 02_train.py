@@ -29,7 +29,6 @@ a killed and resumed run ends with the same weights as an uninterrupted one), ck
 import copy
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 import common
+import diffusion_policy
 from common import arg, die, UsageError
 
 METHODS = ["real_only", "sim_only", "cotrain", "ot", "adda", "discriminate", "cfg", "cfg_adda"]
@@ -217,7 +217,7 @@ class CoTrainObjective(torch.nn.Module):
     """Total loss of one batch for any method. The shared part is the diffusion loss of Eq. 1
     (the batch composition carries w); each method adds one term or one conditioning input."""
 
-    def __init__(self, policy: common.DiffusionPolicy, a: Args):
+    def __init__(self, policy: diffusion_policy.DiffusionPolicy, a: Args):
         super().__init__()
         self.policy, self.a = policy, a
         d_disc = a.n_obs * a.d_feat  # the label-free features only (CFG-ADDA, Sec. 5.1)
@@ -342,6 +342,12 @@ def train(a: Args):
                  if old["data"][k]["digest"] != config["data"][k]["digest"]]
         if diff:
             raise UsageError(f"--resume: {ckpt_path} was made with different settings: {', '.join(diff)}")
+        if resume_ck.get("final") and resume_ck["step"] >= a.steps:
+            if rank == 0:
+                print(f"{out}: finished at step {resume_ck['step']}, nothing to do")
+            if world > 1:
+                torch.distributed.destroy_process_group()
+            return out
         if len(resume_ck["rng"]) != world:
             raise UsageError(f"--resume: {ckpt_path} was made by {len(resume_ck['rng'])} process(es), "
                              f"this run has {world}")
@@ -356,7 +362,7 @@ def train(a: Args):
 
     # --- model, EMA, optimizer -------------------------------------------------------------
     common.seed_everything(a.seed + rank, deterministic=device.type == "cpu")
-    policy = common.DiffusionPolicy(mcfg)
+    policy = diffusion_policy.DiffusionPolicy(mcfg)
     policy.normalizer.fit({**{k: np.concatenate([target.obs[k], source.obs[k]]) for k in lowdim_keys},
                            "actions": np.concatenate([target.actions, source.actions])})
     if init_ck is not None:

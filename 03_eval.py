@@ -19,13 +19,13 @@ success rate with a 95% Wilson interval, mean episode length, per-episode result
 import json
 import math
 import os
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 import common
+import diffusion_policy
 from common import arg, die, UsageError
 
 # ----------------------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ class Worker:
 
     def policy(self, ckpt):
         if ckpt not in self.policies:
-            self.policies[ckpt] = common.load_policy(ckpt)[0]
+            self.policies[ckpt] = diffusion_policy.load_policy(ckpt)[0]
         return self.policies[ckpt]
 
     def env(self, task, domain, cameras, filmed, max_steps):
@@ -206,7 +206,7 @@ def plan(a: Args) -> list:
         raise UsageError(f"--sampler must be ddim or ddpm, got {a.sampler!r}")
     evals = []
     for ckpt in a.ckpt:
-        policy, cfg = common.load_policy(ckpt)
+        _, cfg, step = diffusion_policy.load_policy(ckpt)
         task = cfg["args"]["task"]
         domain = a.domain or cfg["args"]["target_domain"]
         try:
@@ -224,7 +224,6 @@ def plan(a: Args) -> list:
         steps = a.sample_steps or cfg["model"]["sample_steps"]
         if not 1 <= steps <= cfg["model"]["T"]:
             raise UsageError(f"--sample-steps must be in [1, {cfg['model']['T']}], got {steps}")
-        step = torch_load_step(ckpt)
         for g in scales:
             evals.append({"key": f"{os.path.abspath(ckpt)}|{domain}|guidance={g}", "ckpt": os.path.abspath(ckpt),
                           "step": step, "task": task, "domain": domain, "guidance": g,
@@ -232,11 +231,6 @@ def plan(a: Args) -> list:
                           "run": {k: cfg["args"][k] for k in ("task", "target_domain", "method", "arch", "seed")},
                           "mixing_ratio": cfg["mixing_ratio"]})
     return evals
-
-
-def torch_load_step(ckpt: str) -> int:
-    import torch
-    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"])
 
 
 def read_episodes(path: str) -> dict:

@@ -1,21 +1,35 @@
 """Stage 04: representation alignment, discernibility, correlations, the paper's tables and figures
-(paper Sec. 4.1-4.2, 5.2, App. D.2, D.6).
+(paper Sec. 4.1-4.2, 5.2, App. D.2, D.4-D.6).
 
-    python 04_analyze.py --runs runs/ --out results/analysis/
+    python 04_analyze.py --runs runs/ --out results/analysis/          # whatever the runs support
+    python 04_analyze.py --only guidance --ckpt runs/train/<cfg_adda run>/ckpt.pt
 
-Work in progress (issue 7): the alignment metrics and the domain probe are here; feature
-extraction, figures and tables follow.
+Reads runs/train/*/ckpt.pt (02_train.py) and runs/eval/*/results.json (03_eval.py); writes, each as
+markdown (for RESULTS.md) and JSON, with PNG figures:
+  alignment     W and GW between source and target features at the two feature points (after the
+                vision stem; trunk output), domain-probe accuracy, success  (Fig. 6 right, Fig. 17)
+  umap          UMAP of source vs target trunk features per checkpoint, grid across ratios (Fig. 6)
+  correlations  Pearson / Spearman of log W vs success over the ratio sweep (Fig. 7)
+  regimes       alignment (W) vs discernibility (probe) coloured by success (Fig. 16)
+  methods       success per method x mixing ratio (Fig. 9 / Table 2 form)
+  table1        co-training vs +discrimination (Table 1), the paper's numbers beside
+  table3        sim pre-training + real fine-tuning vs co-training (Table 3, App. D.4)
+  guidance      success against the guidance scale lambda (Fig. 10)
+  guideline     the ratio guideline's range vs the best measured ratio (Fig. 15, App. D.5)
+and missing.md: which table lacks which runs, with the command that makes them.
 
 Alignment metrics (App. D.2): a sample of features from each domain, each domain standardized on
 its own; the Wasserstein distance between the two point clouds (global alignment) and the
 Gromov-Wasserstein distance between their intra-domain distance matrices, both normalized by the
-pooled mean distance (local geometry, comparable across policies).
+pooled mean distance (local geometry, comparable across policies). Features, UMAP embeddings are
+cached per checkpoint under <runs>/analysis_cache.
 """
 import os
 
 import numpy as np
 
 import common
+import diffusion_policy
 from common import UsageError
 
 
@@ -119,8 +133,7 @@ def extract_features(ckpt: str, num_samples: int, seed: int = 0, cache_dir: str 
     policy (eval mode, center crop): {domain: {"stem": (n, d), "trunk": (n, d)}}, each flattened
     over the observation history. Cached as <cache_dir>/<run>_step<k>_n<n>_s<seed>.npz."""
     import torch
-    policy, cfg = common.load_policy(ckpt)
-    step = int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"])
+    policy, cfg, step = diffusion_policy.load_policy(ckpt)
     run = os.path.basename(os.path.dirname(os.path.abspath(ckpt)))
     path = os.path.join(cache_dir, f"{run}_step{step}_n{num_samples}_s{seed}.npz") if cache_dir else ""
     if path and os.path.exists(path):
@@ -159,26 +172,91 @@ def alignment_row(feats: dict, gw_method: str = "subsample", seed: int = 0) -> d
     return row
 
 
+def umap_embedding(feats: dict, seed: int = 0, cache: str = "") -> np.ndarray:
+    """2-D UMAP (McInnes et al.) of the pooled source + target trunk features, standardized
+    together so a shift between the domains stays visible (Fig. 6): rows are target then source."""
+    if cache and os.path.exists(cache):
+        return np.load(cache)
+    import warnings
+    with warnings.catch_warnings():  # umap's notes on numba / n_jobs with a fixed seed
+        warnings.simplefilter("ignore")
+        import umap
+    x = np.concatenate([feats["target"]["trunk"], feats["source"]["trunk"]]).astype(np.float64)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        emb = umap.UMAP(n_neighbors=15, min_dist=0.1, random_state=seed).fit_transform(x).astype(np.float32)
+    if cache:
+        tmp = cache + ".tmp.npy"
+        np.save(tmp, emb)
+        os.replace(tmp, cache)
+    return emb
+
+
 # ----------------------------------------------------------------------------------------------
 # runs and evaluation results
 # ----------------------------------------------------------------------------------------------
-def discover(runs_dir: str) -> tuple:
-    """Training runs (runs/train/*/ckpt.pt with config.json) and evaluation results
-    (runs/eval/*/results.json), the latter keyed by (absolute checkpoint, domain, guidance)."""
+RATIO_FAMILY = {"cotrain", "real_only", "sim_only"}  # the mixing-ratio sweep: w = 1 and w = 0 are its ends
+
+
+def method_of(cfg: dict) -> str:
+    """The method as the paper's tables name it: a real_only run started from a checkpoint is
+    App. D.4's pre-train + fine-tune."""
+    m = cfg["args"]["method"]
+    return "pretrain_ft" if m == "real_only" and cfg["args"].get("init_from") else m
+
+
+def read_checkpoint(ckpt: str) -> dict:
+    """A 02_train.py checkpoint's config, step and whether its run has finished."""
+    import torch
+    try:
+        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+        return {"cfg": ck["config"], "step": int(ck["step"]), "final": bool(ck.get("final", True))}
+    except Exception as e:
+        raise UsageError(f"{ckpt}: not a 02_train.py checkpoint ({type(e).__name__}: {e})")
+
+
+def discover(runs_dir: str, only_ckpts: list = None) -> tuple:
+    """One record per finished checkpoint (runs/train/*/ckpt.pt, or the given ones) with its config
+    and its evaluations in its own target domain (runs/eval/*/results.json), keyed by guidance;
+    and the runs still training (skipped)."""
     import glob
     import json
-    ckpts = sorted(glob.glob(os.path.join(runs_dir, "train", "*", "ckpt.pt")))
+    ckpts = [os.path.abspath(c) for c in only_ckpts] if only_ckpts else \
+        sorted(os.path.abspath(c) for c in glob.glob(os.path.join(runs_dir, "train", "*", "ckpt.pt")))
     evals = {}
     for path in sorted(glob.glob(os.path.join(runs_dir, "eval", "*", "results.json"))):
         with open(path) as f:
             for ev in json.load(f)["evaluations"].values():
-                evals[(os.path.abspath(ev["ckpt"]), ev["domain"], ev["guidance"])] = ev
-    return ckpts, evals
+                evals.setdefault((os.path.abspath(ev["ckpt"]), ev["domain"]), {})[ev["guidance"]] = ev
+    runs, unfinished = [], []
+    for ckpt in ckpts:
+        if not os.path.isfile(ckpt):
+            raise UsageError(f"checkpoint not found: {ckpt}")
+        ck = read_checkpoint(ckpt)
+        cfg, args = ck["cfg"], ck["cfg"]["args"]
+        if not ck["final"]:
+            unfinished.append(f"{ckpt} (step {ck['step']} of {args['steps']})")
+            continue
+        by_g = evals.get((ckpt, args["target_domain"]), {})
+        runs.append({"ckpt": ckpt, "run": os.path.basename(os.path.dirname(ckpt)), "cfg": cfg, "step": ck["step"],
+                     "task": args["task"], "domain": args["target_domain"], "method": method_of(cfg),
+                     "arch": args["arch"], "ratio": cfg["mixing_ratio"], "use_label": cfg["model"]["use_label"],
+                     "n_target": cfg["data"]["target"]["num_demos"], "n_source": cfg["data"]["source"]["num_demos"],
+                     "evals": by_g, "eval": by_g.get(cfg.get("guidance_scale"))})
+    return runs, unfinished
 
 
-def success_of(evals: dict, ckpt: str, cfg: dict):
-    """The checkpoint's evaluation in its own target domain at its stored guidance, if any."""
-    return evals.get((os.path.abspath(ckpt), cfg["args"]["target_domain"], cfg.get("guidance_scale")))
+def setting(r: dict) -> str:
+    return f"{r['task']}/{r['domain']}"
+
+
+def cell(ev) -> str:
+    """A success rate with its trial count and Wilson 95% interval, for a markdown table."""
+    if not ev:
+        return "-"
+    lo, hi = ev["wilson95"]
+    return f"{ev['success_rate']:.3f} ({ev['successes']}/{ev['trials']}; {lo:.2f}-{hi:.2f})"
 
 
 def markdown_table(rows: list, cols: list, fmt: dict = None) -> str:
@@ -190,11 +268,390 @@ def markdown_table(rows: list, cols: list, fmt: dict = None) -> str:
     return "\n".join(out)
 
 
+def train_cmd(task: str, domain: str, method: str, ratio=None) -> str:
+    r = f" --ratio {ratio:.3g}" if ratio is not None else ""
+    return f"python 02_train.py --profile cpu --task {task} --target-domain {domain} --method {method}{r}"
+
+
+# ----------------------------------------------------------------------------------------------
+# the paper's numbers, printed beside ours (PAPER_NOTES: Table 1, Table 3, Sec. 4.2)
+# ----------------------------------------------------------------------------------------------
+PAPER_TABLE1 = {"NutAssembly": (0.85, 0.79), "MugCleanup": (0.44, 0.415), "MugHang": (0.27, 0.215)}
+PAPER_TABLE3 = {"NutAssembly": (0.77, 0.925), "MugCleanup": (0.215, 0.495), "MugHang": (0.225, 0.26)}
+PAPER_DOMAIN = "target_visual_physics"  # Table 1: visual-physics sim-and-sim (Sec. 4)
+PAPER_CORRELATION = "0.6-0.8 (negative possible for the physics-only gap)"
+
+
+# ----------------------------------------------------------------------------------------------
+# tables: each returns (json rows, markdown, missing runs)
+# ----------------------------------------------------------------------------------------------
+def alignment_rows(runs: list, a) -> list:
+    from tqdm import tqdm
+    rows = []
+    cache = a.cache or os.path.join(a.runs, "analysis_cache")
+    for r in tqdm(runs, desc="alignment"):
+        feats = extract_features(r["ckpt"], a.num_samples, a.seed, cache)
+        ev = r["eval"]
+        rows.append({"run": r["run"], "task": r["task"], "target_domain": r["domain"], "method": r["method"],
+                     "arch": r["arch"], "mixing_ratio": r["ratio"],
+                     "disc_weight": r["cfg"]["args"]["disc_weight"] if r["method"] in ("adda", "cfg_adda", "discriminate") else None,
+                     "success": ev["success_rate"] if ev else None, "trials": ev["trials"] if ev else None,
+                     **alignment_row(feats, a.gw_method, a.seed)})
+    return rows
+
+
+ALIGN_COLS = ["task", "target_domain", "method", "mixing_ratio", "success", "trials", "w_stem", "w_trunk",
+              "gw_stem", "gw_trunk", "probe_trunk"]
+ALIGN_FMT = {"mixing_ratio": "{:.3g}", "success": "{:.3f}", "w_stem": "{:.3f}", "w_trunk": "{:.3f}",
+             "gw_stem": "{:.4f}", "gw_trunk": "{:.4f}", "probe_trunk": "{:.3f}"}
+
+
+def correlations(rows: list) -> tuple:
+    """Fig. 7: log W (trunk) vs success across the mixing-ratio sweep's evaluated checkpoints,
+    per task x gap setting (the paper's correlations are over co-training checkpoints)."""
+    groups, out, missing = {}, {}, []
+    for r in rows:
+        if r["success"] is not None and r["method"] in RATIO_FAMILY:
+            groups.setdefault(f"{r['task']}/{r['target_domain']}", []).append(r)
+    for name, rs in sorted(groups.items()):
+        if len(rs) < 3:
+            missing.append(f"correlation {name}: {len(rs)} evaluated checkpoint(s) of the ratio sweep, needs 3")
+            continue
+        out[name] = {**correlation(np.log([r["w_trunk"] for r in rs]), [r["success"] for r in rs]),
+                     "ratios": [r["mixing_ratio"] for r in rs], "paper": PAPER_CORRELATION}
+    md = markdown_table([{"setting": k, **v} for k, v in out.items()],
+                        ["setting", "n", "pearson", "pearson_p", "spearman", "spearman_p", "paper"],
+                        {"pearson": "{:.2f}", "pearson_p": "{:.2g}", "spearman": "{:.2f}", "spearman_p": "{:.2g}"})
+    return out, md, missing
+
+
+def methods_table(runs: list) -> tuple:
+    """Fig. 9 / Table 2 form: success per method x mixing ratio, per task x gap setting."""
+    out, md, missing = {}, [], []
+    by = {}
+    for r in runs:
+        if r["eval"] and r["method"] != "pretrain_ft":
+            by.setdefault(setting(r), []).append(r)
+    for name, rs in sorted(by.items()):
+        ratios = sorted({r["ratio"] for r in rs})
+        methods = sorted({r["method"] for r in rs}, key=lambda m: ORDER.index(m) if m in ORDER else 99)
+        grid = {m: {f"{w:.3g}": cell(next((r["eval"] for r in rs if r["method"] == m and r["ratio"] == w), None))
+                    for w in ratios} for m in methods}
+        out[name] = {m: {f"{r['ratio']:.3g}": r["eval"]["success_rate"] for r in rs if r["method"] == m} for m in methods}
+        md.append(f"**{name}** (success rate, successes/trials, Wilson 95%)\n\n"
+                  + markdown_table([{"method": m, **grid[m]} for m in methods],
+                                   ["method"] + [f"{w:.3g}" for w in ratios]))
+        for m in ORDER:
+            if m not in methods:
+                missing.append(f"methods x ratios {name}: no evaluated {m} run ({train_cmd(*name.split('/'), m)})")
+    if not by:
+        missing.append("methods x ratios: no evaluated checkpoints (03_eval.py)")
+    return out, "\n\n".join(md), missing
+
+
+ORDER = ["real_only", "sim_only", "cotrain", "ot", "adda", "discriminate", "cfg", "cfg_adda"]
+
+
+def table1(runs: list) -> tuple:
+    """Table 1: co-training vs +discrimination (ADDA's discriminator without gradient reversal)
+    at the same mixing ratio, per task x gap setting; the paper's numbers (vis-phys) beside."""
+    rows, missing, lacking = [], [], {}
+    for r in runs:
+        if r["method"] != "cotrain" or not r["eval"]:
+            continue
+        d = next((x for x in runs if x["method"] == "discriminate" and setting(x) == setting(r)
+                  and x["ratio"] == r["ratio"] and x["eval"]), None)
+        if d is None:
+            lacking.setdefault((r["task"], r["domain"]), []).append(r["ratio"])
+            continue
+        paper = PAPER_TABLE1.get(r["task"]) if r["domain"] == PAPER_DOMAIN else None
+        rows.append({"task": r["task"], "target_domain": r["domain"], "mixing_ratio": r["ratio"],
+                     "cotrain": r["eval"]["success_rate"], "discriminate": d["eval"]["success_rate"],
+                     "cotrain_cell": cell(r["eval"]), "discriminate_cell": cell(d["eval"]),
+                     "paper_cotrain": paper[0] if paper else None, "paper_discriminate": paper[1] if paper else None})
+    for (task, dom), ws in sorted(lacking.items()):
+        if not any(r["task"] == task and r["target_domain"] == dom for r in rows):
+            missing.append(f"Table 1 {task}/{dom}: no evaluated discriminate run at a co-training ratio "
+                           f"({', '.join(f'{w:.3g}' for w in sorted(ws))}); e.g. "
+                           f"{train_cmd(task, dom, 'discriminate', sorted(ws)[len(ws) // 2])}")
+    if not any(r["method"] == "cotrain" and r["eval"] for r in runs):
+        missing.append("Table 1: no evaluated cotrain run")
+    md = markdown_table(rows, ["task", "target_domain", "mixing_ratio", "cotrain_cell", "discriminate_cell",
+                               "paper_cotrain", "paper_discriminate"], {"mixing_ratio": "{:.3g}"})
+    return rows, md, missing
+
+
+def table3(runs: list) -> tuple:
+    """Table 3 (App. D.4): sim pre-training + real fine-tuning vs co-training. Ours: the best
+    evaluated checkpoint of each (the paper reports the best along training)."""
+    rows, missing = [], []
+    settings = sorted({setting(r) for r in runs if r["eval"] and r["method"] in ("cotrain", "pretrain_ft")})
+    for name in settings:
+        best = {}
+        for m in ("pretrain_ft", "cotrain"):
+            rs = [r for r in runs if setting(r) == name and r["method"] == m and r["eval"]]
+            best[m] = max(rs, key=lambda r: r["eval"]["success_rate"]) if rs else None
+        task, dom = name.split("/")
+        if best["pretrain_ft"] is None or best["cotrain"] is None:
+            m = "pretrain_ft" if best["pretrain_ft"] is None else "cotrain"
+            how = (f"{train_cmd(task, dom, 'sim_only')}, then {train_cmd(task, dom, 'real_only')} "
+                   f"--init-from <that run>/ckpt.pt" if m == "pretrain_ft" else train_cmd(task, dom, "cotrain"))
+            missing.append(f"Table 3 {name}: no evaluated {m} run ({how})")
+            continue
+        paper = PAPER_TABLE3.get(task) if dom == PAPER_DOMAIN else None
+        rows.append({"task": task, "target_domain": dom,
+                     "pretrain_ft": best["pretrain_ft"]["eval"]["success_rate"],
+                     "cotrain": best["cotrain"]["eval"]["success_rate"],
+                     "cotrain_ratio": best["cotrain"]["ratio"],
+                     "pretrain_ft_cell": cell(best["pretrain_ft"]["eval"]), "cotrain_cell": cell(best["cotrain"]["eval"]),
+                     "paper_pretrain_ft": paper[0] if paper else None, "paper_cotrain": paper[1] if paper else None})
+    md = markdown_table(rows, ["task", "target_domain", "pretrain_ft_cell", "cotrain_cell", "cotrain_ratio",
+                               "paper_pretrain_ft", "paper_cotrain"], {"cotrain_ratio": "{:.3g}"})
+    return rows, md, missing
+
+
+def guidance_table(runs: list) -> tuple:
+    """Fig. 10: success against the guidance scale lambda (eps = (1 + lambda) eps_c - lambda eps_null)
+    for every evaluated label-conditioned (cfg, cfg_adda) checkpoint."""
+    rows, missing = [], []
+    for r in runs:
+        if not r["use_label"]:
+            continue
+        evs = {g: ev for g, ev in r["evals"].items() if g is not None}
+        if not evs:
+            missing.append(f"guidance sweep {r['run']}: not evaluated (python 03_eval.py --ckpt {r['ckpt']} "
+                           f"--guidance=-1,-0.5,0,0.5)")
+            continue
+        for g in sorted(evs):
+            rows.append({"task": r["task"], "target_domain": r["domain"], "method": r["method"],
+                         "mixing_ratio": r["ratio"], "run": r["run"], "guidance": g,
+                         "success": evs[g]["success_rate"], "cell": cell(evs[g])})
+    if not any(r["use_label"] for r in runs):
+        missing.append("guidance sweep (Fig. 10): no cfg or cfg_adda run ("
+                       + train_cmd("NutAssembly", PAPER_DOMAIN, "cfg_adda") + ")")
+    md = markdown_table(rows, ["task", "target_domain", "method", "mixing_ratio", "guidance", "cell"],
+                        {"mixing_ratio": "{:.3g}", "guidance": "{:g}"})
+    return rows, md, missing
+
+
+def guideline_table(runs: list) -> tuple:
+    """Fig. 15: the guideline's range [w_n, w_q] (App. D.5) against the best measured ratio of the
+    co-training sweep, per task x gap setting x dataset size (N target, M source demos)."""
+    rows, missing = [], []
+    groups = {}
+    for r in runs:
+        if r["method"] in ("cotrain",) and r["eval"]:
+            groups.setdefault((r["task"], r["domain"], r["n_target"], r["n_source"]), []).append(r)
+    for (task, dom, n, m), rs in sorted(groups.items()):
+        if len(rs) < 2:
+            missing.append(f"guideline {task}/{dom} N={n} M={m}: {len(rs)} evaluated cotrain ratio(s), needs 2")
+            continue
+        w_n, w_q = common.balanced_ratio_range(n, m)
+        best = max(rs, key=lambda r: r["eval"]["success_rate"])
+        lo_best = best["eval"]["wilson95"][0]
+        # ratios whose success interval reaches the best one's lower bound: statistically tied with it
+        tied = sorted(r["ratio"] for r in rs if r["eval"]["wilson95"][1] >= lo_best)
+        rows.append({"task": task, "target_domain": dom, "N": n, "M": m, "w_n": w_n, "w_q": w_q,
+                     "auto": common.resolve_ratio("auto", n, m), "ratios": sorted(r["ratio"] for r in rs),
+                     "best_ratio": best["ratio"], "best_success": best["eval"]["success_rate"],
+                     "best_in_range": bool(w_n <= best["ratio"] <= w_q),
+                     "tied_with_best": ", ".join(f"{w:.3g}" for w in tied)})
+    md = markdown_table(rows, ["task", "target_domain", "N", "M", "w_n", "w_q", "best_ratio", "best_success",
+                               "best_in_range", "tied_with_best"],
+                        {"w_n": "{:.3f}", "w_q": "{:.3f}", "best_ratio": "{:.3g}", "best_success": "{:.3f}"})
+    return rows, md, missing
+
+
+# ----------------------------------------------------------------------------------------------
+# figures (PNG, written to a temporary file, then renamed)
+# ----------------------------------------------------------------------------------------------
+def new_figure(*args, **kw):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt.subplots(*args, **kw)
+
+
+def save(fig, path: str):
+    import matplotlib.pyplot as plt
+    tmp = path[:-4] + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+MARKERS = {"real_only": "s", "sim_only": "v", "cotrain": "o", "ot": "P", "adda": "X", "discriminate": "D",
+           "cfg": "^", "cfg_adda": "*", "pretrain_ft": "h"}
+
+
+def plot_alignment(rows: list, path: str):
+    """Fig. 6 (right) / Fig. 7 form: W and GW of the trunk features against the mixing ratio (the
+    ratio sweep as lines, other methods as markers), and success against W."""
+    fig, ax = new_figure(1, 3, figsize=(13, 3.8))
+    for name in sorted({f"{r['task']}/{r['target_domain']}" for r in rows}):
+        rs = sorted((r for r in rows if f"{r['task']}/{r['target_domain']}" == name), key=lambda r: r["mixing_ratio"])
+        sweep = [r for r in rs if r["method"] in RATIO_FAMILY]
+        for i, key in enumerate(("w_trunk", "gw_trunk")):
+            line, = ax[i].plot([r["mixing_ratio"] for r in sweep], [r[key] for r in sweep], "o-", label=f"{name} (cotrain)")
+            for r in rs:
+                if r["method"] not in RATIO_FAMILY:
+                    ax[i].scatter(r["mixing_ratio"], r[key], marker=MARKERS.get(r["method"], "o"), s=60,
+                                  color=line.get_color(), edgecolor="k", label=f"{name} ({r['method']})")
+        for r in (r for r in rs if r["success"] is not None):
+            ax[2].scatter(r["w_trunk"], r["success"], marker=MARKERS.get(r["method"], "o"), s=50)
+            ax[2].annotate(f"{r['method']} w={r['mixing_ratio']:.2g}", (r["w_trunk"], r["success"]), fontsize=7)
+    for i, (t, yl) in enumerate([("Wasserstein (trunk)", "W2"), ("Gromov-Wasserstein (trunk)", "GW"),
+                                 ("success vs alignment (Fig. 7)", "success rate")]):
+        ax[i].set_title(t, fontsize=10)
+        ax[i].set_ylabel(yl)
+        if i < 2:
+            ax[i].set_xscale("symlog", linthresh=0.01)
+            ax[i].set_xlabel("mixing ratio w (symlog)")
+        else:
+            ax[i].set_xscale("log")
+            ax[i].set_xlabel("W2 (trunk), log scale")
+    ax[0].legend(fontsize=6)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def plot_umap_one(emb: np.ndarray, ax, title: str):
+    n = len(emb) // 2
+    ax.scatter(emb[n:, 0], emb[n:, 1], s=2, alpha=0.4, c="tab:blue", label="source (sim)")
+    ax.scatter(emb[:n, 0], emb[:n, 1], s=2, alpha=0.4, c="tab:red", label="target (real)")
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_umaps(runs: list, rows: list, a, out: str) -> list:
+    """Fig. 6 (left): UMAP of source vs target trunk features, one PNG per checkpoint under umap/,
+    and one grid per task x gap setting across the mixing-ratio sweep. Returns the files written."""
+    from tqdm import tqdm
+    cache = a.cache or os.path.join(a.runs, "analysis_cache")
+    os.makedirs(os.path.join(out, "umap"), exist_ok=True)
+    embs, written = {}, []
+    for r in tqdm(runs, desc="umap"):
+        feats = extract_features(r["ckpt"], a.num_samples, a.seed, cache)
+        key = os.path.join(cache, f"{r['run']}_step{r['step']}_n{a.num_samples}_s{a.seed}_umap.npy")
+        embs[r["run"]] = emb = umap_embedding(feats, a.seed, key)
+        fig, ax = new_figure(figsize=(4, 4))
+        plot_umap_one(emb, ax, f"{r['run']}\n{umap_title(r)}")
+        ax.legend(fontsize=7, markerscale=4)
+        fig.tight_layout()
+        save(fig, os.path.join(out, "umap", f"{r['run']}.png"))
+        written.append(f"umap/{r['run']}.png")
+    for name in sorted({setting(r) for r in runs}):
+        sweep = sorted((r for r in runs if setting(r) == name and r["method"] in RATIO_FAMILY), key=lambda r: r["ratio"])
+        if len(sweep) < 2:
+            continue
+        fig, axes = new_figure(1, len(sweep), figsize=(3.2 * len(sweep), 3.4), squeeze=False)
+        for ax, r in zip(axes[0], sweep):
+            plot_umap_one(embs[r["run"]], ax, umap_title(r))
+        axes[0][0].legend(fontsize=7, markerscale=4)
+        fig.suptitle(f"{name}: trunk features across mixing ratios (Fig. 6)", fontsize=10)
+        fig.tight_layout()
+        fname = f"umap_grid_{name.replace('/', '_')}.png"
+        save(fig, os.path.join(out, fname))
+        written.append(fname)
+    return written
+
+
+def umap_title(r: dict) -> str:
+    s = f"{r['method']} w={r['ratio']:.3g}"
+    return s + (f", success {r['eval']['success_rate']:.2f}" if r["eval"] else ", not evaluated")
+
+
+def plot_regimes(rows: list, path: str):
+    """Fig. 16 form: alignment (W, trunk) against discernibility (probe accuracy), coloured by
+    success; one marker shape per method."""
+    fig, ax = new_figure(figsize=(6.4, 4.6))
+    ev = [r for r in rows if r["success"] is not None]
+    if ev:
+        sc = None
+        for m in sorted({r["method"] for r in ev}):
+            rs = [r for r in ev if r["method"] == m]
+            sc = ax.scatter([r["w_trunk"] for r in rs], [r["probe_trunk"] for r in rs], c=[r["success"] for r in rs],
+                            cmap="viridis", vmin=0, vmax=max(r["success"] for r in ev) or 1, s=70,
+                            marker=MARKERS.get(m, "o"), edgecolor="k", label=m)
+            for r in rs:
+                ax.annotate(f"w={r['mixing_ratio']:.2g}", (r["w_trunk"], r["probe_trunk"]), fontsize=7,
+                            xytext=(4, 4), textcoords="offset points")
+        fig.colorbar(sc, ax=ax, label="success rate")
+        ax.legend(fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("W2 between domains (trunk), lower = more aligned")
+    ax.set_ylabel("domain probe accuracy (held out)")
+    ax.set_title("alignment vs discernibility (Fig. 16)", fontsize=10)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def plot_methods(runs: list, path: str):
+    """Fig. 9 form: success (Wilson 95% bars) against the mixing ratio, one series per method."""
+    names = sorted({setting(r) for r in runs if r["eval"]})
+    fig, axes = new_figure(1, max(1, len(names)), figsize=(5.5 * max(1, len(names)), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        rs = [r for r in runs if setting(r) == name and r["eval"]]
+        for m in [m for m in ORDER + ["pretrain_ft"] if any(r["method"] == m for r in rs)]:
+            pts = sorted((r for r in rs if r["method"] == m), key=lambda r: r["ratio"])
+            y = np.array([r["eval"]["success_rate"] for r in pts])
+            err = np.abs(np.array([r["eval"]["wilson95"] for r in pts]).T - y)
+            ax.errorbar([r["ratio"] for r in pts], y, yerr=err, marker=MARKERS.get(m, "o"), capsize=3,
+                        linestyle="-" if len(pts) > 1 else "none", label=m)
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.set_xlabel("mixing ratio w (symlog)")
+        ax.set_ylabel("success rate")
+        ax.set_title(f"{name} (Fig. 9 form)", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def plot_guidance(rows: list, path: str):
+    """Fig. 10 form: success against the guidance scale lambda, one line per checkpoint."""
+    fig, ax = new_figure(figsize=(5.5, 4))
+    for run in sorted({r["run"] for r in rows}):
+        rs = sorted((r for r in rows if r["run"] == run), key=lambda r: r["guidance"])
+        ax.plot([r["guidance"] for r in rs], [r["success"] for r in rs], marker=MARKERS.get(rs[0]["method"], "o"),
+                label=f"{rs[0]['method']} w={rs[0]['mixing_ratio']:.3g} ({rs[0]['task']})")
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel("guidance scale lambda (0 = conditional, -1 = label-free)")
+    ax.set_ylabel("success rate")
+    ax.set_title("guidance sweep (Fig. 10)", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def plot_guideline(runs: list, rows: list, path: str):
+    """Fig. 15 form: the co-training sweep's success against w, with the guideline's range shaded."""
+    fig, axes = new_figure(1, max(1, len(rows)), figsize=(5.5 * max(1, len(rows)), 4), squeeze=False)
+    for ax, g in zip(axes[0], rows):
+        pts = sorted((r for r in runs if r["method"] == "cotrain" and r["eval"] and r["task"] == g["task"]
+                      and r["domain"] == g["target_domain"] and r["n_target"] == g["N"] and r["n_source"] == g["M"]),
+                     key=lambda r: r["ratio"])
+        y = np.array([r["eval"]["success_rate"] for r in pts])
+        err = np.abs(np.array([r["eval"]["wilson95"] for r in pts]).T - y)
+        ax.errorbar([r["ratio"] for r in pts], y, yerr=err, marker="o", capsize=3, label="co-training")
+        ax.axvspan(g["w_n"], g["w_q"], color="tab:green", alpha=0.2, label="guideline [w_n, w_q]")
+        ax.axvline(g["auto"], color="tab:green", ls="--", lw=1, label="auto = sqrt(w_n w_q)")
+        ax.set_xscale("log")
+        ax.set_xlabel("mixing ratio w")
+        ax.set_ylabel("success rate")
+        ax.set_title(f"{g['task']}/{g['target_domain']} N={g['N']} M={g['M']} (Fig. 15)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save(fig, path)
+
+
 # ----------------------------------------------------------------------------------------------
 # command line
 # ----------------------------------------------------------------------------------------------
 from dataclasses import dataclass  # noqa: E402
 from common import arg, die  # noqa: E402
+
+PRODUCTS = ["alignment", "umap", "correlations", "regimes", "methods", "table1", "table3", "guidance", "guideline"]
 
 
 @dataclass
@@ -202,98 +659,82 @@ class Args:
     profile: str = "cpu"
     runs: str = arg("runs", "folder with train/ and eval/ run folders (02_train.py, 03_eval.py)")
     out: str = arg("results/analysis", "where the tables (markdown + JSON) and figures go")
+    ckpt: list = arg([], "only these checkpoints (default: every runs/train/*/ckpt.pt)")
+    only: list = arg([], "build only these: " + ", ".join(PRODUCTS) + " (default: all the runs support)")
     num_samples: int = arg(2048, "feature samples per domain (App. D.2: a large batch)")
     gw_method: str = arg("subsample", "Gromov-Wasserstein solver: exact | subsample (bench/bench_analyze.py)")
     cache: str = arg("", "feature cache folder (default <runs>/analysis_cache)")
-    seed: int = arg(0, "seed of the feature samples, GW subsets and the probe")
+    seed: int = arg(0, "seed of the feature samples, GW subsets, the probe and UMAP")
 
 
 PROFILES = {"paper": {}, "cpu": {}, "smoke": dict(num_samples=64)}
 
 
-def alignment_table(a: Args) -> list:
-    ckpts, evals = discover(a.runs)
-    if not ckpts:
-        raise UsageError(f"no training runs under {os.path.join(a.runs, 'train')} (02_train.py writes them)")
-    rows = []
-    from tqdm import tqdm
-    for ckpt in tqdm(ckpts, desc="checkpoints"):
-        _, cfg = common.load_policy(ckpt)
-        ev = success_of(evals, ckpt, cfg)
-        feats = extract_features(ckpt, a.num_samples, a.seed, a.cache or os.path.join(a.runs, "analysis_cache"))
-        rows.append({"run": os.path.basename(os.path.dirname(ckpt)), "task": cfg["args"]["task"],
-                     "target_domain": cfg["args"]["target_domain"], "method": cfg["args"]["method"],
-                     "arch": cfg["args"]["arch"], "mixing_ratio": cfg["mixing_ratio"],
-                     "success": ev["success_rate"] if ev else None, "trials": ev["trials"] if ev else None,
-                     **alignment_row(feats, a.gw_method, a.seed)})
-    return rows
+def check_args(a: Args):
+    if a.num_samples < 16:
+        raise UsageError(f"--num-samples must be at least 16, got {a.num_samples}")
+    if a.gw_method not in ("exact", "subsample"):
+        raise UsageError(f"--gw-method must be exact or subsample, got {a.gw_method!r}")
+    bad = [p for p in a.only if p not in PRODUCTS]
+    if bad:
+        raise UsageError(f"--only: unknown {', '.join(bad)}; choose from {', '.join(PRODUCTS)}")
 
 
 def analyze(a: Args):
-    import json
-    if a.num_samples < 8:
-        raise UsageError(f"--num-samples must be at least 8, got {a.num_samples}")
-    if a.gw_method not in ("exact", "subsample"):
-        raise UsageError(f"--gw-method must be exact or subsample, got {a.gw_method!r}")
-    rows = alignment_table(a)
-    os.makedirs(a.out, exist_ok=True)
-    cols = ["task", "target_domain", "method", "mixing_ratio", "success", "trials", "w_stem", "w_trunk",
-            "gw_stem", "gw_trunk", "probe_trunk"]
-    fmt = {"mixing_ratio": "{:.3g}", "success": "{:.3f}", "w_stem": "{:.3f}", "w_trunk": "{:.3f}",
-           "gw_stem": "{:.4f}", "gw_trunk": "{:.4f}", "probe_trunk": "{:.3f}"}
-    common.write_text(os.path.join(a.out, "alignment.md"), markdown_table(rows, cols, fmt) + "\n")
-    common.write_json(os.path.join(a.out, "alignment.json"), rows)
-    # Fig. 7: log W (trunk) vs success, per task x gap, where >= 3 evaluated checkpoints exist
-    corr, missing = {}, []
-    groups = {}
-    for r in rows:
-        if r["success"] is not None:
-            groups.setdefault((r["task"], r["target_domain"]), []).append(r)
-    for (task, dom), rs in sorted(groups.items()):
-        if len(rs) < 3:
-            missing.append(f"correlation {task}/{dom}: {len(rs)} evaluated checkpoint(s), needs 3")
-            continue
-        corr[f"{task}/{dom}"] = correlation(np.log([r["w_trunk"] for r in rs]), [r["success"] for r in rs])
-    common.write_json(os.path.join(a.out, "correlations.json"), corr)
-    plot_alignment(rows, a.out)
-    print(markdown_table(rows, cols, fmt))
-    for k, c in corr.items():
-        print(f"{k}: log W (trunk) vs success over {c['n']} checkpoints: Pearson {c['pearson']:.2f} "
-              f"(p {c['pearson_p']:.2g}), Spearman {c['spearman']:.2f} (p {c['spearman_p']:.2g})")
-    for m in missing + ["not built yet (issue 7 in progress): UMAP grid (Fig. 6), regimes (Fig. 16), "
-                        "Tables 1-3, guidance sweep (Fig. 10), guideline (Fig. 15)"]:
+    check_args(a)
+    runs, unfinished = discover(a.runs, a.ckpt)
+    if not runs:
+        raise UsageError(f"no finished training runs under {os.path.join(a.runs, 'train')} (02_train.py "
+                         f"writes them)" + (f"; still training: {', '.join(unfinished)}" if unfinished else ""))
+    if "guidance" in a.only:  # asked for explicitly: every checkpoint must carry a domain label
+        plain = [r for r in runs if not r["use_label"]] if a.ckpt else ([] if any(r["use_label"] for r in runs) else runs)
+        if plain:
+            raise UsageError(f"a guidance table needs checkpoints trained with a domain label (cfg, cfg_adda); "
+                             f"{plain[0]['ckpt']} was trained with {plain[0]['method']}")
+    want = set(a.only or PRODUCTS)
+    tables, figures, missing = {}, [], [f"still training, skipped: {u}" for u in unfinished]
+    rows = alignment_rows(runs, a) if want & {"alignment", "correlations", "regimes"} else []
+    if "alignment" in want:
+        tables["alignment"] = (rows, markdown_table(rows, ALIGN_COLS, ALIGN_FMT))
+    if "correlations" in want:
+        corr, md, miss = correlations(rows)
+        tables["correlations"] = (corr, md)
+        missing += miss
+    for name, build in (("methods", methods_table), ("table1", table1), ("table3", table3),
+                        ("guidance", guidance_table), ("guideline", guideline_table)):
+        if name in want:
+            data, md, miss = build(runs)
+            tables[name] = (data, md)
+            missing += miss
+    os.makedirs(a.out, exist_ok=True)  # every check has passed: now write
+    for name, (data, md) in tables.items():
+        common.write_json(os.path.join(a.out, f"{name}.json"), data)
+        common.write_text(os.path.join(a.out, f"{name}.md"), md + "\n")
+    if "alignment" in want:
+        plot_alignment(rows, os.path.join(a.out, "alignment_vs_ratio.png"))
+        figures.append("alignment_vs_ratio.png")
+    if "regimes" in want:
+        plot_regimes(rows, os.path.join(a.out, "regimes.png"))
+        figures.append("regimes.png")
+    if "methods" in want and tables["methods"][0]:
+        plot_methods(runs, os.path.join(a.out, "methods_vs_ratio.png"))
+        figures.append("methods_vs_ratio.png")
+    if "guidance" in want and tables["guidance"][0]:
+        plot_guidance(tables["guidance"][0], os.path.join(a.out, "guidance_sweep.png"))
+        figures.append("guidance_sweep.png")
+    if "guideline" in want and tables["guideline"][0]:
+        plot_guideline(runs, tables["guideline"][0], os.path.join(a.out, "guideline.png"))
+        figures.append("guideline.png")
+    if "umap" in want:
+        figures += plot_umaps(runs, rows, a, a.out)
+    common.write_text(os.path.join(a.out, "missing.md"),
+                      "".join(f"- {m}\n" for m in missing) or "- nothing: every table has its runs\n")
+    for name, (data, md) in tables.items():
+        if data:
+            print(f"\n## {name}\n\n{md}")
+    print(f"\nwrote {len(tables)} tables (markdown + JSON) and {len(figures)} figures to {a.out}")
+    for m in missing:
         print(f"missing: {m}")
-
-
-def plot_alignment(rows: list, out: str):
-    """Fig. 6 (right) / Fig. 7 form: W and GW of the trunk features against the mixing ratio,
-    and success against log W, one series per task x target domain."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-    groups = {}
-    for r in rows:
-        groups.setdefault(f"{r['task']}/{r['target_domain']}", []).append(r)
-    for name, rs in sorted(groups.items()):
-        rs = sorted(rs, key=lambda r: r["mixing_ratio"])
-        x = [max(r["mixing_ratio"], 1e-3) for r in rs]
-        ax[0].plot(x, [r["w_trunk"] for r in rs], "o-", label=name)
-        ax[1].plot(x, [r["gw_trunk"] for r in rs], "o-", label=name)
-        ev = [r for r in rs if r["success"] is not None]
-        ax[2].scatter([r["w_trunk"] for r in ev], [r["success"] for r in ev], label=name)
-        for r in ev:
-            ax[2].annotate(f"w={r['mixing_ratio']:.2g}", (r["w_trunk"], r["success"]), fontsize=7)
-    for i, (t, yl) in enumerate([("Wasserstein (trunk)", "W2"), ("Gromov-Wasserstein (trunk)", "GW"),
-                                 ("success vs alignment", "success rate")]):
-        ax[i].set_title(t, fontsize=10)
-        ax[i].set_ylabel(yl)
-        ax[i].set_xscale("log")
-        ax[i].set_xlabel("mixing ratio w" if i < 2 else "W2 (trunk), log scale")
-    ax[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "alignment_vs_ratio.png"), dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None):

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test reproduce toy data nut venv clean-venv
+.PHONY: test reproduce toy data nut nut-methods venv clean-venv
 
 venv: $(STAMP)
 
@@ -40,6 +40,20 @@ nut: data
 	$(PY) 02_train.py --profile cpu --method cotrain --ratio auto --resume
 	$(PY) 03_eval.py --ckpt $(NUT)_real_only_r1_encdec_s0/ckpt.pt --trials 200 --workers 2
 	$(PY) 03_eval.py --ckpt $(NUT)_cotrain_r0.17_encdec_s0/ckpt.pt --trials 200 --workers 2
+
+# The cpu-profile NutAssembly method comparison of RESULTS.md ("Representation alignment and the
+# paper's tables"): CFG-ADDA at the guideline's ratio with a guidance sweep (Fig. 10),
+# +discrimination (Table 1), sim pre-training then real fine-tuning (Table 3, App. D.4: the paper
+# does not give its step counts; ours: 15000 + 5000). After `make nut`; about 2 h on 2 cores.
+nut-methods: nut
+	$(PY) 02_train.py --profile cpu --method cfg_adda --ratio auto --resume
+	$(PY) 03_eval.py --ckpt $(NUT)_cfg_adda_r0.17_encdec_s0/ckpt.pt --trials 100 --workers 2 --guidance=-1,-0.5,0,0.5
+	$(PY) 02_train.py --profile cpu --method discriminate --ratio auto --resume
+	$(PY) 03_eval.py --ckpt $(NUT)_discriminate_r0.17_encdec_s0/ckpt.pt --trials 200 --workers 2
+	$(PY) 02_train.py --profile cpu --method sim_only --resume
+	$(PY) 02_train.py --profile cpu --method real_only --init-from $(NUT)_sim_only_r0_encdec_s0/ckpt.pt \
+	    --steps 5000 --warmup 200 --out $(NUT)_pretrain_ft_r1_encdec_s0 --resume
+	$(PY) 03_eval.py --ckpt $(NUT)_pretrain_ft_r1_encdec_s0/ckpt.pt --trials 200 --workers 2
 
 clean-venv:
 	rm -rf $(VENV)

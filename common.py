@@ -6,7 +6,11 @@ Sections, in the order of the method:
   3. classifier-free guidance combination (Sec. 5.1, App. C)
   4. mixing ratio: batch sampler (Eq. 1) and the ratio guideline (App. B.3, D.5)
   5. statistics: two-factor ANOVA (Sec. 3, Finding 2)
-Later issues add the policy, losses and datasets below these.
+  6. command line: dataclass arguments with profiles
+  7. files written atomically
+  8. datasets: robomimic-format HDF5 in memory, co-training batches, normalization, domain labels
+  9. co-training losses: ADDA discriminator + gradient reversal, OT, CFG label drop, LR schedule
+The networks and the policy built on these are in diffusion_policy.py.
 """
 import argparse
 import math
@@ -17,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,6 +381,8 @@ def write_json(path: str, obj):
 # ----------------------------------------------------------------------------------------------
 # 8. datasets: robomimic-format HDF5 held in memory, windows of (observation history, action chunk)
 # ----------------------------------------------------------------------------------------------
+TARGET, SOURCE, NULL_LABEL = 0, 1, -1  # domain labels; NULL_LABEL = CFG's dropped label
+NUM_DOMAINS = 2
 IMAGE_SUFFIX = "_image"
 PROPRIO_KEYS = ["robot0_joint_pos", "robot0_gripper_qpos"]  # App. C: joint + gripper positions
 
@@ -533,304 +541,7 @@ class Normalizer(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 9. networks: ResNet18-GN vision stem, observation encoder, three denoisers (App. C, D.3)
-# ----------------------------------------------------------------------------------------------
-import torch.nn as nn
-import torch.nn.functional as F
-
-
-def _gn(c: int) -> nn.GroupNorm:
-    return nn.GroupNorm(max(1, c // 16), c)  # Diffusion Policy: BatchNorm -> GroupNorm(c/16)
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.n1 = _gn(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.n2 = _gn(cout)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _gn(cout))
-
-    def forward(self, x):
-        y = F.relu(self.n1(self.conv1(x)))
-        y = self.n2(self.conv2(y))
-        return F.relu(y + (x if self.down is None else self.down(x)))
-
-
-class ResNet18GN(nn.Module):
-    """ResNet18 (He et al. 2016) with GroupNorm, trained from scratch, global average pool and a
-    linear projection to `out_dim` (the "vision stem" feature point). width = 64 is the original."""
-
-    def __init__(self, width: int = 64, out_dim: int = 512):
-        super().__init__()
-        w = [width, 2 * width, 4 * width, 8 * width]
-        layers = [nn.Conv2d(3, w[0], 7, 2, 3, bias=False), _gn(w[0]), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
-        cin = w[0]
-        for i, c in enumerate(w):
-            layers += [BasicBlock(cin, c, 1 if i == 0 else 2), BasicBlock(c, c, 1)]
-            cin = c
-        self.body = nn.Sequential(*layers)
-        self.proj = nn.Linear(w[-1], out_dim)
-
-    def forward(self, x):  # (B, 3, H, W) in [-1, 1]
-        return self.proj(self.body(x).mean((2, 3)))
-
-
-def random_crop(x: torch.Tensor, size: int, generator: torch.Generator = None) -> torch.Tensor:
-    """Independent random crop per image of a (N, C, H, W) batch (training augmentation)."""
-    n, _, h, w = x.shape
-    i = torch.randint(0, h - size + 1, (n,), generator=generator)
-    j = torch.randint(0, w - size + 1, (n,), generator=generator)
-    rows = (i[:, None] + torch.arange(size))[:, None, :, None].expand(n, x.shape[1], size, w)
-    x = x.gather(2, rows)
-    cols = (j[:, None] + torch.arange(size))[:, None, None, :].expand(n, x.shape[1], size, size)
-    return x.gather(3, cols)
-
-
-def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    i, j = (h - size) // 2, (w - size) // 2
-    return x[..., i:i + size, j:j + size]
-
-
-class ObsEncoder(nn.Module):
-    """phi(o): per camera a ResNet18-GN on each history frame (the "vision stem"), concatenated
-    with the normalized low-dim keys, then a 2-layer MLP trunk per history step (the "trunk"
-    feature point, Sec. 4.1). Without cameras the stem is the identity on the low-dim keys."""
-
-    def __init__(self, image_keys, lowdim_dim: int, d_feat: int, crop: int = 0,
-                 resnet_width: int = 64, vision_dim: int = 256):
-        super().__init__()
-        self.image_keys, self.crop = list(image_keys), crop
-        self.vision = nn.ModuleDict({k: ResNet18GN(resnet_width, vision_dim) for k in self.image_keys})
-        d_in = len(self.image_keys) * vision_dim + lowdim_dim
-        self.trunk = nn.Sequential(nn.Linear(d_in, d_feat), nn.Mish(), nn.Linear(d_feat, d_feat))
-
-    def stem(self, images: dict, lowdim: torch.Tensor, generator=None) -> torch.Tensor:
-        feats = []
-        for k in self.image_keys:
-            x = images[k]  # (B, n_obs, H, W, 3) in [-1, 1]
-            b, n = x.shape[:2]
-            x = x.reshape(b * n, *x.shape[2:]).permute(0, 3, 1, 2)
-            if self.crop:
-                x = random_crop(x, self.crop, generator) if self.training else center_crop(x, self.crop)
-            feats.append(self.vision[k](x).reshape(b, n, -1))
-        return torch.cat(feats + [lowdim], -1)
-
-    def forward(self, images: dict, lowdim: torch.Tensor, generator=None):
-        s = self.stem(images, lowdim, generator)
-        return s, self.trunk(s)  # (B, n_obs, d_stem), (B, n_obs, d_feat)
-
-
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of the diffusion step (as Diffusion Policy's SinusoidalPosEmb)."""
-    half = dim // 2
-    freq = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / (half - 1))
-    x = t.float()[:, None] * freq[None]
-    return torch.cat([x.sin(), x.cos()], -1)
-
-
-class TransformerDenoiser(nn.Module):
-    """eps_theta(a_t, t, cond). `encdec` (the paper's default, Chi et al.'s transformer with an
-    observation encoder): [time, obs tokens] -> TransformerEncoder -> memory; action tokens ->
-    TransformerDecoder with cross-attention. `dec`: one self-attention stack over
-    [time, obs tokens, action tokens] (decoder-only, App. D.3)."""
-
-    def __init__(self, action_dim, horizon, n_obs, d_cond, d_model=256, n_heads=4, n_layers=8,
-                 n_cond_layers=4, dropout=0.1, kind="encdec"):
-        super().__init__()
-        self.kind, self.d_model = kind, d_model
-        self.act_in = nn.Linear(action_dim, d_model)
-        self.cond_in = nn.Linear(d_cond, d_model)
-        self.time_in = nn.Sequential(nn.Linear(d_model, d_model), nn.Mish())
-        self.act_pos = nn.Parameter(torch.zeros(1, horizon, d_model))
-        self.cond_pos = nn.Parameter(torch.zeros(1, n_obs + 1, d_model))
-        nn.init.normal_(self.act_pos, std=0.02)
-        nn.init.normal_(self.cond_pos, std=0.02)
-        layer = lambda cls: cls(d_model, n_heads, 4 * d_model, dropout, activation="gelu",
-                                batch_first=True, norm_first=True)
-        if kind == "encdec":
-            self.encoder = nn.TransformerEncoder(layer(nn.TransformerEncoderLayer), n_cond_layers,
-                                                 enable_nested_tensor=False)
-            self.decoder = nn.TransformerDecoder(layer(nn.TransformerDecoderLayer), n_layers)
-        elif kind == "dec":
-            self.decoder = nn.TransformerEncoder(layer(nn.TransformerEncoderLayer), n_layers,
-                                                 enable_nested_tensor=False)
-        else:
-            raise ValueError(f"unknown transformer kind {kind!r}")
-        self.norm = nn.LayerNorm(d_model)
-        self.out = nn.Linear(d_model, action_dim)
-
-    def forward(self, x, t, cond):  # x (B, H, A), t (B,), cond (B, n_obs, d_cond)
-        tok_t = self.time_in(timestep_embedding(t, self.d_model))[:, None]
-        mem = torch.cat([tok_t, self.cond_in(cond)], 1) + self.cond_pos
-        h = self.act_in(x) + self.act_pos
-        if self.kind == "encdec":
-            h = self.decoder(h, self.encoder(mem))
-        else:
-            h = self.decoder(torch.cat([mem, h], 1))[:, mem.shape[1]:]
-        return self.out(self.norm(h))
-
-
-class CondResBlock1D(nn.Module):
-    """Conv1d residual block with FiLM conditioning (Diffusion Policy's ConditionalResidualBlock1D)."""
-
-    def __init__(self, cin, cout, d_cond, k=5):
-        super().__init__()
-        self.c1 = nn.Sequential(nn.Conv1d(cin, cout, k, padding=k // 2), nn.GroupNorm(8, cout), nn.Mish())
-        self.c2 = nn.Sequential(nn.Conv1d(cout, cout, k, padding=k // 2), nn.GroupNorm(8, cout), nn.Mish())
-        self.film = nn.Sequential(nn.Mish(), nn.Linear(d_cond, 2 * cout))
-        self.skip = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
-
-    def forward(self, x, c):
-        scale, bias = self.film(c)[..., None].chunk(2, 1)
-        return self.c2(self.c1(x) * scale + bias) + self.skip(x)
-
-
-class UNetDenoiser(nn.Module):
-    """1-D conditional U-Net over the action chunk (Chi et al.'s ConditionalUnet1D, App. D.3):
-    global condition = [time embedding, flattened observation features] fed by FiLM."""
-
-    def __init__(self, action_dim, horizon, n_obs, d_cond, down_dims=(256, 512, 1024), d_time=128):
-        super().__init__()
-        if horizon % 2 ** (len(down_dims) - 1):
-            raise ValueError(f"U-Net needs horizon divisible by {2 ** (len(down_dims) - 1)}")
-        self.d_time = d_time
-        self.time = nn.Sequential(nn.Linear(d_time, 4 * d_time), nn.Mish(), nn.Linear(4 * d_time, d_time))
-        dc = d_time + n_obs * d_cond
-        dims = [action_dim] + list(down_dims)
-        self.down = nn.ModuleList()
-        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-            last = i == len(down_dims) - 1
-            self.down.append(nn.ModuleList([CondResBlock1D(a, b, dc), CondResBlock1D(b, b, dc),
-                                            nn.Identity() if last else nn.Conv1d(b, b, 3, 2, 1)]))
-        self.mid = nn.ModuleList([CondResBlock1D(dims[-1], dims[-1], dc) for _ in range(2)])
-        self.up = nn.ModuleList()
-        for a, b in zip(reversed(dims[2:]), reversed(dims[1:-1])):
-            self.up.append(nn.ModuleList([CondResBlock1D(2 * a, b, dc), CondResBlock1D(b, b, dc),
-                                          nn.ConvTranspose1d(b, b, 4, 2, 1)]))
-        self.out = nn.Sequential(nn.Conv1d(down_dims[0], down_dims[0], 5, padding=2),
-                                 nn.GroupNorm(8, down_dims[0]), nn.Mish(),
-                                 nn.Conv1d(down_dims[0], action_dim, 1))
-
-    def forward(self, x, t, cond):
-        c = torch.cat([self.time(timestep_embedding(t, self.d_time)), cond.flatten(1)], -1)
-        h, skips = x.transpose(1, 2), []
-        for r1, r2, down in self.down:
-            h = r2(r1(h, c), c)
-            skips.append(h)
-            h = down(h)
-        for r in self.mid:
-            h = r(h, c)
-        for r1, r2, up in self.up:
-            h = up(r2(r1(torch.cat([h, skips.pop()], 1), c), c))
-        return self.out(h).transpose(1, 2)
-
-
-# ----------------------------------------------------------------------------------------------
-# 10. the policy: phi(o) -> [features, domain label] -> eps_theta; DDIM sampling with CFG
-# ----------------------------------------------------------------------------------------------
-TARGET, SOURCE, NULL_LABEL = 0, 1, -1  # domain labels; NULL_LABEL = CFG's dropped label
-NUM_DOMAINS = 2
-
-
-class DiffusionPolicy(nn.Module):
-    """Diffusion Policy (Chi et al. 2023) as the paper uses it (Sec. 4, App. C).
-
-    cfg keys: image_keys, lowdim_keys (with their dims in lowdim_dims), action_dim, n_obs,
-    horizon, n_action, arch (encdec | dec | unet), d_feat, widths, crop, use_label, T (train
-    diffusion steps). With use_label (CFG, CFG-ADDA) the one-hot domain label is concatenated to
-    the observation features after the encoder; the null label is all zeros (Sec. 5.1)."""
-
-    def __init__(self, cfg: dict):
-        super().__init__()
-        self.cfg = dict(cfg)
-        c = self.cfg
-        lowdim = sum(c["lowdim_dims"][k] for k in c["lowdim_keys"])
-        self.normalizer = Normalizer({**{k: c["lowdim_dims"][k] for k in c["lowdim_keys"]},
-                                      "actions": c["action_dim"]})
-        self.encoder = ObsEncoder(c["image_keys"], lowdim, c["d_feat"], c["crop"],
-                                  c["resnet_width"], c["vision_dim"])
-        d_cond = c["d_feat"] + (NUM_DOMAINS if c["use_label"] else 0)
-        if c["arch"] in ("encdec", "dec"):
-            self.denoiser = TransformerDenoiser(c["action_dim"], c["horizon"], c["n_obs"], d_cond,
-                                                c["d_model"], c["n_heads"], c["n_layers"],
-                                                c["n_cond_layers"], c["dropout"], c["arch"])
-        elif c["arch"] == "unet":
-            self.denoiser = UNetDenoiser(c["action_dim"], c["horizon"], c["n_obs"], d_cond,
-                                         tuple(c["unet_dims"]))
-        else:
-            raise UsageError(f"unknown architecture {c['arch']!r} (encdec, dec, unet)")
-        self.schedule = NoiseSchedule.make(c["T"])
-
-    # --- observation features (the two feature points of Sec. 4.1) ---
-    def encode(self, obs: dict, generator=None):
-        """obs: raw batch (B, n_obs, ...) per key -> (stem, trunk) features."""
-        lowdim = torch.cat([self.normalizer(k, obs[k].float()) for k in self.cfg["lowdim_keys"]], -1)
-        images = {k: self.normalizer(k, obs[k]) for k in self.cfg["image_keys"]}
-        return self.encoder(images, lowdim, generator)
-
-    def condition(self, z: torch.Tensor, label) -> torch.Tensor:
-        """[z, one-hot(label)] (label-free if the policy has no label); label: (B,) long with
-        NULL_LABEL rows getting all zeros."""
-        if not self.cfg["use_label"]:
-            return z
-        label = torch.as_tensor(label, device=z.device).expand(z.shape[0])
-        onehot = F.one_hot(label.clamp_min(0), NUM_DOMAINS).to(z.dtype) * (label >= 0)[:, None].to(z.dtype)
-        return torch.cat([z, onehot[:, None].expand(-1, z.shape[1], -1)], -1)
-
-    def forward(self, x_t, t, cond):
-        return self.denoiser(x_t, t, cond)
-
-    def diffusion_loss(self, actions, cond, generator=None):
-        """Per-sample epsilon-prediction loss l = ||eps - eps_theta(a_t, t, cond)||^2 (Eq. 1) on
-        normalized action chunks; t and eps drawn on the CPU from `generator` (same draws on
-        any device), as common.ddpm_loss."""
-        a = self.normalizer("actions", actions)
-        t = torch.randint(0, self.schedule.num_train_timesteps, a.shape[:1], generator=generator)
-        eps = torch.randn(a.shape, generator=generator)
-        abar = self.schedule.alphas_cumprod.float()[t][:, None, None]
-        t, eps, abar = t.to(a.device), eps.to(a.device), abar.to(a.device)
-        x_t = abar.sqrt() * a + (1 - abar).sqrt() * eps
-        return (self.denoiser(x_t, t, cond) - eps).pow(2).mean((-2, -1))
-
-    # --- inference ---
-    @torch.no_grad()
-    def predict_action(self, obs: dict, label=TARGET, guidance_scale: float = 0.0,
-                       sample_steps: int = 10, generator: torch.Generator = None,
-                       sampler: str = "ddim") -> torch.Tensor:
-        """Action chunk (B, horizon, action_dim) in robot units for raw obs (B, n_obs, ...).
-        With a label and guidance_scale != 0: eps = (1 + lambda) eps(o, c) - lambda eps(o, null)
-        (cfg_combine), both halves in one batched forward pass."""
-        _, z = self.encode(obs)
-        b = z.shape[0]
-        guided = self.cfg["use_label"] and guidance_scale != 0
-        if guided:
-            cond = torch.cat([self.condition(z, label), self.condition(z, NULL_LABEL)])
-        else:
-            cond = self.condition(z, label)
-        dev = z.device
-
-        def eps_fn(x, t):  # the samplers give one t per element; the chunk shares it
-            x, t = x.to(dev), t.reshape(b, -1)[:, 0].to(dev)
-            if not guided:
-                return self.denoiser(x, t, cond).float().cpu()
-            e = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), cond).float().cpu()
-            return cfg_combine(e[:b], e[b:], guidance_scale)
-
-        shape = (b, self.cfg["horizon"], self.cfg["action_dim"])
-        if sampler == "ddpm":
-            a = ddpm_sample(eps_fn, shape, self.schedule, generator, clip=1.0)
-        else:
-            a = ddim_sample(eps_fn, shape, self.schedule, sample_steps, generator, clip=1.0)
-        return self.normalizer.inverse("actions", a.to(dev))
-
-
-# ----------------------------------------------------------------------------------------------
-# 11. co-training losses: ADDA's discriminator with gradient reversal, OT, CFG label drop (Sec. 5.1)
+# 9. co-training losses: ADDA's discriminator with gradient reversal, OT, CFG label drop (Sec. 5.1)
 # ----------------------------------------------------------------------------------------------
 class GradReverse(torch.autograd.Function):
     """Identity forward; multiplies the gradient by -coeff backward (Ganin & Lempitsky 2015)."""
@@ -920,22 +631,3 @@ def get_lr(step: int, lr: float, warmup: int, total: int, min_lr: float = 0.0) -
         return lr * (step + 1) / warmup
     frac = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_lr + 0.5 * (1 + math.cos(math.pi * frac)) * (lr - min_lr)
-
-
-def load_policy(path: str, device="cpu", weights: str = "ema"):
-    """A trained policy (EMA weights by default, as Diffusion Policy evaluates) and its run
-    config from a 02_train.py checkpoint (ckpt.pt or an EMA-only ckpt_<step>.pt)."""
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint not found: {path}")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-        cfg = ck["config"]
-        policy = DiffusionPolicy(cfg["model"])
-        state = ck["ema"] if weights == "ema" else \
-            {k[len("policy."):]: v for k, v in ck["objective"].items() if k.startswith("policy.")}
-        policy.load_state_dict(state)
-    except UsageError:
-        raise
-    except Exception as e:
-        raise UsageError(f"{path}: not a 02_train.py checkpoint ({type(e).__name__}: {e})")
-    return policy.to(device).eval(), cfg

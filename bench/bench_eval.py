@@ -20,6 +20,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
+import diffusion_policy  # noqa: E402
 
 DEFAULT = "runs/train/NutAssembly_target_visual_physics_cotrain_r0.17_encdec_s0/ckpt.pt"
 
@@ -57,7 +58,7 @@ def main():
     if not os.path.isfile(os.path.join(ROOT, args.ckpt)):
         sys.exit(f"no checkpoint at {args.ckpt}: train one first (README, 02_train.py)")
     ckpt = os.path.join(ROOT, args.ckpt)
-    policy, cfg = common.load_policy(ckpt)
+    policy, cfg, _ = diffusion_policy.load_policy(ckpt)
     print(f"checkpoint {args.ckpt} ({cfg['args']['method']}, arch {cfg['model']['arch']})")
     print("| measure | baseline | ours | ratio |")
     print("|---|---|---|---|")

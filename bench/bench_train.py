@@ -23,6 +23,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
+import diffusion_policy  # noqa: E402
 
 
 def loop_run(method, steps, profile, out):
@@ -48,7 +49,7 @@ def bare_run(config, steps):
     source = common.load_demos(config["data"]["source"]["path"], mcfg["lowdim_keys"] + mcfg["image_keys"],
                                mcfg["n_obs"], mcfg["horizon"])
     torch.manual_seed(0)
-    policy = common.DiffusionPolicy(mcfg)
+    policy = diffusion_policy.DiffusionPolicy(mcfg)
     policy.normalizer.fit({**{k: target.obs[k] for k in mcfg["lowdim_keys"]}, "actions": target.actions})
     ema = copy.deepcopy(policy).requires_grad_(False)
     opt = torch.optim.AdamW(policy.parameters(), lr=a["lr"])

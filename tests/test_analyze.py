@@ -58,31 +58,62 @@ def test_correlation_hand_example(an):
     assert 0 < r["pearson_p"] < 1
 
 
-def test_smoke_end_to_end_and_no_runs(tmp_path):
+def test_smoke_end_to_end_tables_and_bad_input(tmp_path):
     import json
     import os
+    import torch
     from conftest import make_fake_dataset, run_stage
     tgt = make_fake_dataset(tmp_path / "t.hdf5", 3, 20, seed=0)
     src = make_fake_dataset(tmp_path / "s.hdf5", 4, 20, seed=1, domain="source")
     runs = tmp_path / "runs"
-    for method, ratio in (("cotrain", "0.3"), ("real_only", "1")):
+    for name, method, ratio in (("cotrain", "cotrain", "0.3"), ("cotrain6", "cotrain", "0.6"),
+                                ("disc", "discriminate", "0.3"), ("cfg_adda", "cfg_adda", "0.3"),
+                                ("real_only", "real_only", "1")):
         r = run_stage("02_train.py", "--profile", "smoke", "--target-data", tgt, "--source-data", src,
-                      "--method", method, "--ratio", ratio, "--out", str(runs / "train" / method))
+                      "--method", method, "--ratio", ratio, "--out", str(runs / "train" / name))
         assert r.returncode == 0, r.stderr
-    r = run_stage("03_eval.py", "--profile", "smoke", "--ckpt", str(runs / "train" / "cotrain" / "ckpt.pt"),
-                  "--trials", "1", "--out", str(runs / "eval" / "cotrain"))
+    ck = lambda name: str(runs / "train" / name / "ckpt.pt")  # noqa: E731
+    r = run_stage("03_eval.py", "--profile", "smoke", "--ckpt", f"{ck('cotrain')},{ck('cotrain6')},{ck('disc')}",
+                  "--trials", "1", "--out", str(runs / "eval" / "plain"))
     assert r.returncode == 0, r.stderr
+    r = run_stage("03_eval.py", "--profile", "smoke", "--ckpt", ck("cfg_adda"), "--guidance=-1,-0.5",
+                  "--trials", "1", "--out", str(runs / "eval" / "cfg_adda"))
+    assert r.returncode == 0, r.stderr
+    # a run still training is skipped and said so
+    c = torch.load(ck("real_only"), weights_only=False)
+    c["final"] = False
+    os.makedirs(runs / "train" / "busy")
+    torch.save(c, ck("busy"))
+
     out = tmp_path / "analysis"
     r = run_stage("04_analyze.py", "--profile", "smoke", "--runs", str(runs), "--out", str(out))
     assert r.returncode == 0, r.stderr
     rows = json.loads((out / "alignment.json").read_text())
-    assert sorted(r["method"] for r in rows) == ["cotrain", "real_only"]
-    by = {r["method"]: r for r in rows}
-    assert by["cotrain"]["success"] is not None and by["real_only"]["success"] is None
+    assert sorted(r["method"] for r in rows) == ["cfg_adda", "cotrain", "cotrain", "discriminate", "real_only"]
+    by = {(r["method"], r["mixing_ratio"]): r for r in rows}
+    assert by[("cotrain", 0.3)]["success"] is not None and by[("real_only", 1.0)]["success"] is None
+    assert by[("cfg_adda", 0.3)]["success"] is not None  # at its stored guidance, -0.5
     assert all(r["w_trunk"] > 0 and 0 <= r["probe_trunk"] <= 1 for r in rows)
-    assert (out / "alignment.md").exists() and (out / "alignment_vs_ratio.png").stat().st_size > 0
-    assert "needs 3" in r.stdout  # too few evaluated checkpoints for a correlation: said so
+    t1 = json.loads((out / "table1.json").read_text())
+    assert len(t1) == 1 and t1[0]["mixing_ratio"] == 0.3 and t1[0]["paper_cotrain"] == 0.85
+    g = json.loads((out / "guidance.json").read_text())
+    assert sorted(x["guidance"] for x in g) == [-1.0, -0.5]
+    gl = json.loads((out / "guideline.json").read_text())
+    assert len(gl) == 1 and gl[0]["N"] == 3 and gl[0]["M"] == 4 and gl[0]["ratios"] == [0.3, 0.6]
+    for f in ("alignment.md", "alignment_vs_ratio.png", "regimes.png", "methods_vs_ratio.png",
+              "guidance_sweep.png", "guideline.png", "umap/cotrain.png", "umap_grid_NutAssembly_target_visual_physics.png"):
+        assert (out / f).stat().st_size > 0, f
+    missing = (out / "missing.md").read_text()
+    assert "Table 3" in missing and "pretrain_ft" in missing and "still training" in missing
+    assert "needs 3" in r.stdout  # too few evaluated ratio-sweep checkpoints for a correlation: said so
+
     bad = run_stage("04_analyze.py", "--profile", "smoke", "--runs", str(tmp_path / "none"),
                     "--out", str(tmp_path / "bad"))
-    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: no training runs")
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: no finished training runs")
+    bad = run_stage("04_analyze.py", "--profile", "smoke", "--runs", str(runs), "--only", "guidance",
+                    "--ckpt", ck("cotrain"), "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "domain label" in bad.stderr and "cotrain" in bad.stderr
+    bad = run_stage("04_analyze.py", "--profile", "smoke", "--runs", str(runs), "--only", "umpa",
+                    "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "unknown umpa" in bad.stderr
     assert not os.path.exists(tmp_path / "bad")

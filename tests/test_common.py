@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import common
+import diffusion_policy
 
 
 # --- noise schedule --------------------------------------------------------------------------
@@ -338,7 +339,7 @@ def small_policy_cfg(**kw):
 @pytest.mark.parametrize("arch", ["encdec", "dec", "unet"])
 def test_denoisers_map_chunks_to_chunks(arch):
     torch.manual_seed(0)
-    pol = common.DiffusionPolicy(small_policy_cfg(arch=arch, use_label=True))
+    pol = diffusion_policy.DiffusionPolicy(small_policy_cfg(arch=arch, use_label=True))
     obs = {"a": torch.randn(5, 2, 3), "b": torch.randn(5, 2, 2)}
     stem, z = pol.encode(obs)
     assert stem.shape == (5, 2, 5) and z.shape == (5, 2, 16)
@@ -355,7 +356,7 @@ def test_denoisers_map_chunks_to_chunks(arch):
 
 def test_guidance_combines_conditional_and_null_predictions():
     torch.manual_seed(0)
-    pol = common.DiffusionPolicy(small_policy_cfg(use_label=True)).eval()
+    pol = diffusion_policy.DiffusionPolicy(small_policy_cfg(use_label=True)).eval()
     obs = {"a": torch.randn(3, 2, 3), "b": torch.randn(3, 2, 2)}
     run = lambda lam, label=0: pol.predict_action(obs, label=label, guidance_scale=lam, sample_steps=1,
                                                   generator=torch.Generator().manual_seed(1))
@@ -366,16 +367,16 @@ def test_guidance_combines_conditional_and_null_predictions():
 
 
 def test_resnet18gn_and_crops():
-    net = common.ResNet18GN(width=8, out_dim=10)
+    net = diffusion_policy.ResNet18GN(width=8, out_dim=10)
     assert net(torch.randn(2, 3, 64, 64)).shape == (2, 10)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     x = torch.arange(2 * 3 * 10 * 10, dtype=torch.float32).reshape(2, 3, 10, 10)
-    c = common.random_crop(x, 6, torch.Generator().manual_seed(0))
+    c = diffusion_policy.random_crop(x, 6, torch.Generator().manual_seed(0))
     assert c.shape == (2, 3, 6, 6)
     for n in range(2):  # every crop is a contiguous window of its own image
         i, j = divmod(int(c[n, 0, 0, 0].item()) - n * 300, 10)
         assert torch.equal(c[n], x[n, :, i:i + 6, j:j + 6])
-    assert torch.equal(common.center_crop(x, 6), x[..., 2:8, 2:8])
+    assert torch.equal(diffusion_policy.center_crop(x, 6), x[..., 2:8, 2:8])
 
 
 def test_normalizer_maps_union_to_unit_box_and_back():

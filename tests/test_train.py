@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import common
+import diffusion_policy
 from conftest import ROOT, make_fake_dataset, run_stage, load_stage
 
 
@@ -51,7 +52,7 @@ def test_every_method_trains_at_smoke(data, tmp_path, method):
     assert extra == want
     frac = np.mean([row["target_fraction"] for row in rows])
     assert frac == {"real_only": 1.0, "sim_only": 0.0}.get(method, pytest.approx(0.5, abs=0.15))
-    policy, cfg = common.load_policy(str(tmp_path / "run" / "ckpt.pt"))
+    policy, cfg, _ = diffusion_policy.load_policy(str(tmp_path / "run" / "ckpt.pt"))
     assert cfg["args"]["method"] == method and cfg["model"]["use_label"] == (method in ("cfg", "cfg_adda"))
     assert cfg["guidance_scale"] == {"cfg": 0.0, "cfg_adda": -0.5}.get(method)
     assert sorted(os.listdir(tmp_path / "run")) == ["ckpt.pt", "ckpt_0000010.pt", "ckpt_0000020.pt",
@@ -64,7 +65,7 @@ def test_architectures_and_images(data, tmp_path, extra):
     kw = dict(target="target_img", source="source_img") if "--images" in extra else {}
     r = train(data, tmp_path / "run", *extra, **kw)
     assert r.returncode == 0, r.stderr
-    policy, cfg = common.load_policy(str(tmp_path / "run" / "ckpt.pt"))
+    policy, cfg, _ = diffusion_policy.load_policy(str(tmp_path / "run" / "ckpt.pt"))
     ds = common.load_demos(data[kw.get("target", "target")],
                            cfg["model"]["lowdim_keys"] + cfg["model"]["image_keys"], 2, 8)
     chunk = policy.predict_action(common.gather(ds, np.arange(3))["obs"], sample_steps=2)
@@ -81,7 +82,7 @@ def test_discriminator_sees_only_label_free_dims(data):
                        n_cond_layers=1, horizon=8, disc_warmup=0, disc_hidden=8)
     target, source, lowdim, images = train_mod.load_data(
         train_mod.Args(target_data=data["target"], source_data=data["source"], horizon=8))
-    policy = common.DiffusionPolicy(train_mod.model_config(a, target, lowdim, images))
+    policy = diffusion_policy.DiffusionPolicy(train_mod.model_config(a, target, lowdim, images))
     policy.normalizer.fit({k: target.obs[k] for k in lowdim} | {"actions": target.actions})
     obj = train_mod.CoTrainObjective(policy, a)
     seen = []
