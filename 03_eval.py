@@ -71,37 +71,6 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple:
 # ----------------------------------------------------------------------------------------------
 # the closed loop
 # ----------------------------------------------------------------------------------------------
-class PolicyAgent:
-    """Receding-horizon control (Diffusion Policy): keep the last n_obs observations (the first
-    one repeated at the start), predict a chunk, execute its first n_action joint targets."""
-
-    def __init__(self, policy, seed: int, guidance, sample_steps: int, sampler: str):
-        import torch
-        self.policy, self.cfg = policy, policy.cfg
-        self.keys = self.cfg["lowdim_keys"] + self.cfg["image_keys"]
-        self.guidance = 0.0 if guidance is None else guidance
-        self.sample_steps, self.sampler = sample_steps, sampler
-        self.gen = torch.Generator().manual_seed(seed)  # the episode's own noise stream
-        self.history, self.queue = [], []
-        self.chunk_seconds = []
-        self.on_act = None  # called before each action (films a video frame)
-
-    def act(self, obs: dict) -> np.ndarray:
-        import torch
-        if self.on_act is not None:
-            self.on_act()
-        self.history = (self.history or [obs] * self.cfg["n_obs"])[1:] + [obs]
-        if not self.queue:
-            batch = {k: torch.from_numpy(np.stack([np.asarray(o[k]) for o in self.history])[None])
-                     for k in self.keys}
-            t0 = time.perf_counter()
-            chunk = self.policy.predict_action(batch, common.TARGET, self.guidance, self.sample_steps,
-                                               self.gen, self.sampler)[0].numpy()
-            self.chunk_seconds.append(time.perf_counter() - t0)
-            self.queue = list(chunk[:self.cfg["n_action"]])
-        return self.queue.pop(0).astype(np.float64)
-
-
 def marked_video(frames: list, success: bool) -> list:
     """Frames with a green (success) or red (failure) bar and label at the top."""
     import cv2
@@ -148,7 +117,7 @@ class Worker:
         frames, agents = [], []
 
         def make_agent(e, seed):
-            agents.append(PolicyAgent(policy, seed, job["guidance"], job["sample_steps"], job["sampler"]))
+            agents.append(diffusion_policy.PolicyAgent(policy, seed, job["guidance"], job["sample_steps"], job["sampler"]))
             if filmed:
                 agents[-1].on_act = lambda: frames.append(film(e, job["video_size"]))
             return agents[-1]

@@ -161,7 +161,7 @@ def extract_features(ckpt: str, num_samples: int, seed: int = 0, cache_dir: str 
     return out
 
 
-def alignment_row(feats: dict, gw_method: str = "subsample", seed: int = 0) -> dict:
+def alignment_row(feats: dict, gw_method: str = "exact", seed: int = 0) -> dict:
     """W and GW between source and target at both feature points, and the probe on the trunk."""
     row = {}
     for point in ("stem", "trunk"):
@@ -662,7 +662,7 @@ class Args:
     ckpt: list = arg([], "only these checkpoints (default: every runs/train/*/ckpt.pt)")
     only: list = arg([], "build only these: " + ", ".join(PRODUCTS) + " (default: all the runs support)")
     num_samples: int = arg(2048, "feature samples per domain (App. D.2: a large batch)")
-    gw_method: str = arg("subsample", "Gromov-Wasserstein solver: exact | subsample (bench/bench_analyze.py)")
+    gw_method: str = arg("exact", "Gromov-Wasserstein solver: exact | subsample (faster, biased: bench/bench_analyze.py)")
     cache: str = arg("", "feature cache folder (default <runs>/analysis_cache)")
     seed: int = arg(0, "seed of the feature samples, GW subsets, the probe and UMAP")
 

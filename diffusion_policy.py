@@ -4,9 +4,14 @@ three denoiser architectures, and the policy that joins them (phi(o) -> [feature
 
   1. networks: ResNet18-GN stem, ObsEncoder, TransformerDenoiser (encdec | dec), UNetDenoiser
   2. the policy: DiffusionPolicy, load_policy (a 02_train.py checkpoint -> policy, config, step)
+  3. closed-loop control: PolicyAgent (receding horizon; 03_eval.py and 05_real_deploy.py)
 """
 import math
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 import torch
 import torch.nn as nn
@@ -326,3 +331,70 @@ def load_policy(path: str, device="cpu", weights: str = "ema"):
     except Exception as e:
         raise UsageError(f"{path}: not a 02_train.py checkpoint ({type(e).__name__}: {e})")
     return policy.to(device).eval(), cfg, int(ck["step"])
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. closed-loop control: the same agent drives the simulator (03_eval.py) and a robot (05)
+# ----------------------------------------------------------------------------------------------
+class PolicyAgent:
+    """Receding-horizon control (Diffusion Policy): keep the last n_obs observations (the first
+    one repeated at the start), predict a chunk of `horizon` actions, execute its first n_action.
+
+    lead = 0 (simulation): predict when the queue runs out, from that step's observation.
+    lead = k > 0 (a robot, where inference is slower than a control step): start predicting in a
+    background thread when k actions are left, from that step's observation; the new chunk's
+    first k actions belong to steps that the old queue still covers and are skipped, so the
+    switch happens without a pause if inference takes under k steps (it waits otherwise).
+    Chunk index i is the action for i steps after the observation it was predicted from."""
+
+    def __init__(self, policy, seed: int, guidance, sample_steps: int, sampler: str = "ddim", lead: int = 0):
+        import torch
+        self.policy, self.cfg = policy, policy.cfg
+        self.keys = self.cfg["lowdim_keys"] + self.cfg["image_keys"]
+        self.guidance = 0.0 if guidance is None else guidance
+        self.sample_steps, self.sampler = sample_steps, sampler
+        if not 0 <= lead <= self.cfg["horizon"] - self.cfg["n_action"]:
+            raise ValueError(f"lead must be in [0, horizon - n_action = "
+                             f"{self.cfg['horizon'] - self.cfg['n_action']}], got {lead}")
+        self.lead = lead
+        self.gen = torch.Generator().manual_seed(seed)  # the episode's own noise stream
+        self.history, self.queue = [], []
+        self.chunk_seconds = []     # inference time of each chunk
+        self.started = False        # whether the last act() started a prediction
+        self.on_act = None          # called before each action (films a video frame)
+        self._pool = ThreadPoolExecutor(1) if lead else None
+        self._pending = None
+
+    def predict(self, history: list) -> np.ndarray:
+        import torch
+        batch = {k: torch.from_numpy(np.stack([np.asarray(o[k]) for o in history])[None]) for k in self.keys}
+        t0 = time.perf_counter()
+        chunk = self.policy.predict_action(batch, TARGET, self.guidance, self.sample_steps, self.gen,
+                                           self.sampler)[0].numpy()
+        self.chunk_seconds.append(time.perf_counter() - t0)
+        return chunk
+
+    def act(self, obs: dict) -> np.ndarray:
+        if self.on_act is not None:
+            self.on_act()
+        self.history = (self.history or [obs] * self.cfg["n_obs"])[1:] + [obs]
+        self.started = False
+        if self._pool is None:
+            if not self.queue:
+                self.started = True
+                self.queue = list(self.predict(self.history)[:self.cfg["n_action"]])
+        else:
+            if self._pending is None and len(self.queue) <= self.lead:
+                self.started = True
+                skip = len(self.queue)  # actions of the old queue still to run: skipped in the new chunk
+                self._pending = (self._pool.submit(self.predict, list(self.history)), skip)
+            if not self.queue:
+                future, skip = self._pending
+                self._pending = None
+                self.queue = list(future.result()[skip:skip + self.cfg["n_action"]])
+        return self.queue.pop(0).astype(np.float64)
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+

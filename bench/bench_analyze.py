@@ -6,15 +6,20 @@ rescaled along some axes and rotated (stand-ins for a policy's trunk features; 0
 standardizes each domain first, as here).
 
     .venv/bin/python bench/bench_analyze.py [--n 2048] [--dim 128]
+    .venv/bin/python bench/bench_analyze.py --features runs/analysis_cache/<run>_step15000_n2048_s0.npz
+
+--features: a policy's cached features (04_analyze.py) instead of the synthetic clouds.
 """
 import argparse
 import importlib.util
 import os
+import sys
 import time
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 spec = importlib.util.spec_from_file_location("analyze", os.path.join(ROOT, "04_analyze.py"))
 an = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(an)
@@ -32,13 +37,21 @@ def main():
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--subsample", type=int, default=512)
     p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--features", default="", help="a feature cache .npz of 04_analyze.py")
+    p.add_argument("--point", default="trunk", help="feature point in --features: stem | trunk")
     args = p.parse_args()
-    rng = np.random.default_rng(0)
-    zt = rng.normal(size=(args.n, args.dim))
-    rot = np.linalg.qr(rng.normal(size=(args.dim, args.dim)))[0]
-    zs = (rng.normal(size=(args.n, args.dim)) * np.linspace(0.3, 2.0, args.dim) + 0.5) @ rot
+    if args.features:
+        with np.load(args.features) as f:
+            zs, zt = f[f"source_{args.point}"], f[f"target_{args.point}"]
+        what = f"{os.path.basename(args.features)} ({args.point})"
+    else:
+        rng = np.random.default_rng(0)
+        zt = rng.normal(size=(args.n, args.dim))
+        rot = np.linalg.qr(rng.normal(size=(args.dim, args.dim)))[0]
+        zs = (rng.normal(size=(args.n, args.dim)) * np.linspace(0.3, 2.0, args.dim) + 0.5) @ rot
+        what = "synthetic clouds"
     xs, xt = an.standardize(zs), an.standardize(zt)
-    print(f"{args.n} points per domain, {args.dim} dims")
+    print(f"{what}: {len(xs)} points per domain, {xs.shape[1]} dims")
     print("| distance | exact | time | fast variant | time | speed-up | relative error |")
     print("|---|---|---|---|---|---|---|")
     w, tw = timed(lambda: an.wasserstein(xs, xt))

@@ -29,10 +29,15 @@ def toy():
     return load_stage("00_toy.py")
 
 
+PANDA_HOME = [0.0, 0.19635, 0.0, -2.61799, 0.0, 2.94159, 0.78540]  # robosuite's Panda init_qpos
+
+
 def make_fake_dataset(path, num_demos=3, T=20, seed=0, domain="target", images=0, lowdim=None,
-                      action_dim=8, nan=False):
+                      action_dim=8, nan=False, home=False):
     """A small robomimic-format file with random low-dim observations (joint, gripper, an object
-    position), optional `images`-sized camera frames and 8-D joint actions, for training tests."""
+    position), optional `images`-sized camera frames and 8-D joint actions, for training tests.
+    home: joints and joint targets stay within a few hundredths of a radian of the Panda's
+    initial pose (a policy trained on it commands safe, slow targets: deployment tests)."""
     import json
     import h5py
     import numpy as np
@@ -53,6 +58,9 @@ def make_fake_dataset(path, num_demos=3, T=20, seed=0, domain="target", images=0
                 for cam in ("agentview_image", "robot0_eye_in_hand_image"):
                     d.create_dataset(f"obs/{cam}", data=rng.integers(0, 255, (T, images, images, 3), dtype=np.uint8))
             a = np.cumsum(rng.normal(0, 0.1, (T, action_dim)), 0).astype(np.float32)
+            if home:
+                a[:, :7] = np.array(PANDA_HOME) + np.cumsum(rng.normal(0, 0.003, (T, 7)), 0)
+                d["obs/robot0_joint_pos"][...] = np.array(PANDA_HOME) + rng.normal(0, 0.01, (T, 7))
             if nan and i == num_demos - 1:
                 a[T // 2, 0] = np.nan
             d.create_dataset("joint_actions", data=a)

@@ -122,6 +122,10 @@ def test_resumed_run_equals_uninterrupted(data, tmp_path):
     ma, mb = metrics(tmp_path / "a"), metrics(tmp_path / "b")
     assert [m["step"] for m in mb] == [m["step"] for m in ma]  # no duplicated lines
     assert [m["loss"] for m in mb] == pytest.approx([m["loss"] for m in ma], rel=1e-6)
+    mtime = os.path.getmtime(tmp_path / "b" / "ckpt.pt")
+    r = train(data, tmp_path / "b", *args, "--resume")  # a finished run: nothing to do, nothing touched
+    assert r.returncode == 0 and "nothing to do" in r.stdout
+    assert os.path.getmtime(tmp_path / "b" / "ckpt.pt") == mtime and len(metrics(tmp_path / "b")) == len(mb)
 
 
 def test_init_from_pretrained_and_architecture_mismatch(data, tmp_path):
