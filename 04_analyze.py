@@ -24,6 +24,7 @@ Gromov-Wasserstein distance between their intra-domain distance matrices, both n
 pooled mean distance (local geometry, comparable across policies). Features, UMAP embeddings are
 cached per checkpoint under <runs>/analysis_cache.
 """
+import json
 import os
 
 import numpy as np
@@ -221,7 +222,6 @@ def discover(runs_dir: str, only_ckpts: list = None) -> tuple:
     and its evaluations in its own target domain (runs/eval/*/results.json), keyed by guidance;
     and the runs still training (skipped)."""
     import glob
-    import json
     ckpts = [os.path.abspath(c) for c in only_ckpts] if only_ckpts else \
         sorted(os.path.abspath(c) for c in glob.glob(os.path.join(runs_dir, "train", "*", "ckpt.pt")))
     evals = {}
@@ -290,13 +290,20 @@ def alignment_rows(runs: list, a) -> list:
     rows = []
     cache = a.cache or os.path.join(a.runs, "analysis_cache")
     for r in tqdm(runs, desc="alignment"):
-        feats = extract_features(r["ckpt"], a.num_samples, a.seed, cache)
+        # the metrics of a checkpoint's cached features are cached too (exact GW takes ~20-40 s)
+        key = os.path.join(cache, f"{r['run']}_step{r['step']}_n{a.num_samples}_s{a.seed}_{a.gw_method}.json")
+        if os.path.exists(key):
+            with open(key) as f:
+                metrics = json.load(f)
+        else:
+            metrics = alignment_row(extract_features(r["ckpt"], a.num_samples, a.seed, cache), a.gw_method, a.seed)
+            common.write_json(key, metrics)
         ev = r["eval"]
         rows.append({"run": r["run"], "task": r["task"], "target_domain": r["domain"], "method": r["method"],
                      "arch": r["arch"], "mixing_ratio": r["ratio"],
                      "disc_weight": r["cfg"]["args"]["disc_weight"] if r["method"] in ("adda", "cfg_adda", "discriminate") else None,
                      "success": ev["success_rate"] if ev else None, "trials": ev["trials"] if ev else None,
-                     **alignment_row(feats, a.gw_method, a.seed)})
+                     **metrics})
     return rows
 
 

@@ -22,8 +22,9 @@ Safety, every step before a command is sent: NaN/inf, joint limits (clipped with
 target), per-step joint velocity clamp, stale camera frames, control-loop overrun, lost connection.
 A stop holds the robot, saves the episode and exits 3; Ctrl-C does the same (exit 130).
 Writes runs/deploy/<name>/: episodes/ep_<k>.hdf5 (one per episode, atomic), episodes.hdf5
-(robomimic format: observations, commanded and raw policy actions, timing), tally.json (running
-k/n) and timing.json. A rerun continues with the next episode.
+(robomimic format: observations, commanded and raw policy actions, per-step time, loop work and
+whether a prediction started, per-chunk inference ms), tally.json (running k/n) and timing.json.
+A rerun continues with the next episode.
 """
 import json
 import math
@@ -309,7 +310,7 @@ def run_episode(robot, agent, safety: Safety, seed: int, period: float, realtime
                 keys: list, max_steps: int) -> dict:
     """Returns the episode record (per-step arrays, stop reason); `stop` is set if a safety
     condition, a lost connection or Ctrl-C ended it, and the robot has then been held."""
-    steps = {k: [] for k in ("t", "loop_ms", "inference_ms", "actions", "policy_actions")}
+    steps = {k: [] for k in ("t", "loop_ms", "predicted", "actions", "policy_actions")}
     obs_rec = {k: [] for k in keys}
     stop, interrupted = None, False
     robot.reset(seed)
@@ -323,7 +324,6 @@ def run_episode(robot, agent, safety: Safety, seed: int, period: float, realtime
             last = tick
             obs = robot.observe()
             safety.check_observation(obs, time.monotonic())
-            n_chunks = len(agent.chunk_seconds)
             raw = agent.act({k: obs[k] for k in agent.keys})
             a = safety.filter_action(raw, np.asarray(obs["robot0_joint_pos"], float))
             if not dry_run:
@@ -331,7 +331,7 @@ def run_episode(robot, agent, safety: Safety, seed: int, period: float, realtime
             for k in keys:
                 obs_rec[k].append(np.asarray(obs[k]))
             steps["t"].append(tick - t_start)
-            steps["inference_ms"].append(1000 * agent.chunk_seconds[-1] if len(agent.chunk_seconds) > n_chunks else np.nan)
+            steps["predicted"].append(bool(getattr(agent, "started", False)))  # a chunk prediction started
             steps["actions"].append(a)
             steps["policy_actions"].append(np.asarray(raw, float))
             steps["loop_ms"].append(1000 * (time.monotonic() - tick))
@@ -356,10 +356,11 @@ def run_episode(robot, agent, safety: Safety, seed: int, period: float, realtime
             stop += f"; hold failed: {e}"
     else:
         final_q = np.asarray(robot.joint_pos(), float)  # where the last command left it
-    return {"seed": seed, "stop": stop, "final_joint_pos": final_q, "interrupted": interrupted, "obs": obs_rec, "dry_run": dry_run,
+    return {"seed": seed, "stop": stop, "final_joint_pos": final_q,
+            "chunk_ms": 1000 * np.asarray(agent.chunk_seconds, dtype=np.float64), "interrupted": interrupted, "obs": obs_rec, "dry_run": dry_run,
             "clamped": safety.clamped, "clipped": safety.clipped,
             **{k: np.asarray(v, dtype=np.float64).reshape(len(v), -1 if v else 8) if "actions" in k
-               else np.asarray(v, dtype=np.float64) for k, v in steps.items()}}
+               else np.asarray(v, dtype=bool if k == "predicted" else np.float64) for k, v in steps.items()}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -383,7 +384,7 @@ def write_episode(path: str, ep: dict, success, label: str, meta: dict):
         d.attrs["final_joint_pos"] = ep["final_joint_pos"]
         for k, v in ep["obs"].items():
             d.create_dataset(f"obs/{k}", data=np.asarray(v) if n else np.zeros((0,)))
-        for k in ("actions", "policy_actions", "t", "loop_ms", "inference_ms"):
+        for k in ("actions", "policy_actions", "t", "loop_ms", "predicted", "chunk_ms"):
             d.create_dataset(k, data=ep[k])
         d.create_dataset("dones", data=(np.arange(n) == n - 1).astype(np.uint8))
     os.replace(tmp, path)
@@ -613,7 +614,7 @@ def deploy(a: Args, robot=None, make_agent=None) -> int:
         n = assemble(out, meta)
         tally = read_tally(out)
         wins = sum(r["success"] == 1 for r in tally)
-        timing["inference_ms"] += [x for x in ep["inference_ms"] if np.isfinite(x)]
+        timing["inference_ms"] += ep["chunk_ms"].tolist()
         timing["loop_ms"] += ep["loop_ms"].tolist()
         timing["period_ms"] += (1000 * np.diff(ep["t"])).tolist()
         common.write_json(os.path.join(out, "tally.json"), {"successes": wins, "episodes": n, "rows": tally})

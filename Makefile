@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test reproduce toy data nut nut-methods venv clean-venv
+.PHONY: test reproduce toy data nut nut-methods analysis venv clean-venv
 
 venv: $(STAMP)
 
@@ -18,9 +18,11 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 test: $(STAMP)
 	MPLBACKEND=Agg $(PY) -m pytest -q tests
 
-# The main CPU job; grows as stages land. Today: the toy model of Sec. 3 (~10 min on 2 cores),
-# written to results/toy/ (the committed copy; git diff shows any change).
-reproduce: toy
+# The main CPU job: the toy model of Sec. 3 (~10 min), the dataset set (~2 h), the NutAssembly
+# runs and rollouts (~3 h) and the analysis (~15 min) on 2 cores; every step resumes after a kill
+# and keeps what is finished. Writes results/toy/ and results/analysis/ (the committed copies:
+# git diff shows any change).
+reproduce: toy analysis
 
 toy: $(STAMP)
 	MPLBACKEND=Agg $(PY) 00_toy.py --out results/toy
@@ -32,14 +34,19 @@ data: $(STAMP)
 	$(PY) 01_generate_data.py --profile cpu --workers 2 --root data
 
 # The cpu-profile NutAssembly comparison of RESULTS.md ("Training", "Evaluation"): real_only vs
-# cotrain at the guideline's ratio, vis-phys target, 200 episodes each, after `make data`
-# (finished files are kept). About 40 min of training + 25 min of rollouts on 2 cores; resumable.
+# cotrain at the guideline's ratio, then the ratio sweep's w = 0.05 and 0.5, vis-phys target,
+# 200 episodes each, after `make data` (finished files are kept). About 80 min of training + 50 min
+# of rollouts on 2 cores; resumable.
 NUT := runs/train/NutAssembly_target_visual_physics
 nut: data
 	$(PY) 02_train.py --profile cpu --method real_only --resume
 	$(PY) 02_train.py --profile cpu --method cotrain --ratio auto --resume
 	$(PY) 03_eval.py --ckpt $(NUT)_real_only_r1_encdec_s0/ckpt.pt --trials 200 --workers 2
 	$(PY) 03_eval.py --ckpt $(NUT)_cotrain_r0.17_encdec_s0/ckpt.pt --trials 200 --workers 2
+	for w in 0.05 0.5; do \
+	  $(PY) 02_train.py --profile cpu --method cotrain --ratio $$w --resume && \
+	  $(PY) 03_eval.py --ckpt $(NUT)_cotrain_r$${w}_encdec_s0/ckpt.pt --trials 200 --workers 2 || exit 1; \
+	done
 
 # The cpu-profile NutAssembly method comparison of RESULTS.md ("Representation alignment and the
 # paper's tables"): CFG-ADDA at the guideline's ratio with a guidance sweep (Fig. 10),
@@ -54,6 +61,11 @@ nut-methods: nut
 	$(PY) 02_train.py --profile cpu --method real_only --init-from $(NUT)_sim_only_r0_encdec_s0/ckpt.pt \
 	    --steps 5000 --warmup 200 --out $(NUT)_pretrain_ft_r1_encdec_s0 --resume
 	$(PY) 03_eval.py --ckpt $(NUT)_pretrain_ft_r1_encdec_s0/ckpt.pt --trials 200 --workers 2
+
+# Stage 04 over every run under runs/: tables, figures, missing.md (RESULTS.md "Representation
+# alignment and the paper's tables").
+analysis: nut-methods
+	MPLBACKEND=Agg $(PY) 04_analyze.py --runs runs --out results/analysis
 
 clean-venv:
 	rm -rf $(VENV)
