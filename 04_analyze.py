@@ -589,6 +589,7 @@ def plot_regimes(rows: list, path: str):
     ax.set_xscale("log")
     ax.set_xlabel("W2 between domains (trunk), lower = more aligned")
     ax.set_ylabel("domain probe accuracy (held out)")
+    ax.set_ylim(0.45, 1.03)  # 0.5: indiscernible, 1: fully discernible
     ax.set_title("alignment vs discernibility (Fig. 16)", fontsize=10)
     fig.tight_layout()
     save(fig, path)
