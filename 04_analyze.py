@@ -602,11 +602,7 @@ def plot_methods(runs: list, path: str):
     for ax, name in zip(axes[0], names):
         rs = [r for r in runs if setting(r) == name and r["eval"]]
         for m in [m for m in ORDER + ["pretrain_ft"] if any(r["method"] == m for r in rs)]:
-            pts = sorted((r for r in rs if r["method"] == m), key=lambda r: r["ratio"])
-            y = np.array([r["eval"]["success_rate"] for r in pts])
-            err = np.abs(np.array([r["eval"]["wilson95"] for r in pts]).T - y)
-            ax.errorbar([r["ratio"] for r in pts], y, yerr=err, marker=MARKERS.get(m, "o"), capsize=3,
-                        linestyle="-" if len(pts) > 1 else "none", label=m)
+            plot_success(ax, [r for r in rs if r["method"] == m], MARKERS.get(m, "o"), m)
         ax.set_xscale("symlog", linthresh=0.01)
         ax.set_xlabel("mixing ratio w (symlog)")
         ax.set_ylabel("success rate")
@@ -614,6 +610,15 @@ def plot_methods(runs: list, path: str):
         ax.legend(fontsize=7)
     fig.tight_layout()
     save(fig, path)
+
+
+def plot_success(ax, runs: list, marker: str, label: str):
+    """Success rate (Wilson 95% bars) against the mixing ratio, one series."""
+    pts = sorted(runs, key=lambda r: r["ratio"])
+    y = np.array([r["eval"]["success_rate"] for r in pts])
+    err = np.abs(np.array([r["eval"]["wilson95"] for r in pts]).T - y)
+    ax.errorbar([r["ratio"] for r in pts], y, yerr=err, marker=marker, capsize=3,
+                linestyle="-" if len(pts) > 1 else "none", label=label)
 
 
 def plot_guidance(rows: list, path: str):
@@ -636,12 +641,9 @@ def plot_guideline(runs: list, rows: list, path: str):
     """Fig. 15 form: the co-training sweep's success against w, with the guideline's range shaded."""
     fig, axes = new_figure(1, max(1, len(rows)), figsize=(5.5 * max(1, len(rows)), 4), squeeze=False)
     for ax, g in zip(axes[0], rows):
-        pts = sorted((r for r in runs if r["method"] == "cotrain" and r["eval"] and r["task"] == g["task"]
-                      and r["domain"] == g["target_domain"] and r["n_target"] == g["N"] and r["n_source"] == g["M"]),
-                     key=lambda r: r["ratio"])
-        y = np.array([r["eval"]["success_rate"] for r in pts])
-        err = np.abs(np.array([r["eval"]["wilson95"] for r in pts]).T - y)
-        ax.errorbar([r["ratio"] for r in pts], y, yerr=err, marker="o", capsize=3, label="co-training")
+        plot_success(ax, [r for r in runs if r["method"] == "cotrain" and r["eval"] and r["task"] == g["task"]
+                          and r["domain"] == g["target_domain"] and r["n_target"] == g["N"]
+                          and r["n_source"] == g["M"]], "o", "co-training")
         ax.axvspan(g["w_n"], g["w_q"], color="tab:green", alpha=0.2, label="guideline [w_n, w_q]")
         ax.axvline(g["auto"], color="tab:green", ls="--", lw=1, label="auto = sqrt(w_n w_q)")
         ax.set_xscale("log")
