@@ -129,14 +129,20 @@ def correlation(x, y) -> dict:
 # ----------------------------------------------------------------------------------------------
 # features at the two feature points (Sec. 4.1), cached per checkpoint
 # ----------------------------------------------------------------------------------------------
-def extract_features(ckpt: str, num_samples: int, seed: int = 0, cache_dir: str = "") -> dict:
+def extract_features(ckpt: str, num_samples: int, seed: int = 0, cache_dir: str = "", step: int = None) -> dict:
     """Encode `num_samples` random training windows of each domain with the checkpoint's EMA
     policy (eval mode, center crop): {domain: {"stem": (n, d), "trunk": (n, d)}}, each flattened
-    over the observation history. Cached as <cache_dir>/<run>_step<k>_n<n>_s<seed>.npz."""
+    over the observation history. Cached as <cache_dir>/<run>_step<k>_n<n>_s<seed>.npz (with the
+    checkpoint's `step` given, a cached result is read without loading the checkpoint)."""
     import torch
-    policy, cfg, step = diffusion_policy.load_policy(ckpt)
     run = os.path.basename(os.path.dirname(os.path.abspath(ckpt)))
-    path = os.path.join(cache_dir, f"{run}_step{step}_n{num_samples}_s{seed}.npz") if cache_dir else ""
+
+    def cache_path(k):
+        return os.path.join(cache_dir, f"{run}_step{k}_n{num_samples}_s{seed}.npz") if cache_dir else ""
+    path = cache_path(step) if step is not None else ""
+    if not (path and os.path.exists(path)):
+        policy, cfg, step = diffusion_policy.load_policy(ckpt)
+        path = cache_path(step)
     if path and os.path.exists(path):
         with np.load(path) as f:
             return {d: {p: f[f"{d}_{p}"] for p in ("stem", "trunk")} for d in ("target", "source")}
@@ -175,9 +181,8 @@ def alignment_row(feats: dict, gw_method: str = "exact", seed: int = 0) -> dict:
 
 def umap_embedding(feats: dict, seed: int = 0, cache: str = "") -> np.ndarray:
     """2-D UMAP (McInnes et al.) of the pooled source + target trunk features, standardized
-    together so a shift between the domains stays visible (Fig. 6): rows are target then source."""
-    if cache and os.path.exists(cache):
-        return np.load(cache)
+    together so a shift between the domains stays visible (Fig. 6): rows are target then source.
+    Saved to `cache` if given."""
     import warnings
     with warnings.catch_warnings():  # umap's notes on numba / n_jobs with a fixed seed
         warnings.simplefilter("ignore")
@@ -296,7 +301,8 @@ def alignment_rows(runs: list, a) -> list:
             with open(key) as f:
                 metrics = json.load(f)
         else:
-            metrics = alignment_row(extract_features(r["ckpt"], a.num_samples, a.seed, cache), a.gw_method, a.seed)
+            metrics = alignment_row(extract_features(r["ckpt"], a.num_samples, a.seed, cache, r["step"]),
+                                    a.gw_method, a.seed)
             common.write_json(key, metrics)
         ev = r["eval"]
         rows.append({"run": r["run"], "task": r["task"], "target_domain": r["domain"], "method": r["method"],
@@ -531,7 +537,7 @@ def plot_umap_one(emb: np.ndarray, ax, title: str):
     ax.set_yticks([])
 
 
-def plot_umaps(runs: list, rows: list, a, out: str) -> list:
+def plot_umaps(runs: list, a, out: str) -> list:
     """Fig. 6 (left): UMAP of source vs target trunk features, one PNG per checkpoint under umap/,
     and one grid per task x gap setting across the mixing-ratio sweep. Returns the files written."""
     from tqdm import tqdm
@@ -539,9 +545,10 @@ def plot_umaps(runs: list, rows: list, a, out: str) -> list:
     os.makedirs(os.path.join(out, "umap"), exist_ok=True)
     embs, written = {}, []
     for r in tqdm(runs, desc="umap"):
-        feats = extract_features(r["ckpt"], a.num_samples, a.seed, cache)
         key = os.path.join(cache, f"{r['run']}_step{r['step']}_n{a.num_samples}_s{a.seed}_umap.npy")
-        embs[r["run"]] = emb = umap_embedding(feats, a.seed, key)
+        emb = np.load(key) if os.path.exists(key) else \
+            umap_embedding(extract_features(r["ckpt"], a.num_samples, a.seed, cache, r["step"]), a.seed, key)
+        embs[r["run"]] = emb
         fig, ax = new_figure(figsize=(4, 4))
         plot_umap_one(emb, ax, f"{r['run']}\n{umap_title(r)}")
         ax.legend(fontsize=7, markerscale=4)
@@ -736,7 +743,7 @@ def analyze(a: Args):
         plot_guideline(runs, tables["guideline"][0], os.path.join(a.out, "guideline.png"))
         figures.append("guideline.png")
     if "umap" in want:
-        figures += plot_umaps(runs, rows, a, a.out)
+        figures += plot_umaps(runs, a, a.out)
     common.write_text(os.path.join(a.out, "missing.md"),
                       "".join(f"- {m}\n" for m in missing) or "- nothing: every table has its runs\n")
     for name, (data, md) in tables.items():

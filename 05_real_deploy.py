@@ -565,9 +565,11 @@ def deploy(a: Args, robot=None, make_agent=None) -> int:
     if missing:
         raise UsageError(f"the checkpoint observes {', '.join(missing)}, which the {robot.name} robot does not "
                          f"provide (a real robot gives joints, gripper and cameras: train with --images)")
+    label_mode = a.label or ("auto" if a.robot == "sim" else "prompt")
+    if label_mode == "prompt" and not sys.stdin.isatty():  # before anything moves or is written
+        raise UsageError("--label prompt needs an operator at a terminal (stdin is not one)")
     period = 1.0 / a.hz
     realtime = a.realtime or a.robot == "franka"
-    label_mode = a.label or ("auto" if a.robot == "sim" else "prompt")
     keys = sorted(need | {"robot0_joint_pos", "robot0_gripper_qpos"})
     first = a.first_seed if a.first_seed >= 0 else tasks.SEED_BASE["eval"]
     lead = a.lead

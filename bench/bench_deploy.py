@@ -6,7 +6,7 @@ Per setting: inference ms per chunk (mean, p95), loop step ms (the work of one s
 checks, policy, command; p95, max), achieved period and its jitter (std), steps whose work took
 longer than the period; the ratio is sync's p95 step work over async's (the first step of an
 episode always waits for a first chunk, so the max is the same in both). The sim robot's physics
-(~5 ms a step) stands in for a real robot's I/O and camera reads.
+(~8 ms a step, bench_tasks.py) stands in for a real robot's I/O and camera reads.
 
     .venv/bin/python bench/bench_deploy.py --ckpt runs/train/<cpu run>/ckpt.pt [--steps 200]
 """

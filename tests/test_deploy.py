@@ -238,6 +238,7 @@ def test_bad_input_exits_2_and_writes_nothing(dep, ckpt, tmp_path):
         (["--ckpt", ckpt, "--guidance", "-0.5"], "domain label"),
         (["--ckpt", ckpt, "--workspace", "0,1"], "6 numbers"),
         (["--ckpt", ckpt, "--domain", "mars"], "mars"),
+        (["--ckpt", ckpt, "--label", "prompt"], "operator at a terminal"),  # stdin is a pipe here
     ]
     for args, msg in cases:
         r = run_stage("05_real_deploy.py", "--profile", "smoke", *args, "--out", str(out))
