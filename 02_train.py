@@ -11,8 +11,9 @@ Methods (Sec. 5.1; each adds one loss term or one conditioning input to the same
   cotrain       batches mixed with ratio w (Eq. 1: L = w E_T[l] + (1 - w) E_S[l])
   ot            + disc-free alignment: unbalanced Sinkhorn OT between source and target batch
                 features, plan held constant, weight --ot-weight (Cheng et al. 2025)
-  adda          + 3-layer MLP domain discriminator on the observation features, gradient
-                reversal into the encoder, weight --disc-weight, after --disc-warmup steps
+  adda          + 3-layer MLP domain discriminator on the observation features (BCE balanced over
+                the two domains), trained alone for --disc-warmup steps, then gradient reversal
+                into the encoder, its coefficient ramped over --grl-ramp steps, weight --disc-weight
   discriminate  ADDA's discriminator without gradient reversal (Table 1, "+discrimination")
   cfg           + one-hot domain label concatenated to the observation features, dropped to the
                 null label with prob. --cfg-drop-prob; guidance at inference (Wei et al. 2025)
@@ -64,11 +65,21 @@ class Args:
     source_data: str = arg("", "explicit source HDF5")
     images: bool = arg(False, "train on camera images (reads the *_img.hdf5 files)")
     image_keys: list = arg(["agentview_image", "robot0_eye_in_hand_image"], "cameras (App. C: 2)")
-    obs_keys: list = arg([], "low-dim keys; empty = proprioception (+ object poses without images)")
+    obs_keys: list = arg([], "low-dim keys (stored, or derived: <pos key>_rel, <name>_rot6d); "
+                             "empty = the --obs-set's keys (images: proprioception only)")
+    obs_set: str = arg("world", "low-dim set without images: world (proprioception + object poses), "
+                                "eef (+ gripper pose), rel (object positions relative to the gripper); "
+                                "see common.lowdim_keys_of")
     max_demos: int = arg(0, "use only the first K demos of each file (0 = all)")
+    action_space: str = arg("abs", "abs: absolute joint targets + gripper (App. C); rel: joint targets "
+                                   "minus the current joint positions (gripper absolute), added back at "
+                                   "execution")
     # method hyperparameters (Sec. 5.1, App. C)
     disc_weight: float = arg(0.05, "ADDA/CFG-ADDA discriminator loss weight alpha (App. D.6 sweep: 0, 0.05, 0.5)")
-    disc_warmup: int = arg(5000, "steps before the discriminator loss starts (App. C: 5000)")
+    disc_warmup: int = arg(5000, "steps the discriminator trains alone (detached features) before "
+                                 "the encoder gets its gradient (App. C: 5000)")
+    grl_ramp: int = arg(0, "steps over which the encoder's reversed-gradient coefficient ramps "
+                           "0 -> 1 after warm-up (Ganin & Lempitsky schedule; 0 = at once)")
     disc_hidden: int = arg(256, "discriminator hidden width (3-layer MLP, App. C)")
     cfg_drop_prob: float = arg(0.2, "CFG: probability of replacing the domain label by the null label")
     guidance: str = arg("", "default guidance lambda stored for eval (empty: CFG 0, CFG-ADDA -0.5)")
@@ -78,7 +89,8 @@ class Args:
     ot_action_weight: float = arg(0.0, "OT: weight of the action-chunk distance in the cost")
     init_from: str = arg("", "start from this checkpoint's EMA weights (App. D.4 fine-tuning)")
     # policy (Chi et al. Diffusion Policy; App. C, D.3)
-    arch: str = arg("encdec", "denoiser: encdec (transformer enc-dec, the paper's), dec, unet")
+    arch: str = arg("encdec", "denoiser: encdec (transformer enc-dec, the paper's), dec, unet, mlp "
+                              "(residual MLP; d_model = width, n_layers = blocks)")
     n_obs: int = arg(2, "observation history length")
     horizon: int = arg(16, "predicted action chunk length")
     n_action: int = arg(8, "actions executed per chunk at test time")
@@ -120,10 +132,18 @@ PROFILES = {
     # GPU, the paper's setting: 2 cameras 84x84 (crop 76), history 2, batch 256. The paper does
     # not state its step budget; 100k steps is our choice (Diffusion Policy trains for ~3000 epochs).
     "paper": dict(images=True, source_name="mimicgen_3000"),
-    # This 2-core CPU: low-dim observations (proprioception + object poses), a small transformer.
-    "cpu": dict(images=False, d_feat=128, d_model=128, n_layers=2, n_cond_layers=1, dropout=0.0,
-                unet_dims=[64, 128, 256], steps=15000, batch_size=128, lr=3e-4, warmup=500,
-                disc_warmup=2000, save_every=1000, snapshot_every=5000, log_every=100),
+    # This 2-core CPU (RESULTS "A CPU recipe"): the cpu_v1 transformer and budget, with low-dim
+    # observations that hold the gripper pose and object positions relative to the gripper, and
+    # joint targets predicted relative to the current joint positions.
+    "cpu": dict(images=False, obs_set="rel", action_space="rel", d_feat=128, d_model=128, n_layers=2,
+                n_cond_layers=1, dropout=0.0, unet_dims=[64, 128, 256], steps=15000, batch_size=128,
+                lr=3e-4, warmup=500, disc_warmup=2000, grl_ramp=2000, save_every=1000,
+                snapshot_every=5000, log_every=100),
+    # The earlier cpu recipe (RESULTS "Training"), kept for comparison (bench/bench_train.py):
+    # world-frame object poses, a 1+2-layer width-128 transformer, 15k steps at batch 128.
+    "cpu_v1": dict(images=False, d_feat=128, d_model=128, n_layers=2, n_cond_layers=1, dropout=0.0,
+                   unet_dims=[64, 128, 256], steps=15000, batch_size=128, lr=3e-4, warmup=500,
+                   disc_warmup=2000, save_every=1000, snapshot_every=5000, log_every=100),
     # Seconds, for tests.
     "smoke": dict(images=False, d_feat=32, d_model=32, n_heads=2, n_layers=1, n_cond_layers=1,
                   dropout=0.0, horizon=8, n_action=4, unet_dims=[16, 32], resnet_width=8,
@@ -135,7 +155,7 @@ RESUME_FREE = {"resume", "overwrite", "save_every", "snapshot_every", "log_every
 # Settings that define the network (a checkpoint for --init-from must match them).
 MODEL_KEYS = ["arch", "n_obs", "horizon", "d_feat", "d_model", "n_heads", "n_layers",
               "n_cond_layers", "unet_dims", "resnet_width", "vision_dim", "crop", "T",
-              "image_keys", "lowdim_keys", "lowdim_dims", "action_dim", "use_label"]
+              "image_keys", "lowdim_keys", "lowdim_dims", "action_dim", "use_label", "action_space"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,8 +164,8 @@ MODEL_KEYS = ["arch", "n_obs", "horizon", "d_feat", "d_model", "n_heads", "n_lay
 def check_args(a: Args):
     if a.method not in METHODS:
         raise UsageError(f"unknown method {a.method!r}; choose from {', '.join(METHODS)}")
-    if a.arch not in ("encdec", "dec", "unet"):
-        raise UsageError(f"unknown --arch {a.arch!r}; choose from encdec, dec, unet")
+    if a.arch not in ("encdec", "dec", "unet", "mlp"):
+        raise UsageError(f"unknown --arch {a.arch!r}; choose from encdec, dec, unet, mlp")
     for name in ("steps", "batch_size", "n_obs", "horizon", "n_action", "T", "sample_steps"):
         if getattr(a, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
@@ -155,6 +175,8 @@ def check_args(a: Args):
         raise UsageError(f"--cfg-drop-prob must be in [0, 1], got {a.cfg_drop_prob}")
     if a.guidance and a.method not in LABEL_METHODS:
         raise UsageError(f"--guidance needs a domain label (methods cfg, cfg_adda), not {a.method}")
+    if a.action_space not in ("abs", "rel"):
+        raise UsageError(f"--action-space must be abs or rel, got {a.action_space!r}")
     if a.resume and a.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
 
@@ -174,12 +196,13 @@ def load_data(a: Args):
         if not os.path.isfile(p):
             raise UsageError(f"dataset not found: {p} (make it with `make data` or "
                              f"01_generate_data.py; or name it with --target-data/--source-data)")
-    lowdim_keys = a.obs_keys or (common.PROPRIO_KEYS if a.images else common.lowdim_keys_of(tgt_path))
+    lowdim_keys = a.obs_keys or (common.PROPRIO_KEYS if a.images else common.lowdim_keys_of(tgt_path, a.obs_set))
     image_keys = a.image_keys if a.images else []
-    missing = set(lowdim_keys) - set(common.lowdim_keys_of(src_path)) - set(common.PROPRIO_KEYS)
-    if missing:
-        raise UsageError(f"datasets have mismatched observation keys: {sorted(missing)} in "
-                         f"{tgt_path} but not in {src_path}")
+    for p in (tgt_path, src_path):  # every stored key the observation needs, derived keys resolved
+        stored = set(common.stored_keys_of(p))
+        missing = sorted({s for k in lowdim_keys + image_keys for s in common.derived_sources(k)} - stored)
+        if missing:
+            raise UsageError(f"observation keys {missing} are not in {p} (it has {sorted(stored)})")
     sets = []
     for p in (tgt_path, src_path):
         sets.append(common.load_demos(p, lowdim_keys + image_keys, a.n_obs, a.horizon,
@@ -201,7 +224,7 @@ def model_config(a: Args, target, lowdim_keys, image_keys) -> dict:
                 n_cond_layers=a.n_cond_layers, dropout=a.dropout, unet_dims=list(a.unet_dims),
                 resnet_width=a.resnet_width, vision_dim=a.vision_dim,
                 crop=a.crop if image_keys else 0, T=a.T, sample_steps=a.sample_steps,
-                image_keys=list(image_keys), lowdim_keys=list(lowdim_keys),
+                image_keys=list(image_keys), lowdim_keys=list(lowdim_keys), action_space=a.action_space,
                 lowdim_dims={k: int(target.obs[k].shape[-1]) for k in lowdim_keys},
                 action_dim=int(target.actions.shape[1]), use_label=a.method in LABEL_METHODS)
 
@@ -231,15 +254,19 @@ class CoTrainObjective(torch.nn.Module):
         if a.method in LABEL_METHODS:
             label = common.drop_labels(label, a.cfg_drop_prob, gen)
         cond = policy.condition(z, label)
-        terms = {"diffusion": policy.diffusion_loss(batch["actions"], cond, gen).mean()}
+        origin = policy.action_origin(batch["obs"])  # None for absolute actions
+        terms = {"diffusion": policy.diffusion_loss(batch["actions"], cond, gen, origin).mean()}
         loss = terms["diffusion"]
         # --- ADDA / CFG-ADDA / +discrimination: discriminator on z (label-free dims) -------
         if self.disc is not None:
+            # App. C: 5000 warm-up steps; here the discriminator trains on detached features
+            # during warm-up, then the encoder's reversed gradient ramps in (Ganin & Lempitsky)
+            coeff = common.grl_coeff(step, a.disc_warmup, a.grl_ramp)
             d_loss, acc = common.discriminator_loss(self.disc, z, batch["domain"],
-                                                    reverse=DISC_METHODS[a.method])
-            on = float(step >= a.disc_warmup)  # App. C: no discriminator loss before warm-up
-            terms["disc"], terms["disc_acc"] = d_loss, acc
-            loss = loss + on * a.disc_weight * d_loss
+                                                    reverse=DISC_METHODS[a.method], coeff=coeff)
+            terms["disc"], terms["disc_acc"] = d_loss, acc  # acc: balanced over the two domains
+            terms["grl_coeff"] = torch.tensor(coeff)
+            loss = loss + a.disc_weight * d_loss
         # --- OT: unbalanced Sinkhorn between source and target features in the batch ------
         if a.method == "ot":
             is_t = batch["domain"] == common.TARGET
@@ -316,6 +343,8 @@ def train(a: Args):
 
     # --- data, ratio, configuration: everything checked before anything is written ---------
     target, source, lowdim_keys, image_keys = load_data(a)
+    if a.action_space == "rel" and "robot0_joint_pos" not in lowdim_keys:
+        raise UsageError("--action-space rel measures actions from robot0_joint_pos: add it to --obs-keys")
     if a.method == "real_only":
         w = 1.0
     elif a.method == "sim_only":
@@ -363,8 +392,10 @@ def train(a: Args):
     # --- model, EMA, optimizer -------------------------------------------------------------
     common.seed_everything(a.seed + rank, deterministic=device.type == "cpu")
     policy = diffusion_policy.DiffusionPolicy(mcfg)
+    acts = [target.actions, source.actions] if a.action_space == "abs" else \
+        [common.relative_chunks(ds).reshape(-1, target.actions.shape[1]) for ds in (target, source)]
     policy.normalizer.fit({**{k: np.concatenate([target.obs[k], source.obs[k]]) for k in lowdim_keys},
-                           "actions": np.concatenate([target.actions, source.actions])})
+                           "actions": np.concatenate(acts)})
     if init_ck is not None:
         policy.load_state_dict(init_ck["ema"])
     objective = CoTrainObjective(policy, a).to(device)

@@ -8,7 +8,8 @@
 The policy runs closed loop with a receding horizon (Diffusion Policy): from the last n_obs
 observations it predicts a chunk of `horizon` joint targets + gripper (DDIM, the checkpoint's
 steps) and executes the first n_action of them, then predicts again. Episodes start from the
-evaluation seeds (tasks.SEED_BASE["eval"] + i), which no training demo used; the policy's
+evaluation seeds (tasks.SEED_BASE["eval"] + i; `--split valid`: validation seeds, for choosing
+recipes), which no training demo used; the policy's
 sampling noise is seeded by the episode seed, so a result does not depend on --workers.
 
 Writes runs/eval/<name>/: episodes.jsonl (one line per finished episode: resumable, a rerun
@@ -39,7 +40,11 @@ class Args:
     trials: int = arg(50, "episodes per checkpoint x domain x guidance (paper: 200 in simulation)")
     guidance: list = arg([], "guidance scales lambda, comma-separated (default: the checkpoint's); "
                              "needs a checkpoint trained with a domain label (cfg, cfg_adda)")
-    first_seed: int = arg(-1, "first initial-state seed (-1 = tasks.SEED_BASE['eval'])")
+    split: str = arg("eval", "initial-state seeds: eval (reported numbers) or valid (a range of its "
+                             "own, for choosing recipes, checkpoints and hyperparameters)")
+    first_seed: int = arg(-1, "first initial-state seed (-1 = tasks.SEED_BASE[--split])")
+    label: str = arg("", "domain label a CFG / CFG-ADDA policy sees: source | target (default: the "
+                         "evaluated domain's, i.e. source in the source domain, target elsewhere)")
     sample_steps: int = arg(0, "DDIM steps (0 = the checkpoint's)")
     sampler: str = arg("ddim", "ddim | ddpm (all training steps)")
     workers: int = arg(1, "parallel rollout processes, each with its own env (results do not depend on it)")
@@ -117,7 +122,9 @@ class Worker:
         frames, agents = [], []
 
         def make_agent(e, seed):
-            agents.append(diffusion_policy.PolicyAgent(policy, seed, job["guidance"], job["sample_steps"], job["sampler"]))
+            label = common.SOURCE if job["label"] == "source" else common.TARGET
+            agents.append(diffusion_policy.PolicyAgent(policy, seed, job["guidance"], job["sample_steps"],
+                                                       job["sampler"], label=label))
             if filmed:
                 agents[-1].on_act = lambda: frames.append(film(e, job["video_size"]))
             return agents[-1]
@@ -171,6 +178,10 @@ def plan(a: Args) -> list:
         raise UsageError(f"--trials must be positive, got {a.trials}")
     if a.workers <= 0:
         raise UsageError(f"--workers must be positive, got {a.workers}")
+    if a.split not in ("eval", "valid"):
+        raise UsageError(f"--split must be eval or valid, got {a.split!r}")
+    if a.label not in ("", "source", "target"):
+        raise UsageError(f"--label must be source or target, got {a.label!r}")
     if a.sampler not in ("ddim", "ddpm"):
         raise UsageError(f"--sampler must be ddim or ddpm, got {a.sampler!r}")
     evals = []
@@ -193,9 +204,11 @@ def plan(a: Args) -> list:
         steps = a.sample_steps or cfg["model"]["sample_steps"]
         if not 1 <= steps <= cfg["model"]["T"]:
             raise UsageError(f"--sample-steps must be in [1, {cfg['model']['T']}], got {steps}")
+        label = a.label or ("source" if domain == "source" else "target")
+        tag = "" if label == ("source" if domain == "source" else "target") else f"|label={label}"
         for g in scales:
-            evals.append({"key": f"{os.path.abspath(ckpt)}|{domain}|guidance={g}", "ckpt": os.path.abspath(ckpt),
-                          "step": step, "task": task, "domain": domain, "guidance": g,
+            evals.append({"key": f"{os.path.abspath(ckpt)}|{domain}|guidance={g}{tag}", "ckpt": os.path.abspath(ckpt),
+                          "step": step, "task": task, "domain": domain, "guidance": g, "label": label,
                           "sample_steps": steps, "sampler": a.sampler,
                           "run": {k: cfg["args"][k] for k in ("task", "target_domain", "method", "arch", "seed")},
                           "mixing_ratio": cfg["mixing_ratio"]})
@@ -223,7 +236,7 @@ def summarize(evals: list, done: dict, seeds: list, settings: dict) -> dict:
         lo, hi = wilson_interval(k, n)
         chunk = [e["chunk_ms"] for e in eps if e.get("chunk_ms") is not None]
         out["evaluations"][ev["key"]] = {
-            **{x: ev[x] for x in ("ckpt", "step", "task", "domain", "guidance", "sample_steps",
+            **{x: ev[x] for x in ("ckpt", "step", "task", "domain", "guidance", "label", "sample_steps",
                                   "sampler", "run", "mixing_ratio")},
             "trials": n, "successes": k, "success_rate": k / n if n else None, "wilson95": [lo, hi],
             "mean_length": float(np.mean([e["length"] for e in eps])) if eps else None,
@@ -235,10 +248,10 @@ def summarize(evals: list, done: dict, seeds: list, settings: dict) -> dict:
 def evaluate(a: Args) -> str:
     import tasks
     evals = plan(a)
-    first = a.first_seed if a.first_seed >= 0 else tasks.SEED_BASE["eval"]
+    first = a.first_seed if a.first_seed >= 0 else tasks.SEED_BASE[a.split]
     seeds = list(range(first, first + a.trials))
     out = a.out or os.path.join("runs", "eval", os.path.basename(os.path.dirname(evals[0]["ckpt"])))
-    settings = {"first_seed": first, "sampler": a.sampler, "max_steps": a.max_steps}
+    settings = {"first_seed": first, "sampler": a.sampler, "max_steps": a.max_steps}  # (label: in each key)
     ep_path = os.path.join(out, "episodes.jsonl")
     set_path = os.path.join(out, "settings.json")
     if os.path.exists(set_path) and not a.overwrite:
@@ -265,7 +278,7 @@ def evaluate(a: Args) -> str:
                 tag = f"{os.path.basename(os.path.dirname(ev['ckpt']))}_{ev['domain']}_g{ev['guidance']}"
                 video = os.path.join(out, "videos", f"{tag}_seed{s}.mp4")
             jobs.append({**{k: ev[k] for k in ("key", "ckpt", "task", "domain", "guidance",
-                                               "sample_steps", "sampler")},
+                                               "label", "sample_steps", "sampler")},
                          "seed": s, "video_path": video, "video_size": a.video_size,
                          "max_steps": a.max_steps})
     print(f"{len(evals)} evaluation(s) x {len(seeds)} episodes: {len(jobs)} to run, "

@@ -324,7 +324,7 @@ def run_episode(robot, agent, safety: Safety, seed: int, period: float, realtime
             last = tick
             obs = robot.observe()
             safety.check_observation(obs, time.monotonic())
-            raw = agent.act({k: obs[k] for k in agent.keys})
+            raw = agent.act({k: obs[k] for k in agent.sources})
             a = safety.filter_action(raw, np.asarray(obs["robot0_joint_pos"], float))
             if not dry_run:
                 robot.command(a)
@@ -559,7 +559,8 @@ def deploy(a: Args, robot=None, make_agent=None) -> int:
     ones in tests (a misbehaving robot or policy)."""
     import tasks
     policy, cfg, settings, out, guidance, steps, workspace, cams, cam_specs = setup(a)
-    need = set(cfg["model"]["lowdim_keys"]) | set(cfg["model"]["image_keys"])
+    need = {s for k in cfg["model"]["lowdim_keys"] + cfg["model"]["image_keys"]
+            for s in common.derived_sources(k)}  # stored keys (relative positions come from them)
     robot = robot or make_robot(a, settings, cams, cam_specs)
     missing = sorted(need - robot.provides())
     if missing:
@@ -578,7 +579,7 @@ def deploy(a: Args, robot=None, make_agent=None) -> int:
         probe = diffusion_policy.PolicyAgent(policy, 0, guidance, steps)
         o = robot.observe()
         for _ in range(3):
-            probe.predict([{k: o[k] for k in probe.keys}] * cfg["model"]["n_obs"])
+            probe.predict([{k: o[k] for k in probe.sources}] * cfg["model"]["n_obs"])
         # x2: in the background thread inference shares the CPU with the loop (bench_deploy.py)
         lead = max(1, math.ceil(2 * max(probe.chunk_seconds[1:]) / period))
     max_lead = cfg["model"]["horizon"] - cfg["model"]["n_action"]

@@ -421,14 +421,80 @@ def open_dataset(path: str):
     return f
 
 
-def lowdim_keys_of(path: str) -> list:
-    """The low-dim observation keys a dataset offers: proprioception first, then the object
-    keys, without the end-effector pose (the policy acts in joint space, App. C)."""
+OBS_SETS = ("world", "eef", "rel")
+EEF_KEYS = ["robot0_eef_pos", "robot0_eef_rot6d"]
+
+
+def quat_to_rot6d(q: np.ndarray, order: str = "wxyz") -> np.ndarray:
+    """Continuous 6-D rotation (Zhou et al. 2019): the first two columns of the rotation matrix of
+    unit quaternions q (..., 4). q and -q give the same 6-D vector, so a yaw drawn over a full
+    turn has no jump where the quaternion flips sign. order: "wxyz" (MuJoCo bodies) or "xyzw"
+    (robosuite's robot0_eef_quat)."""
+    q = np.asarray(q, dtype=np.float64)
+    w, x, y, z = (q[..., 0], q[..., 1], q[..., 2], q[..., 3]) if order == "wxyz" else \
+                 (q[..., 3], q[..., 0], q[..., 1], q[..., 2])
+    n = np.sqrt(w * w + x * x + y * y + z * z)
+    w, x, y, z = w / n, x / n, y / n, z / n
+    cols = [1 - 2 * (y * y + z * z), 2 * (x * y + w * z), 2 * (x * z - w * y),   # R[:, 0]
+            2 * (x * y - w * z), 1 - 2 * (x * x + z * z), 2 * (y * z + w * x)]   # R[:, 1]
+    return np.stack(cols, -1).astype(np.float32)
+
+
+def derived_sources(key: str) -> list:
+    """The stored keys a derived observation key is computed from ([key] for a stored one):
+      <name>_rot6d   from <name>_quat (6-D rotation, see quat_to_rot6d)
+      <name>_rel     from <name> and robot0_eef_pos: a position relative to the gripper (world axes)"""
+    if key.endswith("_rot6d"):
+        return [key[:-len("_rot6d")] + "_quat"]
+    if key.endswith("_rel"):
+        return [key[:-len("_rel")], "robot0_eef_pos"]
+    return [key]
+
+
+def derive_obs(obs: dict, keys) -> dict:
+    """obs (stored keys, arrays (..., d)) plus the derived keys among `keys`, computed the same
+    way in training (whole datasets) and at test time (one step's observation)."""
+    out = dict(obs)
+    for k in keys:
+        if k in out:
+            continue
+        if k.endswith("_rot6d"):
+            src = derived_sources(k)[0]
+            out[k] = quat_to_rot6d(obs[src], "xyzw" if src.startswith("robot0_") else "wxyz")
+        elif k.endswith("_rel"):
+            base, eef = derived_sources(k)
+            out[k] = (np.asarray(obs[base]) - np.asarray(obs[eef])).astype(np.float32)
+    return out
+
+
+def lowdim_keys_of(path: str, obs_set: str = "world") -> list:
+    """The low-dim observation keys of a dataset for an observation set (02_train.py --obs-set):
+      world  proprioception (joint + gripper positions, App. C) + the stored object keys in the
+             world frame (orientations as stored quaternions): the original cpu set
+      eef    world + the end-effector pose (robot0_eef_pos, robot0_eef_rot6d), every orientation
+             as a continuous 6-D rotation instead of a quaternion
+      rel    proprioception + end-effector pose + every object position relative to the gripper
+             (<key>_rel) and orientations as 6-D rotations; no world-frame object position, so a
+             fixed fixture (NutAssembly's peg) is no longer a constant per domain
+    Keys are returned proprioception first, then sorted object keys."""
+    if obs_set not in OBS_SETS:
+        raise UsageError(f"unknown observation set {obs_set!r}; choose from {', '.join(OBS_SETS)}")
+    keys = stored_keys_of(path)
+    objs = sorted(k for k in keys if not k.endswith(IMAGE_SUFFIX) and not k.startswith("robot0_"))
+    proprio = [k for k in PROPRIO_KEYS if k in keys]
+    if obs_set == "world":
+        return proprio + objs
+    objs = [k[:-len("_quat")] + "_rot6d" if k.endswith("_quat") else k for k in objs]
+    if obs_set == "rel":
+        objs = [k if k.endswith("_rot6d") else k + "_rel" for k in objs]
+    return proprio + EEF_KEYS + objs
+
+
+def stored_keys_of(path: str) -> list:
+    """Every observation key stored in a dataset's first demo (images included)."""
     with open_dataset(path) as f:
         first = next(k for k in sorted(f["data"]) if k.startswith("demo_"))
-        keys = list(f["data"][first]["obs"].keys())
-    objs = sorted(k for k in keys if not k.endswith(IMAGE_SUFFIX) and not k.startswith("robot0_"))
-    return [k for k in PROPRIO_KEYS if k in keys] + objs
+        return list(f["data"][first]["obs"].keys())
 
 
 def load_demos(path: str, obs_keys, n_obs: int, horizon: int, action_key: str = "joint_actions",
@@ -446,11 +512,16 @@ def load_demos(path: str, obs_keys, n_obs: int, horizon: int, action_key: str = 
             if action_key not in d:
                 raise UsageError(f"{path}: {name} has no '{action_key}' dataset")
             a = d[action_key][()].astype(np.float32)
+            raw = {}
             for k in obs_keys:
-                if k not in d["obs"]:
-                    raise UsageError(f"{path}: {name} has no observation '{k}' "
-                                     f"(it has {sorted(d['obs'].keys())})")
-                obs[k].append(d["obs"][k][()])
+                for src in derived_sources(k):
+                    if src not in d["obs"]:
+                        raise UsageError(f"{path}: {name} has no observation '{src}' "
+                                         f"(it has {sorted(d['obs'].keys())})")
+                    raw[src] = d["obs"][src][()]
+            raw = derive_obs(raw, obs_keys)
+            for k in obs_keys:
+                obs[k].append(raw[k])
             T = len(a)
             t = np.arange(T)[:, None]
             obs_index.append(start + np.clip(t + np.arange(-n_obs + 1, 1), 0, T - 1))
@@ -481,6 +552,16 @@ def gather(ds: DemoSet, idx: np.ndarray) -> dict:
     out = {"obs": {k: torch.from_numpy(v[oi]) for k, v in ds.obs.items()},
            "actions": torch.from_numpy(ds.actions[ds.act_index[idx]])}
     return out
+
+
+def relative_chunks(ds: DemoSet, key: str = "robot0_joint_pos") -> np.ndarray:
+    """Every window's action chunk (N, horizon, A) minus the window's current `key` value (the
+    joint positions at its last observed step) on the first dims, the gripper left absolute: the
+    targets of a relative-action policy (DiffusionPolicy.action_origin), for fitting its normalizer."""
+    q = ds.obs[key][ds.obs_index[:, -1]]
+    chunks = ds.actions[ds.act_index].copy()
+    chunks[..., :q.shape[-1]] -= q[:, None]
+    return chunks
 
 
 def mixed_batch_counts(w: float, batch_size: int, generator: torch.Generator) -> int:
@@ -572,17 +653,50 @@ class Discriminator(nn.Module):
         return self.net(z.flatten(1)).squeeze(-1)
 
 
-def discriminator_loss(disc: Discriminator, z: torch.Tensor, domain: torch.Tensor, reverse: bool):
-    """BCE of the discriminator predicting "source" (domain == SOURCE) from features z.
-    reverse=True (ADDA, CFG-ADDA): the encoder receives the reversed gradient, so it learns to
-    fool the discriminator while the discriminator learns to tell the domains apart.
+def balanced_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with each domain's samples averaged on their own, then the two means
+    averaged: a batch with 17 % target samples weighs both domains equally, so predicting the
+    majority domain no longer lowers the loss (a constant logit is best at 0, chance). A domain
+    absent from the batch contributes nothing."""
+    per = F.binary_cross_entropy_with_logits(logits.float(), y.float(), reduction="none")
+    means = [per[y == c].mean() for c in (0.0, 1.0) if bool((y == c).any())]
+    return torch.stack(means).mean() if means else per.sum() * 0
+
+
+def balanced_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean of the per-domain accuracies (0.5 for any constant prediction)."""
+    hit = ((logits > 0) == (y > 0.5)).float()
+    accs = [hit[y == c].mean() for c in (0.0, 1.0) if bool((y == c).any())]
+    return torch.stack(accs).mean() if accs else hit.sum() * 0
+
+
+def grl_coeff(step: int, warmup: int, ramp: int) -> float:
+    """Gradient-reversal coefficient (Ganin & Lempitsky 2015): 0 during the discriminator's
+    warm-up, then 2 / (1 + exp(-10 p)) - 1 with p going 0 -> 1 over `ramp` steps (ramp = 0: 1 at once)."""
+    if step < warmup:
+        return 0.0
+    if ramp <= 0:
+        return 1.0
+    p = min(1.0, (step - warmup) / ramp)
+    return 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
+
+
+def discriminator_loss(disc: Discriminator, z: torch.Tensor, domain: torch.Tensor, reverse: bool,
+                       coeff: float = 1.0):
+    """Domain-balanced BCE of the discriminator predicting "source" (domain == SOURCE) from z.
+    reverse=True (ADDA, CFG-ADDA): the encoder receives the gradient reversed and scaled by
+    `coeff` (grl_coeff: 0 while the discriminator warms up on its own), so it learns to fool the
+    discriminator while the discriminator learns to tell the domains apart.
     reverse=False (Table 1's "+discrimination"): both minimize the BCE, so the encoder makes the
-    domains easier to tell apart. Returns (loss, accuracy)."""
-    logits = disc(grad_reverse(z) if reverse else z)
+    domains easier to tell apart (coeff scales the encoder's share the same way).
+    Returns (loss, balanced accuracy)."""
+    if coeff == 0:
+        zin = z.detach()
+    else:
+        zin = grad_reverse(z, coeff) if reverse else z * coeff + z.detach() * (1 - coeff)
+    logits = disc(zin)
     y = (domain == SOURCE).to(logits.dtype)
-    loss = F.binary_cross_entropy_with_logits(logits.float(), y.float())
-    acc = ((logits > 0) == (y > 0.5)).float().mean()
-    return loss, acc
+    return balanced_bce(logits, y), balanced_accuracy(logits.detach(), y)
 
 
 def unbalanced_sinkhorn(C: torch.Tensor, reg: float, reg_m: float, iters: int = 100) -> torch.Tensor:

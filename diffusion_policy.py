@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import (NULL_LABEL, NUM_DOMAINS, TARGET, NoiseSchedule, Normalizer, UsageError,
-                    cfg_combine, ddim_sample, ddpm_sample)
+                    cfg_combine, ddim_sample, ddpm_sample, derive_obs, derived_sources)
 
 # ----------------------------------------------------------------------------------------------
 # 1. networks: ResNet18-GN vision stem, observation encoder, three denoisers (App. C, D.3)
@@ -216,6 +216,33 @@ class UNetDenoiser(nn.Module):
         return self.out(h).transpose(1, 2)
 
 
+class MLPDenoiser(nn.Module):
+    """A cheap denoiser for low-dim policies (not in the paper; tried for the cpu profile and not
+    kept, RESULTS "A CPU recipe": ~3x the samples/s, a worse fit per second): the flattened noisy chunk through `depth` pre-norm residual MLP blocks, each
+    FiLM-modulated by [time embedding, flattened observation features], as the MLP denoisers of
+    IDQL / BESO. No attention over the horizon: one matrix per block sees the whole chunk."""
+
+    def __init__(self, action_dim, horizon, n_obs, d_cond, width=512, depth=3, d_time=128):
+        super().__init__()
+        self.d_time, self.shape = d_time, (horizon, action_dim)
+        dc = d_time + n_obs * d_cond
+        self.time = nn.Sequential(nn.Linear(d_time, 2 * d_time), nn.Mish(), nn.Linear(2 * d_time, d_time))
+        self.inp = nn.Linear(horizon * action_dim, width)
+        self.film = nn.ModuleList([nn.Linear(dc, 2 * width) for _ in range(depth)])
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(width, 2 * width), nn.Mish(),
+                                                   nn.Linear(2 * width, width)) for _ in range(depth)])
+        self.norms = nn.ModuleList([nn.LayerNorm(width) for _ in range(depth)])
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, horizon * action_dim))
+
+    def forward(self, x, t, cond):  # x (B, H, A), t (B,), cond (B, n_obs, d_cond)
+        c = F.mish(torch.cat([self.time(timestep_embedding(t, self.d_time)), cond.flatten(1)], -1))
+        h = self.inp(x.flatten(1))
+        for film, block, norm in zip(self.film, self.blocks, self.norms):
+            scale, shift = film(c).chunk(2, -1)
+            h = h + block(norm(h) * (1 + scale) + shift)
+        return self.out(h).reshape(-1, *self.shape)
+
+
 # ----------------------------------------------------------------------------------------------
 # 2. the policy: phi(o) -> [features, domain label] -> eps_theta; DDIM sampling with CFG
 # ----------------------------------------------------------------------------------------------
@@ -246,8 +273,11 @@ class DiffusionPolicy(nn.Module):
         elif c["arch"] == "unet":
             self.denoiser = UNetDenoiser(c["action_dim"], c["horizon"], c["n_obs"], d_cond,
                                          tuple(c["unet_dims"]))
+        elif c["arch"] == "mlp":
+            self.denoiser = MLPDenoiser(c["action_dim"], c["horizon"], c["n_obs"], d_cond,
+                                        c["d_model"], c["n_layers"])
         else:
-            raise UsageError(f"unknown architecture {c['arch']!r} (encdec, dec, unet)")
+            raise UsageError(f"unknown architecture {c['arch']!r} (encdec, dec, unet, mlp)")
         self.schedule = NoiseSchedule.make(c["T"])
 
     # --- observation features (the two feature points of Sec. 4.1) ---
@@ -269,10 +299,22 @@ class DiffusionPolicy(nn.Module):
     def forward(self, x_t, t, cond):
         return self.denoiser(x_t, t, cond)
 
-    def diffusion_loss(self, actions, cond, generator=None):
+    def action_origin(self, obs: dict):
+        """What the denoised chunk is measured from: None for absolute joint targets (App. C,
+        action_space "abs"); for "rel", the current joint positions (last history step) on the
+        joint dims and 0 on the gripper, so the policy predicts joint targets minus where the arm
+        is now (finer steps after min/max normalization) and adds them back at execution."""
+        if self.cfg.get("action_space", "abs") == "abs":
+            return None
+        q = obs["robot0_joint_pos"][:, -1].float()
+        return F.pad(q, (0, self.cfg["action_dim"] - q.shape[-1]))
+
+    def diffusion_loss(self, actions, cond, generator=None, origin=None):
         """Per-sample epsilon-prediction loss l = ||eps - eps_theta(a_t, t, cond)||^2 (Eq. 1) on
-        normalized action chunks; t and eps drawn on the CPU from `generator` (same draws on
-        any device), as common.ddpm_loss."""
+        normalized action chunks (minus `origin` (B, A), see action_origin); t and eps drawn on
+        the CPU from `generator` (same draws on any device), as common.ddpm_loss."""
+        if origin is not None:
+            actions = actions - origin[:, None]
         a = self.normalizer("actions", actions)
         t = torch.randint(0, self.schedule.num_train_timesteps, a.shape[:1], generator=generator)
         eps = torch.randn(a.shape, generator=generator)
@@ -310,7 +352,9 @@ class DiffusionPolicy(nn.Module):
             a = ddpm_sample(eps_fn, shape, self.schedule, generator, clip=1.0)
         else:
             a = ddim_sample(eps_fn, shape, self.schedule, sample_steps, generator, clip=1.0)
-        return self.normalizer.inverse("actions", a.to(dev))
+        a = self.normalizer.inverse("actions", a.to(dev))
+        origin = self.action_origin(obs)
+        return a if origin is None else a + origin.to(dev)[:, None]
 
 
 
@@ -347,10 +391,14 @@ class PolicyAgent:
     switch happens without a pause if inference takes under k steps (it waits otherwise).
     Chunk index i is the action for i steps after the observation it was predicted from."""
 
-    def __init__(self, policy, seed: int, guidance, sample_steps: int, sampler: str = "ddim", lead: int = 0):
+    def __init__(self, policy, seed: int, guidance, sample_steps: int, sampler: str = "ddim", lead: int = 0,
+                 label: int = TARGET):
         import torch
         self.policy, self.cfg = policy, policy.cfg
+        self.label = label  # domain label a CFG / CFG-ADDA policy is conditioned on (ignored otherwise)
         self.keys = self.cfg["lowdim_keys"] + self.cfg["image_keys"]
+        # the stored observation keys it needs (derived keys resolved: common.derived_sources)
+        self.sources = sorted({s for k in self.keys for s in derived_sources(k)})
         self.guidance = 0.0 if guidance is None else guidance
         self.sample_steps, self.sampler = sample_steps, sampler
         if not 0 <= lead <= self.cfg["horizon"] - self.cfg["n_action"]:
@@ -367,9 +415,10 @@ class PolicyAgent:
 
     def predict(self, history: list) -> np.ndarray:
         import torch
+        history = [derive_obs(o, self.keys) for o in history]  # relative positions, 6-D rotations
         batch = {k: torch.from_numpy(np.stack([np.asarray(o[k]) for o in history])[None]) for k in self.keys}
         t0 = time.perf_counter()
-        chunk = self.policy.predict_action(batch, TARGET, self.guidance, self.sample_steps, self.gen,
+        chunk = self.policy.predict_action(batch, self.label, self.guidance, self.sample_steps, self.gen,
                                            self.sampler)[0].numpy()
         self.chunk_seconds.append(time.perf_counter() - t0)
         return chunk

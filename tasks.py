@@ -51,7 +51,9 @@ JOINT_KP = 2500
 # robosuite OSC_POSE output_max: an action of 1 asks for 5 cm / 0.5 rad this step
 OSC_POS_SCALE, OSC_ROT_SCALE = 0.05, 0.5
 # initial-state seed ranges, disjoint so no evaluation episode starts where a demo did
-SEED_BASE = {"seed": 0, "target": 100_000, "generate": 200_000, "eval": 1_000_000}
+# Initial-state seed ranges: seed demos, target demos, MimicGen scenes, evaluation (reported
+# numbers) and validation (choosing recipes, checkpoints, hyperparameters): never shared.
+SEED_BASE = {"seed": 0, "target": 100_000, "generate": 200_000, "eval": 1_000_000, "valid": 2_000_000}
 
 
 class TaskError(ValueError):

@@ -128,7 +128,7 @@ class FakeAgent:
 
     def __init__(self, fault=None, at=3):
         self.fault, self.at, self.t = fault, at, 0
-        self.keys = ["robot0_joint_pos", "robot0_gripper_qpos", "nut_pos"]
+        self.keys = self.sources = ["robot0_joint_pos", "robot0_gripper_qpos", "nut_pos"]
         self.chunk_seconds = [0.001]
 
     def act(self, obs):

@@ -45,8 +45,8 @@ def test_every_method_trains_at_smoke(data, tmp_path, method):
     rows = metrics(tmp_path / "run")
     assert [row["step"] for row in rows] == [5, 10, 15, 20]
     assert all(np.isfinite(row["loss"]) for row in rows)
-    want = {"ot": {"ot"}, "adda": {"disc", "disc_acc"}, "discriminate": {"disc", "disc_acc"},
-            "cfg_adda": {"disc", "disc_acc"}}.get(method, set())
+    disc = {"disc", "disc_acc", "grl_coeff"}
+    want = {"ot": {"ot"}, "adda": disc, "discriminate": disc, "cfg_adda": disc}.get(method, set())
     extra = set(rows[0]) - {"step", "loss", "diffusion", "lr", "target_fraction", "samples_per_s",
                             "frac_outside_model"}
     assert extra == want
@@ -59,7 +59,7 @@ def test_every_method_trains_at_smoke(data, tmp_path, method):
                                                     "config.json", "metrics.jsonl"]
 
 
-@pytest.mark.parametrize("extra", [["--arch", "dec"], ["--arch", "unet"],
+@pytest.mark.parametrize("extra", [["--arch", "dec"], ["--arch", "unet"], ["--arch", "mlp"],
                                    ["--images", "--crop", "28", "--method", "cfg_adda"]])
 def test_architectures_and_images(data, tmp_path, extra):
     kw = dict(target="target_img", source="source_img") if "--images" in extra else {}
@@ -180,7 +180,7 @@ def test_bad_input_exits_2_and_writes_nothing(data, tmp_path, case):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
-    expect = {"method": "unknown method", "ratio": "[0, 1]", "ratio_word": "ratio", "keys": "mismatched",
+    expect = {"method": "unknown method", "ratio": "[0, 1]", "ratio_word": "ratio", "keys": "not in",
               "action_dim": "mismatched action", "nan": "non-finite", "missing": "not found",
               "not_hdf5": "HDF5", "resume_other_arch": "different settings: arch",
               "guidance": "domain label"}[case]
@@ -189,3 +189,126 @@ def test_bad_input_exits_2_and_writes_nothing(data, tmp_path, case):
         assert (sorted(os.listdir(out)), open(out / "metrics.jsonl").read()) == before
     else:
         assert not os.path.exists(out)
+
+
+EEF_LOWDIM = {"robot0_joint_pos": 7, "robot0_gripper_qpos": 2, "robot0_eef_pos": 3, "robot0_eef_quat": 4,
+              "nut_pos": 3, "nut_quat": 4, "peg_pos": 3}
+
+
+@pytest.fixture(scope="module")
+def eef_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("eef_data")
+    return {"target": make_fake_dataset(d / "t.hdf5", 2, 12, seed=4, lowdim=EEF_LOWDIM),
+            "source": make_fake_dataset(d / "s.hdf5", 3, 12, seed=5, lowdim=EEF_LOWDIM, domain="source")}
+
+
+def test_obs_keys_take_the_end_effector_pose(eef_data, tmp_path):
+    """--obs-keys robot0_eef_pos,robot0_eef_quat was refused by a key check that dropped every
+    robot0_* key; both files hold them."""
+    r = train(eef_data, tmp_path / "run", "--obs-keys", "robot0_joint_pos,robot0_eef_pos,robot0_eef_quat,nut_pos_rel")
+    assert r.returncode == 0, r.stderr
+    _, cfg, _ = diffusion_policy.load_policy(str(tmp_path / "run" / "ckpt.pt"))
+    assert cfg["model"]["lowdim_keys"] == ["robot0_joint_pos", "robot0_eef_pos", "robot0_eef_quat", "nut_pos_rel"]
+    r = train(eef_data, tmp_path / "bad", "--obs-keys", "robot0_joint_pos,robot0_eef_vel")
+    assert r.returncode == 2 and "robot0_eef_vel" in r.stderr and not os.path.exists(tmp_path / "bad")
+
+
+@pytest.mark.parametrize("obs_set,keys", [
+    ("world", ["robot0_joint_pos", "robot0_gripper_qpos", "nut_pos", "nut_quat", "peg_pos"]),
+    ("eef", ["robot0_joint_pos", "robot0_gripper_qpos", "robot0_eef_pos", "robot0_eef_rot6d",
+             "nut_pos", "nut_rot6d", "peg_pos"]),
+    ("rel", ["robot0_joint_pos", "robot0_gripper_qpos", "robot0_eef_pos", "robot0_eef_rot6d",
+             "nut_pos_rel", "nut_rot6d", "peg_pos_rel"])])
+def test_obs_sets(eef_data, obs_set, keys):
+    assert common.lowdim_keys_of(eef_data["target"], obs_set) == keys
+
+
+def test_derived_keys_are_the_same_in_training_and_in_the_loop(eef_data):
+    """A derived key computed over a whole file (load_demos) equals the one PolicyAgent computes
+    from a single step's stored observation."""
+    keys = common.lowdim_keys_of(eef_data["target"], "rel")
+    ds = common.load_demos(eef_data["target"], keys, 1, 4)
+    with h5py.File(eef_data["target"], "r") as f:
+        step = {k: f["data/demo_0/obs"][k][3] for k in f["data/demo_0/obs"]}
+    live = common.derive_obs(step, keys)
+    for k in keys:
+        np.testing.assert_allclose(ds.obs[k][3], live[k], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(live["peg_pos_rel"], step["peg_pos"] - step["robot0_eef_pos"], rtol=1e-6)
+
+
+def test_rot6d_is_continuous_and_sign_free():
+    """Yaw over a full turn: the quaternion flips sign between yaw = 2 pi - e and e, the 6-D
+    rotation does not; q and -q map to the same vector; xyzw order gives the same rotation."""
+    yaw = np.linspace(0, 2 * np.pi, 721)
+    q = np.stack([np.cos(yaw / 2), 0 * yaw, 0 * yaw, np.sin(yaw / 2)], -1)  # wxyz, z-axis yaw
+    r = common.quat_to_rot6d(q)
+    np.testing.assert_allclose(r[:, 0], np.cos(yaw), atol=1e-6)
+    np.testing.assert_allclose(r[:, 1], np.sin(yaw), atol=1e-6)
+    np.testing.assert_allclose(r[0], r[-1], atol=1e-6)  # q(2 pi) = -q(0)
+    assert np.abs(q[0] - q[-1]).max() > 1.9
+    np.testing.assert_allclose(common.quat_to_rot6d(-q), r, atol=1e-6)
+    np.testing.assert_allclose(common.quat_to_rot6d(q[:, [1, 2, 3, 0]], "xyzw"), r, atol=1e-6)
+
+
+def test_balanced_discriminator_loss_ignores_the_majority_class():
+    """With 17 % target samples, a constant "source" prediction scored 0.83 plain accuracy and
+    beat chance on plain BCE; balanced, any constant prediction scores 0.5 and its best loss is
+    at logit 0, while a discriminator that separates the domains scores 1."""
+    y = torch.tensor([0.0] * 17 + [1.0] * 83)
+    for c in (-3.0, 0.0, 3.0):
+        assert common.balanced_accuracy(torch.full((100,), c), y) == pytest.approx(0.5)
+    losses = {c: float(common.balanced_bce(torch.full((100,), c), y)) for c in (-1.0, 0.0, 1.6)}
+    assert min(losses, key=losses.get) == 0.0
+    plain = torch.nn.functional.binary_cross_entropy_with_logits
+    assert float(plain(torch.full((100,), 1.6), y)) < float(plain(torch.zeros(100), y))  # the old trap
+    assert common.balanced_accuracy(torch.where(y > 0.5, 2.0, -2.0), y) == 1.0
+    # a discriminator trained on imbalanced constant features stays at chance
+    disc = common.Discriminator(4, 16)
+    opt = torch.optim.Adam(disc.parameters(), 1e-2)
+    z = torch.ones(100, 4)
+    for _ in range(200):
+        loss, acc = common.discriminator_loss(disc, z, y.long(), reverse=True)
+        opt.zero_grad(); loss.backward(); opt.step()
+    assert float(acc) == pytest.approx(0.5) and loss.item() == pytest.approx(np.log(2), abs=1e-3)
+
+
+def test_grl_coefficient_and_warmup():
+    assert common.grl_coeff(99, 100, 50) == 0.0
+    assert common.grl_coeff(100, 100, 50) == 0.0
+    assert 0 < common.grl_coeff(110, 100, 50) < common.grl_coeff(130, 100, 50) < 1
+    assert common.grl_coeff(150, 100, 50) == pytest.approx(2 / (1 + np.exp(-10)) - 1)
+    assert common.grl_coeff(100, 100, 0) == 1.0
+    # in warm-up the encoder gets no gradient from the discriminator, the discriminator does
+    disc = common.Discriminator(3, 8)
+    z = torch.randn(6, 3, requires_grad=True)
+    loss, _ = common.discriminator_loss(disc, z, torch.tensor([0, 1] * 3), reverse=True, coeff=0.0)
+    loss.backward()
+    assert z.grad is None and disc.net[0].weight.grad.abs().sum() > 0
+    # after it, the encoder's gradient is the discriminator's reversed and scaled by coeff
+    z2 = z.detach().clone().requires_grad_(True)
+    common.discriminator_loss(disc, z2, torch.tensor([0, 1] * 3), reverse=False)[0].backward()
+    z3 = z.detach().clone().requires_grad_(True)
+    common.discriminator_loss(disc, z3, torch.tensor([0, 1] * 3), reverse=True, coeff=0.3)[0].backward()
+    torch.testing.assert_close(z3.grad, -0.3 * z2.grad)
+
+
+def test_relative_actions_round_trip(data, tmp_path):
+    """--action-space rel: the policy learns joint targets minus the current joint positions and
+    adds them back, so its chunks come out in robot units like an absolute policy's."""
+    ds = common.load_demos(data["target"], ["robot0_joint_pos", "robot0_gripper_qpos"], 2, 8)
+    rel = common.relative_chunks(ds)
+    i = 7
+    q = ds.obs["robot0_joint_pos"][ds.obs_index[i, -1]]
+    np.testing.assert_allclose(rel[i, :, :7], ds.actions[ds.act_index[i]][:, :7] - q, rtol=1e-6)
+    np.testing.assert_allclose(rel[i, :, 7], ds.actions[ds.act_index[i]][:, 7])  # gripper absolute
+    r = train(data, tmp_path / "run", "--action-space", "rel", "--method", "real_only")
+    assert r.returncode == 0, r.stderr
+    policy, cfg, _ = diffusion_policy.load_policy(str(tmp_path / "run" / "ckpt.pt"))
+    assert cfg["model"]["action_space"] == "rel"
+    obs = common.gather(common.load_demos(data["target"], cfg["model"]["lowdim_keys"], 2, 8), np.arange(4))["obs"]
+    g = lambda: torch.Generator().manual_seed(0)
+    a = policy.predict_action(obs, sample_steps=2, generator=g())
+    policy.cfg["action_space"] = "abs"  # the same network read as absolute: off by the origin
+    b = policy.predict_action(obs, sample_steps=2, generator=g())
+    torch.testing.assert_close(a[..., :7] - b[..., :7], obs["robot0_joint_pos"][:, -1, None].expand(-1, 8, -1))
+    torch.testing.assert_close(a[..., 7], b[..., 7])
