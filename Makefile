@@ -35,8 +35,8 @@ data: $(STAMP)
 
 # The cpu-profile NutAssembly comparison of RESULTS.md ("Training", "Evaluation"): real_only vs
 # cotrain at the guideline's ratio, then the ratio sweep's w = 0.05 and 0.5, vis-phys target,
-# 200 episodes each, after `make data` (finished files are kept). About 80 min of training + 50 min
-# of rollouts on 2 cores; resumable.
+# 200 episodes each, after `make data` (finished files are kept). About 2 h of training (4 runs of
+# ~31 min) + 1 h of rollouts on 2 cores; resumable.
 NUT := runs/train/NutAssembly_target_visual_physics
 nut: data
 	$(PY) 02_train.py --profile cpu --method real_only --resume
