@@ -204,8 +204,9 @@ def plan(a: Args) -> list:
         steps = a.sample_steps or cfg["model"]["sample_steps"]
         if not 1 <= steps <= cfg["model"]["T"]:
             raise UsageError(f"--sample-steps must be in [1, {cfg['model']['T']}], got {steps}")
-        label = a.label or ("source" if domain == "source" else "target")
-        tag = "" if label == ("source" if domain == "source" else "target") else f"|label={label}"
+        own = "source" if domain == "source" else "target"  # the evaluated domain's label
+        label = a.label or own
+        tag = "" if label == own else f"|label={label}"  # keys of default-label runs stay as before
         for g in scales:
             evals.append({"key": f"{os.path.abspath(ckpt)}|{domain}|guidance={g}{tag}", "ckpt": os.path.abspath(ckpt),
                           "step": step, "task": task, "domain": domain, "guidance": g, "label": label,
@@ -251,7 +252,7 @@ def evaluate(a: Args) -> str:
     first = a.first_seed if a.first_seed >= 0 else tasks.SEED_BASE[a.split]
     seeds = list(range(first, first + a.trials))
     out = a.out or os.path.join("runs", "eval", os.path.basename(os.path.dirname(evals[0]["ckpt"])))
-    settings = {"first_seed": first, "sampler": a.sampler, "max_steps": a.max_steps}  # (label: in each key)
+    settings = {"first_seed": first, "sampler": a.sampler, "max_steps": a.max_steps}
     ep_path = os.path.join(out, "episodes.jsonl")
     set_path = os.path.join(out, "settings.json")
     if os.path.exists(set_path) and not a.overwrite:

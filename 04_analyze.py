@@ -279,7 +279,7 @@ def train_cmd(task: str, domain: str, method: str, ratio=None) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# the paper's numbers, printed beside ours (PAPER_NOTES: Table 1, Table 3, Sec. 4.2)
+# the paper's numbers, printed beside ours (Lei et al. 2026: Table 1, Table 3, Sec. 4.2)
 # ----------------------------------------------------------------------------------------------
 PAPER_TABLE1 = {"NutAssembly": (0.85, 0.79), "MugCleanup": (0.44, 0.415), "MugHang": (0.27, 0.215)}
 PAPER_TABLE3 = {"NutAssembly": (0.77, 0.925), "MugCleanup": (0.215, 0.495), "MugHang": (0.225, 0.26)}

@@ -218,9 +218,9 @@ class UNetDenoiser(nn.Module):
 
 class MLPDenoiser(nn.Module):
     """A cheap denoiser for low-dim policies (not in the paper; tried for the cpu profile and not
-    kept, RESULTS "A CPU recipe": ~3x the samples/s, a worse fit per second): the flattened noisy chunk through `depth` pre-norm residual MLP blocks, each
-    FiLM-modulated by [time embedding, flattened observation features], as the MLP denoisers of
-    IDQL / BESO. No attention over the horizon: one matrix per block sees the whole chunk."""
+    kept, RESULTS "A CPU recipe": ~3x the samples/s, a worse fit per second): the flattened noisy
+    chunk through `depth` pre-norm residual MLP blocks, each FiLM-modulated by [time embedding,
+    flattened observation features], as the MLP denoisers of IDQL / BESO. No attention over the horizon: one matrix per block sees the whole chunk."""
 
     def __init__(self, action_dim, horizon, n_obs, d_cond, width=512, depth=3, d_time=128):
         super().__init__()
