@@ -47,6 +47,8 @@ class Args:
                          "evaluated domain's, i.e. source in the source domain, target elsewhere)")
     sample_steps: int = arg(0, "DDIM steps (0 = the checkpoint's)")
     sampler: str = arg("ddim", "ddim | ddpm (all training steps)")
+    n_action: int = arg(0, "actions executed per predicted chunk (0 = the checkpoint's n_action; "
+                           "fewer re-plans more often at the same training)")
     workers: int = arg(1, "parallel rollout processes, each with its own env (results do not depend on it)")
     video: int = arg(0, "write an MP4 of the first K episodes of each evaluation")
     video_size: int = arg(256, "video frame size (agentview camera)")
@@ -124,7 +126,7 @@ class Worker:
         def make_agent(e, seed):
             label = common.SOURCE if job["label"] == "source" else common.TARGET
             agents.append(diffusion_policy.PolicyAgent(policy, seed, job["guidance"], job["sample_steps"],
-                                                       job["sampler"], label=label))
+                                                       job["sampler"], label=label, n_action=job["n_action"]))
             if filmed:
                 agents[-1].on_act = lambda: frames.append(film(e, job["video_size"]))
             return agents[-1]
@@ -135,8 +137,8 @@ class Worker:
             frames.append(film(env, job["video_size"]))
             write_video(job["video_path"], marked_video(frames, ep["success"]))
         chunk = agents[0].chunk_seconds
-        return {"key": job["key"], "seed": job["seed"], "success": bool(ep["success"]),
-                "length": int(ep["length"]), "seconds": time.perf_counter() - t0,
+        return {"key": job["key"], "digest": job["digest"], "seed": job["seed"], "success": bool(ep["success"]),
+                "length": int(ep["length"]), "reached": ep["reached"], "seconds": time.perf_counter() - t0,
                 "final_joint_pos": [round(float(q), 6) for q in env.observe()["robot0_joint_pos"]],
                 "chunk_ms": 1000 * float(np.mean(chunk)) if chunk else None}
 
@@ -186,7 +188,8 @@ def plan(a: Args) -> list:
         raise UsageError(f"--sampler must be ddim or ddpm, got {a.sampler!r}")
     evals = []
     for ckpt in a.ckpt:
-        _, cfg, step = diffusion_policy.load_policy(ckpt)
+        policy, cfg, step = diffusion_policy.load_policy(ckpt)
+        digest = diffusion_policy.weights_digest(policy)
         task = cfg["args"]["task"]
         domain = a.domain or cfg["args"]["target_domain"]
         try:
@@ -204,13 +207,18 @@ def plan(a: Args) -> list:
         steps = a.sample_steps or cfg["model"]["sample_steps"]
         if not 1 <= steps <= cfg["model"]["T"]:
             raise UsageError(f"--sample-steps must be in [1, {cfg['model']['T']}], got {steps}")
+        if not 0 <= a.n_action <= cfg["model"]["horizon"]:
+            raise UsageError(f"--n-action must be in [0, {cfg['model']['horizon']}], got {a.n_action}")
+        n_action = a.n_action or cfg["model"]["n_action"]
         own = "source" if domain == "source" else "target"  # the evaluated domain's label
         label = a.label or own
         tag = "" if label == own else f"|label={label}"  # keys of default-label runs stay as before
+        tag += "" if n_action == cfg["model"]["n_action"] else f"|n_action={n_action}"
         for g in scales:
             evals.append({"key": f"{os.path.abspath(ckpt)}|{domain}|guidance={g}{tag}", "ckpt": os.path.abspath(ckpt),
-                          "step": step, "task": task, "domain": domain, "guidance": g, "label": label,
-                          "sample_steps": steps, "sampler": a.sampler,
+                          "step": step, "digest": digest, "task": task, "domain": domain, "guidance": g,
+                          "label": label,
+                          "sample_steps": steps, "sampler": a.sampler, "n_action": n_action,
                           "run": {k: cfg["args"][k] for k in ("task", "target_domain", "method", "arch", "seed")},
                           "mixing_ratio": cfg["mixing_ratio"]})
     return evals
@@ -237,11 +245,14 @@ def summarize(evals: list, done: dict, seeds: list, settings: dict) -> dict:
         lo, hi = wilson_interval(k, n)
         chunk = [e["chunk_ms"] for e in eps if e.get("chunk_ms") is not None]
         out["evaluations"][ev["key"]] = {
-            **{x: ev[x] for x in ("ckpt", "step", "task", "domain", "guidance", "label", "sample_steps",
-                                  "sampler", "run", "mixing_ratio")},
+            **{x: ev[x] for x in ("ckpt", "step", "digest", "task", "domain", "guidance", "label", "sample_steps",
+                                  "sampler", "n_action", "run", "mixing_ratio")},
             "trials": n, "successes": k, "success_rate": k / n if n else None, "wilson95": [lo, hi],
             "mean_length": float(np.mean([e["length"] for e in eps])) if eps else None,
             "chunk_ms": float(np.mean(chunk)) if chunk else None,
+            # where episodes stop: the fraction that reached each subtask (tasks.py's signals)
+            "reached": {s: float(np.mean([(e.get("reached") or {}).get(s) is not None for e in eps]))
+                        for s in (eps[-1].get("reached") or {})} if eps else {},
             "episodes": [{x: e[x] for x in ("seed", "success", "length")} for e in eps]}
     return out
 
@@ -265,9 +276,13 @@ def evaluate(a: Args) -> str:
         for f in (ep_path, set_path, os.path.join(out, "results.json")):
             if os.path.exists(f):
                 os.remove(f)
+    done = read_episodes(ep_path)
+    for ev in evals:  # a checkpoint trained again at the same path must not inherit old episodes
+        if any(k == ev["key"] and r.get("digest", ev["digest"]) != ev["digest"] for (k, _), r in done.items()):
+            raise UsageError(f"{out} holds episodes of other weights at {ev['ckpt']} (the checkpoint "
+                             f"changed since they ran); --overwrite to start over or another --out")
     os.makedirs(out, exist_ok=True)
     common.write_json(set_path, settings)
-    done = read_episodes(ep_path)
     jobs = []
     for ev in evals:
         for i, s in enumerate(seeds):
@@ -278,8 +293,8 @@ def evaluate(a: Args) -> str:
                 os.makedirs(os.path.join(out, "videos"), exist_ok=True)
                 tag = f"{os.path.basename(os.path.dirname(ev['ckpt']))}_{ev['domain']}_g{ev['guidance']}"
                 video = os.path.join(out, "videos", f"{tag}_seed{s}.mp4")
-            jobs.append({**{k: ev[k] for k in ("key", "ckpt", "task", "domain", "guidance",
-                                               "label", "sample_steps", "sampler")},
+            jobs.append({**{k: ev[k] for k in ("key", "digest", "ckpt", "task", "domain", "guidance",
+                                               "label", "sample_steps", "sampler", "n_action")},
                          "seed": s, "video_path": video, "video_size": a.video_size,
                          "max_steps": a.max_steps})
     print(f"{len(evals)} evaluation(s) x {len(seeds)} episodes: {len(jobs)} to run, "
@@ -292,7 +307,8 @@ def evaluate(a: Args) -> str:
         g = "" if r["guidance"] is None else f", guidance {r['guidance']:g}"
         print(f"{r['run']['method']} w={r['mixing_ratio']:.3g} step {r['step']} in {r['domain']}{g}: "
               f"{r['successes']}/{r['trials']} = {r['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}), "
-              f"mean length {r['mean_length']:.0f}")
+              f"mean length {r['mean_length']:.0f}"
+              + "".join(f", {s} reached {v:.2f}" for s, v in r["reached"].items()))
     return out
 
 

@@ -232,7 +232,9 @@ def discover(runs_dir: str, only_ckpts: list = None) -> tuple:
     evals = {}
     for path in sorted(glob.glob(os.path.join(runs_dir, "eval", "*", "results.json"))):
         with open(path) as f:
-            for ev in json.load(f)["evaluations"].values():
+            for key, ev in json.load(f)["evaluations"].items():
+                if "|label=" in key or "|n_action=" in key:  # a non-default label or execution: not the run's number
+                    continue
                 evals.setdefault((os.path.abspath(ev["ckpt"]), ev["domain"]), {})[ev["guidance"]] = ev
     runs, unfinished = [], []
     for ckpt in ckpts:

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test reproduce toy data nut nut-methods analysis venv clean-venv
+.PHONY: test reproduce toy data nut nut-methods mugs analysis venv clean-venv
 
 venv: $(STAMP)
 
@@ -15,11 +15,13 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
+# Two pytest workers, each test file on one (--dist loadfile: a file's fixtures are built once),
+# one torch thread per process: two processes of two threads each on 2 cores run far slower.
 test: $(STAMP)
-	MPLBACKEND=Agg $(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # The main CPU job: the toy model of Sec. 3 (~10 min), the dataset set (~2 h), the NutAssembly
-# runs and rollouts (~3 h) and the analysis (~15 min) on 2 cores; every step resumes after a kill
+# runs and rollouts (~6 h) and the analysis (~15 min) on 2 cores; every step resumes after a kill
 # and keeps what is finished. Writes results/toy/ and results/analysis/ (the committed copies:
 # git diff shows any change).
 reproduce: toy analysis
@@ -35,8 +37,8 @@ data: $(STAMP)
 
 # The cpu-profile NutAssembly comparison of RESULTS.md ("Training", "Evaluation"): real_only vs
 # cotrain at the guideline's ratio, then the ratio sweep's w = 0.05 and 0.5, vis-phys target,
-# 200 episodes each, after `make data` (finished files are kept). About 2 h of training (4 runs of
-# ~31 min) + 1 h of rollouts on 2 cores; resumable.
+# 200 episodes each, after `make data` (finished files are kept). About 3 h of training (4 runs of
+# ~42 min) + 1 h of rollouts on 2 cores; resumable.
 NUT := runs/train/NutAssembly_target_visual_physics
 nut: data
 	$(PY) 02_train.py --profile cpu --method real_only --resume
@@ -51,7 +53,7 @@ nut: data
 # The cpu-profile NutAssembly method comparison of RESULTS.md ("Representation alignment and the
 # paper's tables"): CFG-ADDA at the guideline's ratio with a guidance sweep (Fig. 10),
 # +discrimination (Table 1), sim pre-training then real fine-tuning (Table 3, App. D.4: the paper
-# does not give its step counts; ours: 15000 + 5000). After `make nut`; about 2 h on 2 cores.
+# does not give its step counts; ours: 20000 + 5000). After `make nut`; about 3 h on 2 cores.
 nut-methods: nut
 	$(PY) 02_train.py --profile cpu --method cfg_adda --ratio auto --resume
 	$(PY) 03_eval.py --ckpt $(NUT)_cfg_adda_r0.17_encdec_s0/ckpt.pt --trials 100 --workers 2 --guidance=-1,-0.5,0,0.5
@@ -61,6 +63,19 @@ nut-methods: nut
 	$(PY) 02_train.py --profile cpu --method real_only --init-from $(NUT)_sim_only_r0_encdec_s0/ckpt.pt \
 	    --steps 5000 --warmup 200 --out $(NUT)_pretrain_ft_r1_encdec_s0 --resume
 	$(PY) 03_eval.py --ckpt $(NUT)_pretrain_ft_r1_encdec_s0/ckpt.pt --trials 200 --workers 2
+
+# The cpu recipe on the two other tasks (RESULTS "A CPU recipe"): sim_only evaluated in the source
+# domain and real_only in target_visual_physics, 200 episodes each, after `make data`. About 3 h
+# of training (4 runs of ~42 min) + 1 h of rollouts on 2 cores; resumable.
+mugs: data
+	for t in MugHang MugCleanup; do \
+	  $(PY) 02_train.py --task $$t --method sim_only --resume && \
+	  $(PY) 02_train.py --task $$t --method real_only --resume && \
+	  $(PY) 03_eval.py --ckpt runs/train/$${t}_target_visual_physics_sim_only_r0_encdec_s0/ckpt.pt --domain source \
+	    --trials 200 --workers 2 --out runs/eval/$${t}_target_visual_physics_sim_only_r0_encdec_s0_in_source && \
+	  $(PY) 03_eval.py --ckpt runs/train/$${t}_target_visual_physics_real_only_r1_encdec_s0/ckpt.pt \
+	    --trials 200 --workers 2 || exit 1; \
+	done
 
 # Stage 04 over every run under runs/: tables, figures, missing.md (RESULTS.md "Representation
 # alignment and the paper's tables").

@@ -6,6 +6,7 @@ three denoiser architectures, and the policy that joins them (phi(o) -> [feature
   2. the policy: DiffusionPolicy, load_policy (a 02_train.py checkpoint -> policy, config, step)
   3. closed-loop control: PolicyAgent (receding horizon; 03_eval.py and 05_real_deploy.py)
 """
+import hashlib
 import math
 import os
 import time
@@ -358,6 +359,16 @@ class DiffusionPolicy(nn.Module):
 
 
 
+def weights_digest(policy) -> str:
+    """A short fingerprint of a policy's weights (normalizer included): tells two checkpoints apart
+    that were written to the same path (a run trained again, or resumed further)."""
+    h = hashlib.sha1()
+    for k, v in sorted(policy.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
 def load_policy(path: str, device="cpu", weights: str = "ema"):
     """A trained policy (EMA weights by default, as Diffusion Policy evaluates), its run config and
     its training step, from a 02_train.py checkpoint (ckpt.pt or an EMA-only ckpt_<step>.pt)."""
@@ -392,18 +403,22 @@ class PolicyAgent:
     Chunk index i is the action for i steps after the observation it was predicted from."""
 
     def __init__(self, policy, seed: int, guidance, sample_steps: int, sampler: str = "ddim", lead: int = 0,
-                 label: int = TARGET):
+                 label: int = TARGET, n_action: int = 0):
         import torch
         self.policy, self.cfg = policy, policy.cfg
+        # actions executed per chunk (0 = the trained n_action; fewer = re-plan more often)
+        self.n_action = n_action or self.cfg["n_action"]
+        if not 1 <= self.n_action <= self.cfg["horizon"]:
+            raise ValueError(f"n_action must be in [1, horizon = {self.cfg['horizon']}], got {n_action}")
         self.label = label  # domain label a CFG / CFG-ADDA policy is conditioned on (ignored otherwise)
         self.keys = self.cfg["lowdim_keys"] + self.cfg["image_keys"]
         # the stored observation keys it needs (derived keys resolved: common.derived_sources)
         self.sources = sorted({s for k in self.keys for s in derived_sources(k)})
         self.guidance = 0.0 if guidance is None else guidance
         self.sample_steps, self.sampler = sample_steps, sampler
-        if not 0 <= lead <= self.cfg["horizon"] - self.cfg["n_action"]:
+        if not 0 <= lead <= self.cfg["horizon"] - self.n_action:
             raise ValueError(f"lead must be in [0, horizon - n_action = "
-                             f"{self.cfg['horizon'] - self.cfg['n_action']}], got {lead}")
+                             f"{self.cfg['horizon'] - self.n_action}], got {lead}")
         self.lead = lead
         self.gen = torch.Generator().manual_seed(seed)  # the episode's own noise stream
         self.history, self.queue = [], []
@@ -431,7 +446,7 @@ class PolicyAgent:
         if self._pool is None:
             if not self.queue:
                 self.started = True
-                self.queue = list(self.predict(self.history)[:self.cfg["n_action"]])
+                self.queue = list(self.predict(self.history)[:self.n_action])
         else:
             if self._pending is None and len(self.queue) <= self.lead:
                 self.started = True
@@ -440,7 +455,7 @@ class PolicyAgent:
             if not self.queue:
                 future, skip = self._pending
                 self._pending = None
-                self.queue = list(future.result()[skip:skip + self.cfg["n_action"]])
+                self.queue = list(future.result()[skip:skip + self.n_action])
         return self.queue.pop(0).astype(np.float64)
 
     def close(self):

@@ -547,13 +547,15 @@ def run_episode(env: TaskEnv, seed: int, make_agent, record: bool = True, settle
     with `act(obs)` returning an OSC action; it may set `done` when it has nothing left to do).
     Stops `settle` steps (default: the task's) after the first success or after the agent is done,
     or at the horizon; the episode succeeds if the task is still solved at its last step.
-    Returns success, length, seed, the agent's `info` dict (if any), and (record=True) per-step arrays: obs_<key>, actions
-    (controller space), joint_actions (joint targets + gripper), states, signal_<subtask>."""
+    Returns success, length, seed, the agent's `info` dict (if any), `reached` (each subtask's first
+    step with its signal on, or None: where a failed episode stopped), and (record=True) per-step
+    arrays: obs_<key>, actions (controller space), joint_actions (joint targets + gripper), states,
+    signal_<subtask>."""
     settle = env.settle_steps if settle is None else settle
     obs = env.reset(seed)
     agent = make_agent(env, seed)
     steps = {"states": [], "actions": [], "joint_actions": []}
-    done_at = None
+    done_at, reached = None, {name: None for name, _ in env.subtasks}
     for t in range(env.horizon):
         if record:
             steps["states"].append(env.get_state())
@@ -561,16 +563,21 @@ def run_episode(env: TaskEnv, seed: int, make_agent, record: bool = True, settle
                 steps.setdefault(f"obs_{k}", []).append(v)
         a = agent.act(obs)
         obs = env.step(a)
+        signals = env.subtask_signals()
+        for k, v in signals.items():
+            if v and reached[k] is None:
+                reached[k] = t
         if record:
             steps["actions"].append(a)
             steps["joint_actions"].append(env.joint_target())
-            for k, v in env.subtask_signals().items():
+            for k, v in signals.items():
                 steps.setdefault(f"signal_{k}", []).append(v)
         if done_at is None and (env.success() or getattr(agent, "done", False)):
             done_at = t
         if done_at is not None and t - done_at >= settle:
             break
-    out = {"success": env.success(), "length": env.t, "seed": seed, "info": getattr(agent, "info", {})}
+    out = {"success": env.success(), "length": env.t, "seed": seed, "info": getattr(agent, "info", {}),
+           "reached": reached}
     if record:
         out.update({k: np.asarray(v) for k, v in steps.items()})
     return out

@@ -104,6 +104,32 @@ def test_guidance_sweep_and_video(ckpts, tmp_path):
     assert [ev["guidance"] for ev in results(tmp_path / "d").values()] == [0.0]
 
 
+def test_retrained_checkpoint_does_not_inherit_old_episodes(tmp_path):
+    """Episodes carry a digest of the weights: after a run is trained again at the same path, a
+    rerun into the same folder is refused (exit 2, nothing written) instead of counting the old
+    checkpoint's episodes as done; --overwrite starts over."""
+    tgt = make_fake_dataset(tmp_path / "t.hdf5", 3, 20, seed=0)
+    src = make_fake_dataset(tmp_path / "s.hdf5", 4, 20, seed=1, domain="source")
+
+    def train(seed):
+        r = run_stage("02_train.py", "--profile", "smoke", "--target-data", tgt, "--source-data", src,
+                      "--method", "real_only", "--seed", str(seed), "--out", str(tmp_path / "run"),
+                      "--overwrite")
+        assert r.returncode == 0, r.stderr
+
+    train(0)
+    ckpt, out = str(tmp_path / "run" / "ckpt.pt"), tmp_path / "ev"
+    assert evaluate(ckpt, out, "--trials", "1").returncode == 0
+    before = episodes(out)
+    train(1)
+    r = evaluate(ckpt, out, "--trials", "2")
+    assert r.returncode == 2 and "other weights" in r.stderr, r.stderr
+    assert episodes(out) == before  # nothing written
+    r = evaluate(ckpt, out, "--trials", "1", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert [e["digest"] for e in episodes(out)] != [e["digest"] for e in before]
+
+
 @pytest.mark.parametrize("case", ["missing", "domain", "guidance", "trials", "not_ckpt"])
 def test_bad_input_exits_2_and_writes_nothing(ckpts, tmp_path, case):
     ckpt, extra = ckpts["cotrain"], []
@@ -147,8 +173,8 @@ def test_label_reaches_the_policy(ckpts, monkeypatch):
         (e,) = ev.plan(ev.Args(ckpt=[ckpts["cfg"]], domain=domain, label=label))
         assert e["label"] == {common.SOURCE: "source", common.TARGET: "target"}[want]
         seen.clear()
-        worker.episode({**{k: e[k] for k in ("key", "ckpt", "task", "domain", "guidance", "label",
-                                              "sample_steps", "sampler")},
+        worker.episode({**{k: e[k] for k in ("key", "digest", "ckpt", "task", "domain", "guidance",
+                                              "label", "sample_steps", "sampler", "n_action")},
                         "seed": 5, "video_path": "", "video_size": 64, "max_steps": 9})
         assert seen and set(seen) == {want}
     # on the command line: both labels in one folder, their episodes kept apart
@@ -160,6 +186,40 @@ def test_label_reaches_the_policy(ckpts, monkeypatch):
     assert len({e["key"] for e in episodes(tmp)}) == 2
     r = evaluate(ckpts["cfg"], os.path.join(tmp, "x"), "--label", "moon")
     assert r.returncode == 2 and "--label" in r.stderr
+
+
+def test_n_action_sets_how_often_the_policy_replans(ckpts, monkeypatch, tmp_path):
+    """--n-action executes fewer (or more) actions of each chunk than training's n_action: over the
+    same 9 steps the policy predicts ceil(9 / n_action) chunks. Episodes record the subtasks they
+    reached (tasks.py's signals), and results.json their rates."""
+    import diffusion_policy
+    ev = load_stage("03_eval.py")
+    calls = []
+    orig = diffusion_policy.DiffusionPolicy.predict_action
+
+    def spy(self, *args, **kw):
+        calls.append(1)
+        return orig(self, *args, **kw)
+
+    monkeypatch.setattr(diffusion_policy.DiffusionPolicy, "predict_action", spy)
+    worker = ev.Worker()
+    trained = None
+    for n_action, want in [(0, 3), (2, 5), (1, 9)]:  # smoke profile: horizon 8, n_action 4
+        (e,) = ev.plan(ev.Args(ckpt=[ckpts["cotrain"]], n_action=n_action))
+        trained = trained or e["n_action"]
+        assert e["n_action"] == (n_action or trained) and ("n_action=" in e["key"]) == (n_action > 0)
+        calls.clear()
+        r = worker.episode({**{k: e[k] for k in ("key", "digest", "ckpt", "task", "domain", "guidance",
+                                                  "label", "sample_steps", "sampler", "n_action")},
+                            "seed": 5, "video_path": "", "video_size": 64, "max_steps": 9})
+        assert len(calls) == want, (n_action, len(calls))
+        assert set(r["reached"]) == {"grasp", "insert"}  # NutAssembly's subtasks, each a step or None
+    r = evaluate(ckpts["cotrain"], tmp_path / "n", "--trials", "1", "--n-action", "2")
+    assert r.returncode == 0, r.stderr
+    (res,) = results(tmp_path / "n").values()
+    assert res["n_action"] == 2 and set(res["reached"]) == {"grasp", "insert"}
+    r = evaluate(ckpts["cotrain"], tmp_path / "m", "--n-action", "99")
+    assert r.returncode == 2 and "--n-action" in r.stderr and not os.path.exists(tmp_path / "m")
 
 
 def test_derived_observations_and_relative_actions_run_closed_loop(tmp_path):
