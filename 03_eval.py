@@ -219,6 +219,7 @@ def plan(a: Args) -> list:
                           "step": step, "digest": digest, "task": task, "domain": domain, "guidance": g,
                           "label": label,
                           "sample_steps": steps, "sampler": a.sampler, "n_action": n_action,
+                          "as_trained": not tag,  # the run's own number (04_analyze reads only these)
                           "run": {k: cfg["args"][k] for k in ("task", "target_domain", "method", "arch", "seed")},
                           "mixing_ratio": cfg["mixing_ratio"]})
     return evals
@@ -246,7 +247,7 @@ def summarize(evals: list, done: dict, seeds: list, settings: dict) -> dict:
         chunk = [e["chunk_ms"] for e in eps if e.get("chunk_ms") is not None]
         out["evaluations"][ev["key"]] = {
             **{x: ev[x] for x in ("ckpt", "step", "digest", "task", "domain", "guidance", "label", "sample_steps",
-                                  "sampler", "n_action", "run", "mixing_ratio")},
+                                  "sampler", "n_action", "as_trained", "run", "mixing_ratio")},
             "trials": n, "successes": k, "success_rate": k / n if n else None, "wilson95": [lo, hi],
             "mean_length": float(np.mean([e["length"] for e in eps])) if eps else None,
             "chunk_ms": float(np.mean(chunk)) if chunk else None,

@@ -232,8 +232,8 @@ def discover(runs_dir: str, only_ckpts: list = None) -> tuple:
     evals = {}
     for path in sorted(glob.glob(os.path.join(runs_dir, "eval", "*", "results.json"))):
         with open(path) as f:
-            for key, ev in json.load(f)["evaluations"].items():
-                if "|label=" in key or "|n_action=" in key:  # a non-default label or execution: not the run's number
+            for ev in json.load(f)["evaluations"].values():
+                if ev.get("as_trained") is False:  # another label or execution (03 --label / --n-action)
                     continue
                 evals.setdefault((os.path.abspath(ev["ckpt"]), ev["domain"]), {})[ev["guidance"]] = ev
     runs, unfinished = [], []

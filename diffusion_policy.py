@@ -358,7 +358,6 @@ class DiffusionPolicy(nn.Module):
         return a if origin is None else a + origin.to(dev)[:, None]
 
 
-
 def weights_digest(policy) -> str:
     """A short fingerprint of a policy's weights (normalizer included): tells two checkpoints apart
     that were written to the same path (a run trained again, or resumed further)."""

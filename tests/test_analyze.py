@@ -106,6 +106,16 @@ def test_smoke_end_to_end_tables_and_bad_input(tmp_path):
     missing = (out / "missing.md").read_text()
     assert "Table 3" in missing and "pretrain_ft" in missing and "still training" in missing
     assert "needs 3" in r.stdout  # too few evaluated ratio-sweep checkpoints for a correlation: said so
+    # an evaluation under another label or execution (03_eval --label / --n-action) is not the
+    # run's number, even when its file sorts after the run's own
+    other = json.loads((runs / "eval" / "plain" / "results.json").read_text())
+    assert all(ev["as_trained"] for ev in other["evaluations"].values())
+    for ev in other["evaluations"].values():
+        ev.update(as_trained=False, success_rate=0.123)
+    os.makedirs(runs / "eval" / "zz_n_action")
+    (runs / "eval" / "zz_n_action" / "results.json").write_text(json.dumps(other))
+    found, _ = load_stage("04_analyze.py").discover(str(runs), [ck("cotrain")])
+    assert found[0]["eval"]["success_rate"] != 0.123 and found[0]["eval"]["as_trained"]
 
     bad = run_stage("04_analyze.py", "--profile", "smoke", "--runs", str(tmp_path / "none"),
                     "--out", str(tmp_path / "bad"))
