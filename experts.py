@@ -91,7 +91,11 @@ class WaypointExpert:
 class NutAssemblyExpert(WaypointExpert):
     """Grasp the nut by its handle (fingers across the handle), lift, carry the nut's center over
     the peg (read from the state, so a moved peg is followed), lower it on, release, back off.
-    In a low-friction domain it moves slower once the nut is held."""
+    In a low-friction domain it moves slower once the nut is held. lift_wait: None = lift once the
+    fingers are seen closed (the default); K = lift K steps after the close command (the first
+    expert did, with K = 10; `tasks.py experts --nut-lift-wait K` measures it)."""
+    lift_wait = None
+    grip_dz = 0.003   # the first expert: -0.005
 
     def __init__(self, env, seed, noise=0.02):
         super().__init__(env, seed, noise)
@@ -117,13 +121,27 @@ class NutAssemblyExpert(WaypointExpert):
             if dist < 0.01 and ang < 0.05:
                 self.phase = "descend"
         elif self.phase == "descend":
-            a, dist, _ = self.pose_action(obs, h + [0, 0, -0.005], self.yaw, -1, 0.012)
+            # grip height: 3 mm above the handle's centre, which lies 1 cm above the table; at the
+            # first expert's 5 mm below it the fingertips pressed on the table, whose friction held
+            # them open until the hand rose (the grasp closed during the lift, at a height set by
+            # when the lift began; RESULTS "A CPU recipe")
+            a, dist, _ = self.pose_action(obs, h + [0, 0, self.grip_dz], self.yaw, -1, 0.012)
             if dist < 0.006:
                 self.phase, self.count = "close", 0
         elif self.phase == "close":
-            a, _, _ = self.pose_action(obs, h + [0, 0, -0.005], self.yaw, 1, 0.01)
+            a, _, _ = self.pose_action(obs, h + [0, 0, self.grip_dz], self.yaw, 1, 0.01)
             self.count += 1
-            if self.count >= 10:
+            # lift only once the fingers are seen closed on the handle: the gripper's command ramps
+            # inside robosuite for ~10 steps before the fingers move, a state no observation shows,
+            # so a fixed wait gives a policy a lift time it cannot infer (lifting 3 of those steps
+            # in, the expert itself succeeds 3/20; RESULTS "A CPU recipe")
+            q = float(obs["robot0_gripper_qpos"][0])
+            if self.count == 1:
+                self.q_open, self.q_prev, self.closed_for = q, q, 0
+            closed = self.q_open - q > 0.01 and abs(q - self.q_prev) < 5e-4
+            self.closed_for = self.closed_for + 1 if closed else 0
+            self.q_prev = q
+            if (self.count >= self.lift_wait) if self.lift_wait else (self.closed_for >= 3 or self.count >= 40):
                 # nut center relative to the gripper, fixed while held
                 self.grip_offset = obs["robot0_eef_pos"][:2] - obs["nut_pos"][:2]
                 # carry height: the nut's bottom 5 cm above the peg's top (peg half-height 0.1 m)

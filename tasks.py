@@ -669,6 +669,13 @@ def main(argv=None):
     p.add_argument("--episodes", type=int, default=50, help="seeded episodes per task x domain")
     p.add_argument("--out", default=None, help="experts/replay: JSON file; frames: folder (default results/tasks)")
     p.add_argument("--joint-kp", type=float, default=JOINT_KP, help="stiffness of the joint-position controller")
+    p.add_argument("--first-seed", type=int, default=0, help="experts/replay: the first episode seed")
+    p.add_argument("--nut-lift-wait", type=int, default=None,
+                   help="experts/replay: the NutAssembly expert lifts this many steps after its close "
+                        "command (the first expert: 10) instead of once the fingers are seen closed")
+    p.add_argument("--nut-grip-dz", type=float, default=None,
+                   help="experts/replay: the NutAssembly expert's grip height above the handle's centre, "
+                        "m (default 0.003; the first expert: -0.005)")
     a = p.parse_args(argv)
     task_names, domains = a.tasks.split(","), a.domains.split(",")
     try:
@@ -679,11 +686,17 @@ def main(argv=None):
         common.die(str(e))
     if a.episodes <= 0:
         common.die(f"--episodes must be positive, got {a.episodes}")
+    if a.nut_lift_wait is not None and a.nut_lift_wait <= 0:
+        common.die(f"--nut-lift-wait must be positive, got {a.nut_lift_wait}")
+    import experts
+    experts.NutAssemblyExpert.lift_wait = a.nut_lift_wait
+    if a.nut_grip_dz is not None:
+        experts.NutAssemblyExpert.grip_dz = a.nut_grip_dz
     if a.command == "frames":
         save_frames(task_names, a.out or "results/tasks")
         return
     if a.command == "replay":
-        rows = check_replay(task_names, domains, a.episodes, joint_kp=a.joint_kp)
+        rows = check_replay(task_names, domains, a.episodes, a.first_seed, joint_kp=a.joint_kp)
         print("\n".join(f"{r['task']} {r['domain']} kp={a.joint_kp:g}: expert {r['expert_success']}/{r['episodes']}, "
                         f"replayed {r['replay_success']}/{r['expert_success']}, mean joint tracking error "
                         f"{r['mean_tracking_error_rad']:.4f} rad" for r in rows))
@@ -691,7 +704,7 @@ def main(argv=None):
             os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
             common.write_json(a.out, rows)
         return
-    rows = check_experts(task_names, domains, a.episodes)
+    rows = check_experts(task_names, domains, a.episodes, a.first_seed)
     lines = ["| task | domain | success | mean length (successes) | seconds |", "|---|---|---|---|---|"]
     lines += [f"| {r['task']} | {r['domain']} | {r['success']:.2f} ({round(r['success'] * r['episodes'])}/{r['episodes']}) | "
               f"{r['mean_length_success']:.0f} | {r['seconds']:.0f} |" for r in rows]

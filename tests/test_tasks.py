@@ -33,6 +33,8 @@ def test_cli_bad_names_exit_2():
     assert r.returncode == 2 and "unknown task" in r.stderr
     r = run_stage("tasks.py", "experts", "--domains", "source,nowhere", "--episodes", "1")
     assert r.returncode == 2 and "unknown domain" in r.stderr
+    r = run_stage("tasks.py", "experts", "--tasks", TASK, "--nut-lift-wait", "0", "--episodes", "1")
+    assert r.returncode == 2 and "--nut-lift-wait must be positive" in r.stderr
 
 
 def test_reset_is_deterministic_and_not_yet_successful(envs):
@@ -97,6 +99,20 @@ def test_expert_episode_succeeds_and_records(episode, envs):
     firsts = [int(np.argmax(episode[f"signal_{n}"])) for n in names]
     assert all(episode[f"signal_{n}"].any() for n in names)
     assert firsts == sorted(firsts) and episode[f"signal_{names[-1]}"][-1]
+
+
+def test_expert_lifts_only_once_the_fingers_closed(episode, envs):
+    """A policy sees the fingers, not robosuite's gripper-command ramp (~10 steps before the fingers
+    move), so the expert may start lifting only when the fingers have closed and stopped: otherwise
+    its demos hold a lift time no observation gives (RESULTS.md "A CPU recipe")."""
+    if envs["source"].subtasks[0][0] != "grasp":
+        pytest.skip("the task does not start with a grasp")
+    i = int(np.argmax(episode["actions"][:, -1] > 0))        # first close command
+    q = episode["obs_robot0_gripper_qpos"][:, 0]              # one finger's opening
+    z = episode["obs_robot0_eef_pos"][:, 2]
+    lift = i + 1 + int(np.argmax(z[i + 1:] - z[i] > 0.001))  # first step 1 mm above the close point
+    assert q[i] - q[lift] > 0.005, "lifted before the fingers closed"
+    assert abs(q[lift] - q[lift - 1]) < 5e-4, "lifted while the fingers were still closing"
 
 
 def test_joint_target_replay_succeeds(episode, envs):
