@@ -131,10 +131,10 @@ class NutAssemblyExpert(WaypointExpert):
         elif self.phase == "close":
             a, _, _ = self.pose_action(obs, h + [0, 0, self.grip_dz], self.yaw, 1, 0.01)
             self.count += 1
-            # lift only once the fingers are seen closed on the handle: the gripper's command ramps
-            # inside robosuite for ~10 steps before the fingers move, a state no observation shows,
-            # so a fixed wait gives a policy a lift time it cannot infer (lifting 3 of those steps
-            # in, the expert itself succeeds 3/20; RESULTS "A CPU recipe")
+            # lift only once the fingers are seen closed on the handle: after a fixed wait the lift
+            # time would hang on how fast the fingers closed, which a policy cannot time (with the
+            # first expert's table contact, lifting 3 steps after the close command: 3/20;
+            # RESULTS "A CPU recipe", item 7)
             q = float(obs["robot0_gripper_qpos"][0])
             if self.count == 1:
                 self.q_open, self.q_prev, self.closed_for = q, q, 0

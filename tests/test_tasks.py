@@ -102,9 +102,9 @@ def test_expert_episode_succeeds_and_records(episode, envs):
 
 
 def test_expert_lifts_only_once_the_fingers_closed(episode, envs):
-    """A policy sees the fingers, not robosuite's gripper-command ramp (~10 steps before the fingers
-    move), so the expert may start lifting only when the fingers have closed and stopped: otherwise
-    its demos hold a lift time no observation gives (RESULTS.md "A CPU recipe")."""
+    """A policy sees the fingers, so the expert may start lifting only when the fingers have closed
+    and stopped: otherwise its demos hold a lift time no observation gives (RESULTS.md "A CPU
+    recipe", item 7)."""
     if envs["source"].subtasks[0][0] != "grasp":
         pytest.skip("the task does not start with a grasp")
     i = int(np.argmax(episode["actions"][:, -1] > 0))        # first close command
