@@ -14,7 +14,8 @@ sampling noise is seeded by the episode seed, so a result does not depend on --w
 
 Writes runs/eval/<name>/: episodes.jsonl (one line per finished episode: resumable, a rerun
 continues with the episodes not yet done), results.json (per checkpoint x domain x guidance:
-success rate with a 95% Wilson interval, mean episode length, per-episode results; the form
+success rate with a 95% Wilson interval, mean episode length, the subtasks reached, where the
+first close command came (tasks.grasp_close), per-episode results; the form
 04_analyze.py reads), and videos/*.mp4 with --video K.
 """
 import json
@@ -132,13 +133,14 @@ class Worker:
             return agents[-1]
 
         t0 = time.perf_counter()
-        ep = tasks.run_episode(env, job["seed"], make_agent, record=False)
+        ep = tasks.run_episode(env, job["seed"], make_agent, record=True)
         if filmed:
             frames.append(film(env, job["video_size"]))
             write_video(job["video_path"], marked_video(frames, ep["success"]))
         chunk = agents[0].chunk_seconds
         return {"key": job["key"], "digest": job["digest"], "seed": job["seed"], "success": bool(ep["success"]),
                 "length": int(ep["length"]), "reached": ep["reached"], "seconds": time.perf_counter() - t0,
+                "close": tasks.grasp_close(job["task"], ep),  # where the first close command came
                 "final_joint_pos": [round(float(q), 6) for q in env.observe()["robot0_joint_pos"]],
                 "chunk_ms": 1000 * float(np.mean(chunk)) if chunk else None}
 
@@ -254,6 +256,11 @@ def summarize(evals: list, done: dict, seeds: list, settings: dict) -> dict:
             # where episodes stop: the fraction that reached each subtask (tasks.py's signals)
             "reached": {s: float(np.mean([(e.get("reached") or {}).get(s) is not None for e in eps]))
                         for s in (eps[-1].get("reached") or {})} if eps else {},
+            # where the first close command came (tasks.grasp_close), mean over successes / failures
+            "close": {outcome: {k: float(np.mean([e["close"][k] for e in grp])) for k in ("dz_mm", "dxy_mm", "speed_mm")}
+                      for outcome, grp in (("success", [e for e in eps if e["success"] and e.get("close")]),
+                                           ("failure", [e for e in eps if not e["success"] and e.get("close")]))
+                      if grp},
             "episodes": [{x: e[x] for x in ("seed", "success", "length")} for e in eps]}
     return out
 
@@ -309,7 +316,9 @@ def evaluate(a: Args) -> str:
         print(f"{r['run']['method']} w={r['mixing_ratio']:.3g} step {r['step']} in {r['domain']}{g}: "
               f"{r['successes']}/{r['trials']} = {r['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}), "
               f"mean length {r['mean_length']:.0f}"
-              + "".join(f", {s} reached {v:.2f}" for s, v in r["reached"].items()))
+              + "".join(f", {s} reached {v:.2f}" for s, v in r["reached"].items())
+              + "".join(f"; close in {o}: {c['dz_mm']:.1f} mm above the grasp point, moving {c['speed_mm']:.1f} mm/step"
+                        for o, c in r["close"].items()))
     return out
 
 

@@ -93,9 +93,12 @@ class NutAssemblyExpert(WaypointExpert):
     the peg (read from the state, so a moved peg is followed), lower it on, release, back off.
     In a low-friction domain it moves slower once the nut is held. lift_wait: None = lift once the
     fingers are seen closed (the default); K = lift K steps after the close command (the first
-    expert did, with K = 10; `tasks.py experts --nut-lift-wait K` measures it)."""
+    expert did, with K = 10; `tasks.py experts --nut-lift-wait K` measures it). dwell: steps it
+    holds still, hand open, at the grip height before closing, and with the nut centred over the
+    peg before lowering (0 = the second expert: closed and lowered on arrival, at 3-4 mm/step)."""
     lift_wait = None
     grip_dz = 0.003   # the first expert: -0.005
+    dwell = 4         # the first two experts: 0
 
     def __init__(self, env, seed, noise=0.02):
         super().__init__(env, seed, noise)
@@ -125,8 +128,13 @@ class NutAssemblyExpert(WaypointExpert):
             # first expert's 5 mm below it the fingertips pressed on the table, whose friction held
             # them open until the hand rose (the grasp closed during the lift, at a height set by
             # when the lift began; RESULTS "A CPU recipe")
-            a, dist, _ = self.pose_action(obs, h + [0, 0, self.grip_dz], self.yaw, -1, 0.012)
-            if dist < 0.006:
+            # fast to 2 cm above the grip height, then slowly, then hold still (dwell) before
+            # closing: a policy that closes on arrival must time a discrete event on a hand moving
+            # 3-4 mm/step; the second expert's policy closed 6-15 mm too high (RESULTS "A CPU recipe")
+            slow = self.dwell and obs["robot0_eef_pos"][2] < h[2] + self.grip_dz + 0.02
+            a, dist, _ = self.pose_action(obs, h + [0, 0, self.grip_dz], self.yaw, -1, 0.004 if slow else 0.012)
+            self.count = self.count + 1 if self.dwell and dist < 0.003 else 0
+            if (self.count >= self.dwell) if self.dwell else dist < 0.006:
                 self.phase, self.count = "close", 0
         elif self.phase == "close":
             a, _, _ = self.pose_action(obs, h + [0, 0, self.grip_dz], self.yaw, 1, 0.01)
@@ -160,12 +168,16 @@ class NutAssemblyExpert(WaypointExpert):
             target = [*self.lift_xy, self.lift_z]
             a, dist, ang = self.pose_action(obs, target, self.carry_yaw, 1, carry_speed)
             if abs(obs["robot0_eef_pos"][2] - self.lift_z) < 0.01 and ang < 0.1:
-                self.phase = "carry"
+                self.phase, self.count = "carry", 0
         elif self.phase == "carry":
             xy = peg[:2] + (obs["robot0_eef_pos"][:2] - obs["nut_pos"][:2])
             a, dist, _ = self.pose_action(obs, [*xy, self.lift_z], self.carry_yaw, 1, carry_speed)
-            if np.linalg.norm(obs["nut_pos"][:2] - peg[:2]) < 0.006:
-                self.phase = "lower"
+            # once centred over the peg, keep holding there for `dwell` steps before lowering (a
+            # heavy nut sags ~7 mm off its target, so the hold counts time, not precision)
+            if self.count or np.linalg.norm(obs["nut_pos"][:2] - peg[:2]) < 0.006:
+                self.count += 1
+            if self.count > self.dwell:
+                self.phase, self.count = "lower", 0
         elif self.phase == "lower":
             xy = peg[:2] + (obs["robot0_eef_pos"][:2] - obs["nut_pos"][:2])
             z = self.env.env.table_offset[2] + 0.03 + (obs["robot0_eef_pos"][2] - obs["nut_pos"][2])

@@ -608,8 +608,29 @@ def replay_joint_actions(env: TaskEnv, states0, joint_actions, tracking_errors: 
 # ----------------------------------------------------------------------------------------------
 # command line: check the experts, save one frame per task x domain
 # ----------------------------------------------------------------------------------------------
+GRASP_POINT = {"NutAssembly": "handle_pos"}  # the observation the hand should close on
+
+
+def grasp_close(task: str, ep: dict) -> dict:
+    """Where an episode's first close command came, from its recorded steps (run_episode with
+    record=True, or a demo's obs/ and joint_actions): the step, the hand's height above the task's
+    grasp point and its horizontal offset (mm), and its fastest speed over the 4 steps before
+    (mm/step). {} for a task without a grasp point or an episode that never closes."""
+    key = GRASP_POINT.get(task)
+    grip = np.asarray(ep["joint_actions"])[:, -1]
+    if key is None or f"obs_{key}" not in ep or not (grip > 0).any():
+        return {}
+    i = int(np.argmax(grip > 0))
+    eef, p = np.asarray(ep["obs_robot0_eef_pos"]), np.asarray(ep[f"obs_{key}"])
+    speed = np.linalg.norm(np.diff(eef[max(i - 4, 0):i + 1], axis=0), axis=1)
+    return {"step": i, "dz_mm": round(1000 * float(eef[i, 2] - p[i, 2]), 2),
+            "dxy_mm": round(1000 * float(np.linalg.norm(eef[i, :2] - p[i, :2])), 2),
+            "speed_mm": round(1000 * float(speed.max()), 2) if len(speed) else 0.0}
+
+
 def check_experts(task_names, domains, episodes: int, first_seed: int = 0) -> list:
-    """Expert success over `episodes` seeded episodes per task x domain (no recording)."""
+    """Expert success over `episodes` seeded episodes per task x domain, and where its grasps close
+    (grasp_close, mean over the episodes)."""
     import time
     from tqdm import tqdm
     rows = []
@@ -618,12 +639,17 @@ def check_experts(task_names, domains, episodes: int, first_seed: int = 0) -> li
             env = make_env(task, domain)
             t0, results = time.time(), []
             for s in tqdm(range(first_seed, first_seed + episodes), desc=f"{task}/{domain}", leave=False):
-                results.append(run_expert_episode(env, s, record=False))
+                r = run_expert_episode(env, s)
+                results.append({"success": r["success"], "seed": s, "length": r["length"],
+                                "close": grasp_close(task, r)})
             ok = [r["success"] for r in results]
+            close = [r["close"] for r in results if r["close"]]
             rows.append({"task": task, "domain": domain, "episodes": episodes, "success": float(np.mean(ok)),
                          "failed_seeds": [r["seed"] for r in results if not r["success"]],
                          "mean_length": float(np.mean([r["length"] for r in results])),
                          "mean_length_success": float(np.mean([r["length"] for r in results if r["success"]] or [np.nan])),
+                         "close": {k: float(np.mean([c[k] for c in close])) for k in ("dz_mm", "dxy_mm", "speed_mm")}
+                         if close else {},
                          "seconds": time.time() - t0})
     return rows
 
@@ -676,6 +702,9 @@ def main(argv=None):
     p.add_argument("--nut-grip-dz", type=float, default=None,
                    help="experts/replay: the NutAssembly expert's grip height above the handle's centre, "
                         "m (default 0.003; the first expert: -0.005)")
+    p.add_argument("--nut-dwell", type=int, default=None,
+                   help="experts/replay: steps the NutAssembly expert holds still before closing and "
+                        "before lowering (default 4; the first two experts: 0)")
     a = p.parse_args(argv)
     task_names, domains = a.tasks.split(","), a.domains.split(",")
     try:
@@ -688,10 +717,14 @@ def main(argv=None):
         common.die(f"--episodes must be positive, got {a.episodes}")
     if a.nut_lift_wait is not None and a.nut_lift_wait <= 0:
         common.die(f"--nut-lift-wait must be positive, got {a.nut_lift_wait}")
+    if a.nut_dwell is not None and a.nut_dwell < 0:
+        common.die(f"--nut-dwell must be >= 0, got {a.nut_dwell}")
     import experts
     experts.NutAssemblyExpert.lift_wait = a.nut_lift_wait
     if a.nut_grip_dz is not None:
         experts.NutAssemblyExpert.grip_dz = a.nut_grip_dz
+    if a.nut_dwell is not None:
+        experts.NutAssemblyExpert.dwell = a.nut_dwell
     if a.command == "frames":
         save_frames(task_names, a.out or "results/tasks")
         return
@@ -705,9 +738,12 @@ def main(argv=None):
             common.write_json(a.out, rows)
         return
     rows = check_experts(task_names, domains, a.episodes, a.first_seed)
-    lines = ["| task | domain | success | mean length (successes) | seconds |", "|---|---|---|---|---|"]
+    lines = ["| task | domain | success | mean length (successes) | close: height / offset / speed (mm, mm/step) "
+             "| seconds |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['task']} | {r['domain']} | {r['success']:.2f} ({round(r['success'] * r['episodes'])}/{r['episodes']}) | "
-              f"{r['mean_length_success']:.0f} | {r['seconds']:.0f} |" for r in rows]
+              f"{r['mean_length_success']:.0f} | "
+              + (" / ".join(f"{r['close'][k]:.1f}" for k in ("dz_mm", "dxy_mm", "speed_mm")) if r["close"] else "-")
+              + f" | {r['seconds']:.0f} |" for r in rows]
     print("\n".join(lines))
     if a.out:
         os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)

@@ -115,6 +115,38 @@ def test_expert_lifts_only_once_the_fingers_closed(episode, envs):
     assert abs(q[lift] - q[lift - 1]) < 5e-4, "lifted while the fingers were still closing"
 
 
+def test_nut_expert_holds_still_before_closing(episode, envs):
+    """The NutAssembly expert stops at the grip height, hand open, for `dwell` steps before its close
+    command (under 1.5 mm/step): a policy then decides to close on a nearly still hand instead of
+    timing a discrete event on a hand moving 3-4 mm/step (RESULTS.md "A CPU recipe", item 8)."""
+    if envs["source"].task != "NutAssembly":
+        pytest.skip("NutAssembly's expert")
+    import experts
+    assert experts.NutAssemblyExpert.dwell >= 2
+    i = int(np.argmax(episode["actions"][:, -1] > 0))                  # first close command
+    eef = episode["obs_robot0_eef_pos"]
+    speed = np.linalg.norm(np.diff(eef, axis=0), axis=1)               # m per step
+    before = speed[i - experts.NutAssemblyExpert.dwell:i]
+    assert before.max() < 1.5e-3, f"hand moving {before.max() * 1000:.1f} mm/step before the close"
+    assert (episode["obs_robot0_gripper_qpos"][i - 3:i, 0] > 0.035).all()  # still open while it holds
+    r = run_stage("tasks.py", "experts", "--tasks", "NutAssembly", "--nut-dwell", "-1", "--episodes", "1")
+    assert r.returncode == 2 and "--nut-dwell must be >= 0" in r.stderr
+
+
+def test_grasp_close_reads_where_the_first_close_command_came():
+    T = 8
+    eef = np.zeros((T, 3)); eef[:, 2] = 0.05 - 0.004 * np.arange(T)   # descending 4 mm/step
+    handle = np.tile([0.003, 0.004, 0.02], (T, 1))
+    grip = -np.ones(T); grip[5:] = 1                                   # close command at step 5
+    ep = {"obs_robot0_eef_pos": eef, "obs_handle_pos": handle, "joint_actions": np.c_[np.zeros((T, 7)), grip]}
+    c = tasks.grasp_close("NutAssembly", ep)
+    assert c["step"] == 5 and c["dz_mm"] == pytest.approx(10.0) and c["dxy_mm"] == pytest.approx(5.0)
+    assert c["speed_mm"] == pytest.approx(4.0)
+    assert tasks.grasp_close("MugHang", ep) == {}                       # no grasp point defined
+    ep["joint_actions"][:, -1] = -1
+    assert tasks.grasp_close("NutAssembly", ep) == {}                   # never closes
+
+
 def test_joint_target_replay_succeeds(episode, envs):
     env = tasks.make_env(envs["source"].task, "source", control="joint")
     err = []
