@@ -141,6 +141,7 @@ class Worker:
         return {"key": job["key"], "digest": job["digest"], "seed": job["seed"], "success": bool(ep["success"]),
                 "length": int(ep["length"]), "reached": ep["reached"], "seconds": time.perf_counter() - t0,
                 "close": tasks.grasp_close(job["task"], ep),  # where the first close command came
+                "nut_path": tasks.nut_path(ep) if job["task"] == "NutAssembly" else None,
                 "final_joint_pos": [round(float(q), 6) for q in env.observe()["robot0_joint_pos"]],
                 "chunk_ms": 1000 * float(np.mean(chunk)) if chunk else None}
 

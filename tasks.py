@@ -628,6 +628,20 @@ def grasp_close(task: str, ep: dict) -> dict:
             "speed_mm": round(1000 * float(speed.max()), 2) if len(speed) else 0.0}
 
 
+def nut_path(ep: dict) -> dict:
+    """Where a NutAssembly episode's nut went, from its recorded steps: the highest it was lifted
+    (mm above its start), its closest approach to the peg's axis while above the peg's top (mm;
+    None if never that high), and where it ended (mm off the axis, mm above its start). Tells a
+    slip (never lifted) from a missed insertion (lifted, off the axis) after the grasp."""
+    nut, peg = np.asarray(ep["obs_nut_pos"]), np.asarray(ep["obs_peg_pos"])
+    off = np.linalg.norm(nut[:, :2] - peg[:, :2], axis=1)
+    above = nut[:, 2] > peg[:, 2] + 0.1           # peg half-height 0.1 m: above its top
+    return {"lift_mm": round(1000 * float(nut[:, 2].max() - nut[0, 2]), 1),
+            "min_peg_xy_mm": round(1000 * float(off[above].min()), 1) if above.any() else None,
+            "final_peg_xy_mm": round(1000 * float(off[-1]), 1),
+            "final_z_mm": round(1000 * float(nut[-1, 2] - nut[0, 2]), 1)}
+
+
 def check_experts(task_names, domains, episodes: int, first_seed: int = 0) -> list:
     """Expert success over `episodes` seeded episodes per task x domain, and where its grasps close
     (grasp_close, mean over the episodes)."""

@@ -147,6 +147,17 @@ def test_grasp_close_reads_where_the_first_close_command_came():
     assert tasks.grasp_close("NutAssembly", ep) == {}                   # never closes
 
 
+def test_nut_path_tells_a_slip_from_a_missed_peg():
+    peg = np.tile([0.1, 0.1, 0.82], (4, 1))
+    lifted_off_axis = np.array([[0.0, 0.0, 0.80], [0.05, 0.05, 0.95], [0.11, 0.1, 0.97], [0.11, 0.1, 0.92]])
+    p = tasks.nut_path({"obs_nut_pos": lifted_off_axis, "obs_peg_pos": peg})
+    assert p["lift_mm"] == pytest.approx(170.0) and p["min_peg_xy_mm"] == pytest.approx(10.0)
+    assert p["final_peg_xy_mm"] == pytest.approx(10.0) and p["final_z_mm"] == pytest.approx(120.0)
+    slipped = np.array([[0.0, 0.0, 0.80], [0.0, 0.0, 0.81], [0.0, 0.0, 0.80], [0.0, 0.0, 0.80]])
+    p = tasks.nut_path({"obs_nut_pos": slipped, "obs_peg_pos": peg})
+    assert p["lift_mm"] == pytest.approx(10.0) and p["min_peg_xy_mm"] is None
+
+
 def test_joint_target_replay_succeeds(episode, envs):
     env = tasks.make_env(envs["source"].task, "source", control="joint")
     err = []
