@@ -98,7 +98,9 @@ class NutAssemblyExpert(WaypointExpert):
     peg before lowering (0 = the second expert: closed and lowered on arrival, at 3-4 mm/step)."""
     lift_wait = None
     grip_dz = 0.003   # the first expert: -0.005
-    dwell = 4         # the first two experts: 0
+    dwell = 4         # the first two experts: 0. Measured (RESULTS "A CPU recipe", item 8): its
+    #                   policy is weaker than the first expert's (0.595 vs 0.755); the hold over
+    #                   the peg is the likely cause (the policy stalls beside the peg)
 
     def __init__(self, env, seed, noise=0.02):
         super().__init__(env, seed, noise)
