@@ -141,7 +141,7 @@ class Worker:
         return {"key": job["key"], "digest": job["digest"], "seed": job["seed"], "success": bool(ep["success"]),
                 "length": int(ep["length"]), "reached": ep["reached"], "seconds": time.perf_counter() - t0,
                 "close": tasks.grasp_close(job["task"], ep),  # where the first close command came
-                "nut_path": tasks.nut_path(ep) if job["task"] == "NutAssembly" else None,
+                "nut_path": tasks.nut_path(ep),  # where the nut went (NutAssembly; {} otherwise)
                 "final_joint_pos": [round(float(q), 6) for q in env.observe()["robot0_joint_pos"]],
                 "chunk_ms": 1000 * float(np.mean(chunk)) if chunk else None}
 
@@ -242,6 +242,7 @@ def read_episodes(path: str) -> dict:
 
 
 def summarize(evals: list, done: dict, seeds: list, settings: dict) -> dict:
+    import tasks
     out = {"settings": settings, "evaluations": {}}
     for ev in evals:
         eps = [done[(ev["key"], s)] for s in seeds if (ev["key"], s) in done]
@@ -258,10 +259,9 @@ def summarize(evals: list, done: dict, seeds: list, settings: dict) -> dict:
             "reached": {s: float(np.mean([(e.get("reached") or {}).get(s) is not None for e in eps]))
                         for s in (eps[-1].get("reached") or {})} if eps else {},
             # where the first close command came (tasks.grasp_close), mean over successes / failures
-            "close": {outcome: {k: float(np.mean([e["close"][k] for e in grp])) for k in ("dz_mm", "dxy_mm", "speed_mm")}
-                      for outcome, grp in (("success", [e for e in eps if e["success"] and e.get("close")]),
-                                           ("failure", [e for e in eps if not e["success"] and e.get("close")]))
-                      if grp},
+            "close": {o: c for o, c in (("success", tasks.mean_close([e.get("close") for e in eps if e["success"]])),
+                                        ("failure", tasks.mean_close([e.get("close") for e in eps if not e["success"]])))
+                      if c},
             "episodes": [{x: e[x] for x in ("seed", "success", "length")} for e in eps]}
     return out
 

@@ -99,8 +99,7 @@ class NutAssemblyExpert(WaypointExpert):
     lift_wait = None
     grip_dz = 0.003   # the first expert: -0.005
     dwell = 4         # the first two experts: 0. Measured (RESULTS "A CPU recipe", item 8): its
-    #                   policy is weaker than the first expert's (0.595 vs 0.755); the hold over
-    #                   the peg is the likely cause (the policy stalls beside the peg)
+    #                   policy closes lower but is weaker than the first expert's (0.595 vs 0.755)
 
     def __init__(self, env, seed, noise=0.02):
         super().__init__(env, seed, noise)

@@ -540,7 +540,7 @@ def eef_pose(obs: dict) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# episodes: run the expert, record, replay joint targets
+# episodes: run the expert, record, replay joint targets; where a grasp closed and the nut went
 # ----------------------------------------------------------------------------------------------
 def run_episode(env: TaskEnv, seed: int, make_agent, record: bool = True, settle: int = None) -> dict:
     """One episode from the initial state of `seed`, driven by `make_agent(env, seed)` (an object
@@ -605,15 +605,12 @@ def replay_joint_actions(env: TaskEnv, states0, joint_actions, tracking_errors: 
     return ok
 
 
-# ----------------------------------------------------------------------------------------------
-# command line: check the experts, save one frame per task x domain
-# ----------------------------------------------------------------------------------------------
 GRASP_POINT = {"NutAssembly": "handle_pos"}  # the observation the hand should close on
 
 
 def grasp_close(task: str, ep: dict) -> dict:
     """Where an episode's first close command came, from its recorded steps (run_episode with
-    record=True, or a demo's obs/ and joint_actions): the step, the hand's height above the task's
+    record=True): the step, the hand's height above the task's
     grasp point and its horizontal offset (mm), and its fastest speed over the 4 steps before
     (mm/step). {} for a task without a grasp point or an episode that never closes."""
     key = GRASP_POINT.get(task)
@@ -628,11 +625,20 @@ def grasp_close(task: str, ep: dict) -> dict:
             "speed_mm": round(1000 * float(speed.max()), 2) if len(speed) else 0.0}
 
 
+def mean_close(closes: list) -> dict:
+    """Mean of grasp_close results over episodes ({} entries skipped; {} if none)."""
+    closes = [c for c in closes if c]
+    return {k: float(np.mean([c[k] for c in closes])) for k in ("dz_mm", "dxy_mm", "speed_mm")} if closes else {}
+
+
 def nut_path(ep: dict) -> dict:
     """Where a NutAssembly episode's nut went, from its recorded steps: the highest it was lifted
     (mm above its start), its closest approach to the peg's axis while above the peg's top (mm;
     None if never that high), and where it ended (mm off the axis, mm above its start). Tells a
-    slip (never lifted) from a missed insertion (lifted, off the axis) after the grasp."""
+    slip (never lifted) from a missed insertion (lifted, off the axis) after the grasp. {} for an
+    episode without a nut and a peg (the other tasks)."""
+    if "obs_nut_pos" not in ep or "obs_peg_pos" not in ep:
+        return {}
     nut, peg = np.asarray(ep["obs_nut_pos"]), np.asarray(ep["obs_peg_pos"])
     off = np.linalg.norm(nut[:, :2] - peg[:, :2], axis=1)
     above = nut[:, 2] > peg[:, 2] + 0.1           # peg half-height 0.1 m: above its top
@@ -642,6 +648,9 @@ def nut_path(ep: dict) -> dict:
             "final_z_mm": round(1000 * float(nut[-1, 2] - nut[0, 2]), 1)}
 
 
+# ----------------------------------------------------------------------------------------------
+# command line: check the experts, save one frame per task x domain
+# ----------------------------------------------------------------------------------------------
 def check_experts(task_names, domains, episodes: int, first_seed: int = 0) -> list:
     """Expert success over `episodes` seeded episodes per task x domain, and where its grasps close
     (grasp_close, mean over the episodes)."""
@@ -657,13 +666,11 @@ def check_experts(task_names, domains, episodes: int, first_seed: int = 0) -> li
                 results.append({"success": r["success"], "seed": s, "length": r["length"],
                                 "close": grasp_close(task, r)})
             ok = [r["success"] for r in results]
-            close = [r["close"] for r in results if r["close"]]
             rows.append({"task": task, "domain": domain, "episodes": episodes, "success": float(np.mean(ok)),
                          "failed_seeds": [r["seed"] for r in results if not r["success"]],
                          "mean_length": float(np.mean([r["length"] for r in results])),
                          "mean_length_success": float(np.mean([r["length"] for r in results if r["success"]] or [np.nan])),
-                         "close": {k: float(np.mean([c[k] for c in close])) for k in ("dz_mm", "dxy_mm", "speed_mm")}
-                         if close else {},
+                         "close": mean_close([r["close"] for r in results]),
                          "seconds": time.time() - t0})
     return rows
 

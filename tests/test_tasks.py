@@ -145,6 +145,8 @@ def test_grasp_close_reads_where_the_first_close_command_came():
     assert tasks.grasp_close("MugHang", ep) == {}                       # no grasp point defined
     ep["joint_actions"][:, -1] = -1
     assert tasks.grasp_close("NutAssembly", ep) == {}                   # never closes
+    assert tasks.mean_close([c, {}, {**c, "dz_mm": 20.0}])["dz_mm"] == pytest.approx(15.0)
+    assert tasks.mean_close([{}]) == {}
 
 
 def test_nut_path_tells_a_slip_from_a_missed_peg():
@@ -156,6 +158,7 @@ def test_nut_path_tells_a_slip_from_a_missed_peg():
     slipped = np.array([[0.0, 0.0, 0.80], [0.0, 0.0, 0.81], [0.0, 0.0, 0.80], [0.0, 0.0, 0.80]])
     p = tasks.nut_path({"obs_nut_pos": slipped, "obs_peg_pos": peg})
     assert p["lift_mm"] == pytest.approx(10.0) and p["min_peg_xy_mm"] is None
+    assert tasks.nut_path({"obs_robot0_eef_pos": slipped}) == {}       # a task without nut and peg
 
 
 def test_joint_target_replay_succeeds(episode, envs):
