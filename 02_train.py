@@ -73,7 +73,8 @@ class Args:
     max_demos: int = arg(0, "use only the first K demos of each file (0 = all)")
     action_space: str = arg("abs", "abs: absolute joint targets + gripper (App. C); rel: joint targets "
                                    "minus the current joint positions (gripper absolute), added back at "
-                                   "execution")
+                                   "execution; osc: the expert's OSC_POSE delta commands (7-D), executed "
+                                   "by robosuite's OSC controller")
     # method hyperparameters (Sec. 5.1, App. C)
     disc_weight: float = arg(0.05, "ADDA/CFG-ADDA discriminator loss weight alpha (App. D.6 sweep: 0, 0.05, 0.5)")
     disc_warmup: int = arg(5000, "steps the discriminator trains alone (detached features) before "
@@ -176,8 +177,8 @@ def check_args(a: Args):
         raise UsageError(f"--cfg-drop-prob must be in [0, 1], got {a.cfg_drop_prob}")
     if a.guidance and a.method not in LABEL_METHODS:
         raise UsageError(f"--guidance needs a domain label (methods cfg, cfg_adda), not {a.method}")
-    if a.action_space not in ("abs", "rel"):
-        raise UsageError(f"--action-space must be abs or rel, got {a.action_space!r}")
+    if a.action_space not in common.ACTION_SPACES:
+        raise UsageError(f"--action-space must be one of {', '.join(common.ACTION_SPACES)}, got {a.action_space!r}")
     if a.resume and a.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
 
@@ -207,7 +208,7 @@ def load_data(a: Args):
     sets = []
     for p in (tgt_path, src_path):
         sets.append(common.load_demos(p, lowdim_keys + image_keys, a.n_obs, a.horizon,
-                                      max_demos=a.max_demos))
+                                      action_key=common.ACTION_SPACES[a.action_space][0], max_demos=a.max_demos))
     target, source = sets
     for k in lowdim_keys + image_keys:
         if target.obs[k].shape[1:] != source.obs[k].shape[1:]:
@@ -393,7 +394,7 @@ def train(a: Args):
     # --- model, EMA, optimizer -------------------------------------------------------------
     common.seed_everything(a.seed + rank, deterministic=device.type == "cpu")
     policy = diffusion_policy.DiffusionPolicy(mcfg)
-    acts = [target.actions, source.actions] if a.action_space == "abs" else \
+    acts = [target.actions, source.actions] if a.action_space != "rel" else \
         [common.relative_chunks(ds).reshape(-1, target.actions.shape[1]) for ds in (target, source)]
     policy.normalizer.fit({**{k: np.concatenate([target.obs[k], source.obs[k]]) for k in lowdim_keys},
                            "actions": np.concatenate(acts)})

@@ -107,11 +107,11 @@ class Worker:
             self.policies[ckpt] = diffusion_policy.load_policy(ckpt)[0]
         return self.policies[ckpt]
 
-    def env(self, task, domain, cameras, filmed, max_steps):
+    def env(self, task, domain, cameras, filmed, max_steps, control="joint"):
         import tasks
-        key = (task, domain, cameras, filmed)
+        key = (task, domain, cameras, filmed, control)
         if key not in self.envs:
-            self.envs[key] = tasks.make_env(task, domain, control="joint", cameras=cameras, offscreen=filmed)
+            self.envs[key] = tasks.make_env(task, domain, control=control, cameras=cameras, offscreen=filmed)
         env = self.envs[key]
         env.horizon = min(type(env).horizon, max_steps) if max_steps else type(env).horizon
         return env
@@ -121,7 +121,7 @@ class Worker:
         policy = self.policy(job["ckpt"])
         cams = tuple(k[:-len(common.IMAGE_SUFFIX)] for k in policy.cfg["image_keys"])
         filmed = bool(job["video_path"])
-        env = self.env(job["task"], job["domain"], cams, filmed, job["max_steps"])
+        env = self.env(job["task"], job["domain"], cams, filmed, job["max_steps"], job["control"])
         frames, agents = [], []
 
         def make_agent(e, seed):
@@ -221,11 +221,20 @@ def plan(a: Args) -> list:
             evals.append({"key": f"{os.path.abspath(ckpt)}|{domain}|guidance={g}{tag}", "ckpt": os.path.abspath(ckpt),
                           "step": step, "digest": digest, "task": task, "domain": domain, "guidance": g,
                           "label": label,
+                          # the controller that executes its actions: joint targets or OSC commands
+                          "control": common.ACTION_SPACES[cfg["model"].get("action_space", "abs")][1],
                           "sample_steps": steps, "sampler": a.sampler, "n_action": n_action,
                           "as_trained": not tag,  # the run's own number (04_analyze reads only these)
                           "run": {k: cfg["args"][k] for k in ("task", "target_domain", "method", "arch", "seed")},
                           "mixing_ratio": cfg["mixing_ratio"]})
     return evals
+
+
+def make_job(ev: dict, seed: int, video_path: str = "", video_size: int = 256, max_steps: int = 0) -> dict:
+    """One episode of evaluation `ev` (a `plan` entry): what Worker.episode needs."""
+    return {**{k: ev[k] for k in ("key", "digest", "ckpt", "task", "domain", "guidance", "label", "control",
+                                  "sample_steps", "sampler", "n_action")},
+            "seed": seed, "video_path": video_path, "video_size": video_size, "max_steps": max_steps}
 
 
 def read_episodes(path: str) -> dict:
@@ -250,7 +259,7 @@ def summarize(evals: list, done: dict, seeds: list, settings: dict) -> dict:
         lo, hi = wilson_interval(k, n)
         chunk = [e["chunk_ms"] for e in eps if e.get("chunk_ms") is not None]
         out["evaluations"][ev["key"]] = {
-            **{x: ev[x] for x in ("ckpt", "step", "digest", "task", "domain", "guidance", "label", "sample_steps",
+            **{x: ev[x] for x in ("ckpt", "step", "digest", "task", "domain", "guidance", "label", "control", "sample_steps",
                                   "sampler", "n_action", "as_trained", "run", "mixing_ratio")},
             "trials": n, "successes": k, "success_rate": k / n if n else None, "wilson95": [lo, hi],
             "mean_length": float(np.mean([e["length"] for e in eps])) if eps else None,
@@ -302,10 +311,7 @@ def evaluate(a: Args) -> str:
                 os.makedirs(os.path.join(out, "videos"), exist_ok=True)
                 tag = f"{os.path.basename(os.path.dirname(ev['ckpt']))}_{ev['domain']}_g{ev['guidance']}"
                 video = os.path.join(out, "videos", f"{tag}_seed{s}.mp4")
-            jobs.append({**{k: ev[k] for k in ("key", "digest", "ckpt", "task", "domain", "guidance",
-                                               "label", "sample_steps", "sampler", "n_action")},
-                         "seed": s, "video_path": video, "video_size": a.video_size,
-                         "max_steps": a.max_steps})
+            jobs.append(make_job(ev, s, video, a.video_size, a.max_steps))
     print(f"{len(evals)} evaluation(s) x {len(seeds)} episodes: {len(jobs)} to run, "
           f"{len(evals) * len(seeds) - len(jobs)} done before -> {out}")
     run_jobs(jobs, a.workers, ep_path, done)

@@ -511,6 +511,9 @@ def setup(a: Args):
     """Load and check everything before the robot is touched: policy, robot, keys, output."""
     check_args(a)
     policy, cfg, step = diffusion_policy.load_policy(a.ckpt)
+    if common.ACTION_SPACES[cfg["model"].get("action_space", "abs")][1] != "joint":
+        raise UsageError(f"{a.ckpt} predicts OSC commands (--action-space osc); the robots here take "
+                         f"joint targets (App. C): deploy a policy trained with --action-space abs or rel")
     labelled = cfg["model"]["use_label"]
     if a.guidance and not labelled:
         raise UsageError(f"--guidance needs a checkpoint trained with a domain label (cfg, cfg_adda); "

@@ -385,6 +385,10 @@ TARGET, SOURCE, NULL_LABEL = 0, 1, -1  # domain labels; NULL_LABEL = CFG's dropp
 NUM_DOMAINS = 2
 IMAGE_SUFFIX = "_image"
 PROPRIO_KEYS = ["robot0_joint_pos", "robot0_gripper_qpos"]  # App. C: joint + gripper positions
+# A policy's action space -> (stored action key, robosuite controller that executes it).
+# abs / rel: joint targets (App. C; rel predicts them minus the current joint positions);
+# osc: the OSC_POSE delta commands the expert / MimicGen sent (robomimic's low-dim action space).
+ACTION_SPACES = {"abs": ("joint_actions", "joint"), "rel": ("joint_actions", "joint"), "osc": ("actions", "osc")}
 
 
 @dataclass

@@ -97,6 +97,7 @@ class NutAssemblyExpert(WaypointExpert):
     holds still, hand open, at the grip height before closing, and with the nut centred over the
     peg before lowering (0 = the second expert: closed and lowered on arrival, at 3-4 mm/step)."""
     lift_wait = None
+    carry = "closest"  # the handle's direction while carrying: closest of -x, +y, -y; "y": +y or -y
     grip_dz = 0.003   # the first expert: -0.005
     dwell = 4         # the first two experts: 0. Measured (RESULTS "A CPU recipe", item 8): its
     #                   policy closes lower but is weaker than the first expert's (0.595 vs 0.755)
@@ -161,8 +162,13 @@ class NutAssemblyExpert(WaypointExpert):
                 # (-x, +y or -y, whichever is closest): with the handle toward +x the hand would
                 # have to reach 5.4 cm past the peg, at the edge of the Panda's workspace. The
                 # peg's half-diagonal (2.26 cm) fits the nut's hole (2.28 cm) at any yaw.
+                # carry = "y": +y or -y only; the two choices differ by a half turn, so a policy
+                # that skips or averages them where they tie still leaves the square aligned
+                # (RESULTS "A CPU recipe", item 10: near the default rule's 90-deg jump the third
+                # expert's policy skipped the turn and left the nut 29-42 deg off the peg's square)
                 psi = _yaw_of(obs["nut_quat"])
-                turns = [_wrap(g - psi) for g in (np.pi, np.pi / 2, -np.pi / 2)]
+                dirs = (np.pi / 2, -np.pi / 2) if self.carry == "y" else (np.pi, np.pi / 2, -np.pi / 2)
+                turns = [_wrap(g - psi) for g in dirs]
                 self.carry_yaw = self.yaw + min(turns, key=abs)
                 self.phase = "lift"
         elif self.phase == "lift":

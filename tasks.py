@@ -634,18 +634,29 @@ def mean_close(closes: list) -> dict:
 def nut_path(ep: dict) -> dict:
     """Where a NutAssembly episode's nut went, from its recorded steps: the highest it was lifted
     (mm above its start), its closest approach to the peg's axis while above the peg's top (mm;
-    None if never that high), and where it ended (mm off the axis, mm above its start). Tells a
-    slip (never lifted) from a missed insertion (lifted, off the axis) after the grasp. {} for an
-    episode without a nut and a peg (the other tasks)."""
+    None if never that high), and where it ended (mm off the axis, mm above its start); with the
+    nut's orientation recorded, also its yaw off the peg's square and its tilt at that closest
+    approach. Tells a slip (never lifted) from a missed insertion (lifted, off the axis or turned)
+    after the grasp. {} for an episode without a nut and a peg (the other tasks)."""
     if "obs_nut_pos" not in ep or "obs_peg_pos" not in ep:
         return {}
     nut, peg = np.asarray(ep["obs_nut_pos"]), np.asarray(ep["obs_peg_pos"])
     off = np.linalg.norm(nut[:, :2] - peg[:, :2], axis=1)
     above = nut[:, 2] > peg[:, 2] + 0.1           # peg half-height 0.1 m: above its top
-    return {"lift_mm": round(1000 * float(nut[:, 2].max() - nut[0, 2]), 1),
-            "min_peg_xy_mm": round(1000 * float(off[above].min()), 1) if above.any() else None,
-            "final_peg_xy_mm": round(1000 * float(off[-1]), 1),
-            "final_z_mm": round(1000 * float(nut[-1, 2] - nut[0, 2]), 1)}
+    out = {"lift_mm": round(1000 * float(nut[:, 2].max() - nut[0, 2]), 1),
+           "min_peg_xy_mm": round(1000 * float(off[above].min()), 1) if above.any() else None,
+           "final_peg_xy_mm": round(1000 * float(off[-1]), 1),
+           "final_z_mm": round(1000 * float(nut[-1, 2] - nut[0, 2]), 1)}
+    if "obs_nut_quat" in ep and above.any():
+        # at the closest approach above the top: the square hole's yaw off the (axis-aligned,
+        # square) peg's, folded to [-45, 45] deg (0 = aligned: 6.8 mm clearance; 45: 0.2 mm), and
+        # the nut's tilt from level
+        i = int(np.flatnonzero(above)[np.argmin(off[above])])
+        w, x, y, z = np.asarray(ep["obs_nut_quat"])[i]
+        yaw = np.degrees(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
+        out["yaw_off_deg"] = round(float((yaw + 45) % 90 - 45), 1)
+        out["tilt_deg"] = round(float(np.degrees(np.arccos(np.clip(1 - 2 * (x * x + y * y), -1, 1)))), 1)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -726,6 +737,9 @@ def main(argv=None):
     p.add_argument("--nut-dwell", type=int, default=None,
                    help="experts/replay: steps the NutAssembly expert holds still before closing and "
                         "before lowering (default 4; the first two experts: 0)")
+    p.add_argument("--nut-carry", default=None, choices=["closest", "y"],
+                   help="experts/replay: where the NutAssembly expert turns the handle while carrying: "
+                        "the closest of -x, +y, -y (default) or +y / -y only")
     a = p.parse_args(argv)
     task_names, domains = a.tasks.split(","), a.domains.split(",")
     try:
@@ -746,6 +760,8 @@ def main(argv=None):
         experts.NutAssemblyExpert.grip_dz = a.nut_grip_dz
     if a.nut_dwell is not None:
         experts.NutAssemblyExpert.dwell = a.nut_dwell
+    if a.nut_carry is not None:
+        experts.NutAssemblyExpert.carry = a.nut_carry
     if a.command == "frames":
         save_frames(task_names, a.out or "results/tasks")
         return

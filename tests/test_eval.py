@@ -173,9 +173,7 @@ def test_label_reaches_the_policy(ckpts, monkeypatch):
         (e,) = ev.plan(ev.Args(ckpt=[ckpts["cfg"]], domain=domain, label=label))
         assert e["label"] == {common.SOURCE: "source", common.TARGET: "target"}[want]
         seen.clear()
-        worker.episode({**{k: e[k] for k in ("key", "digest", "ckpt", "task", "domain", "guidance",
-                                              "label", "sample_steps", "sampler", "n_action")},
-                        "seed": 5, "video_path": "", "video_size": 64, "max_steps": 9})
+        worker.episode(ev.make_job(e, 5, max_steps=9))
         assert seen and set(seen) == {want}
     # on the command line: both labels in one folder, their episodes kept apart
     tmp = os.path.join(os.path.dirname(ckpts["cfg"]), "lab")
@@ -209,9 +207,7 @@ def test_n_action_sets_how_often_the_policy_replans(ckpts, monkeypatch, tmp_path
         trained = trained or e["n_action"]
         assert e["n_action"] == (n_action or trained) and ("n_action=" in e["key"]) == (n_action > 0)
         calls.clear()
-        r = worker.episode({**{k: e[k] for k in ("key", "digest", "ckpt", "task", "domain", "guidance",
-                                                  "label", "sample_steps", "sampler", "n_action")},
-                            "seed": 5, "video_path": "", "video_size": 64, "max_steps": 9})
+        r = worker.episode(ev.make_job(e, 5, max_steps=9))
         assert len(calls) == want, (n_action, len(calls))
         assert set(r["reached"]) == {"grasp", "insert"}  # NutAssembly's subtasks, each a step or None
     r = evaluate(ckpts["cotrain"], tmp_path / "n", "--trials", "1", "--n-action", "2")
@@ -220,6 +216,42 @@ def test_n_action_sets_how_often_the_policy_replans(ckpts, monkeypatch, tmp_path
     assert res["n_action"] == 2 and not res["as_trained"] and set(res["reached"]) == {"grasp", "insert"}
     r = evaluate(ckpts["cotrain"], tmp_path / "m", "--n-action", "99")
     assert r.returncode == 2 and "--n-action" in r.stderr and not os.path.exists(tmp_path / "m")
+
+
+def test_osc_action_space_trains_on_the_osc_commands_and_runs_with_the_osc_controller(tmp_path):
+    """--action-space osc: the policy learns the stored OSC_POSE commands (`actions`, 7-D), not the
+    joint targets, and 03_eval.py executes its chunks with robosuite's OSC controller (a joint
+    controller would refuse 7-D actions); 05_real_deploy.py refuses it (its robots take joints)."""
+    import h5py
+    import numpy as np
+    paths = []
+    for name, seed, domain in (("t", 0, "target"), ("s", 1, "source")):
+        p = make_fake_dataset(tmp_path / f"{name}.hdf5", 2, 16, seed=seed, home=True, domain=domain,
+                              lowdim={"robot0_joint_pos": 7, "robot0_gripper_qpos": 2, "robot0_eef_pos": 3,
+                                      "robot0_eef_quat": 4, "nut_pos": 3, "nut_quat": 4, "peg_pos": 3})
+        with h5py.File(p, "r+") as f:  # small OSC commands: +-0.2 of the 5 cm / 0.5 rad range
+            for d in f["data"].values():
+                d["actions"][...] = np.random.default_rng(seed).uniform(-0.2, 0.2, d["actions"].shape)
+        paths.append(p)
+    r = run_stage("02_train.py", "--profile", "smoke", "--target-data", paths[0], "--source-data", paths[1],
+                  "--method", "real_only", "--obs-set", "rel", "--action-space", "osc", "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    ckpt = str(tmp_path / "run" / "ckpt.pt")
+    import torch
+    from diffusion_policy import load_policy
+    policy = load_policy(ckpt)[0]
+    assert policy.cfg["action_dim"] == 7 and policy.cfg["action_space"] == "osc"
+    span = policy.normalizer.inverse("actions", torch.tensor([[-1.0] * 7, [1.0] * 7]))  # fitted on `actions`
+    assert span.abs().max() <= 0.2 + 1e-5 and (span[1] - span[0]).min() > 0.3
+    ev = evaluate(ckpt, tmp_path / "eval", "--trials", "1", "--max-steps", "12")
+    assert ev.returncode == 0, ev.stderr
+    (res,) = results(tmp_path / "eval").values()
+    assert res["control"] == "osc" and res["trials"] == 1
+    (e,) = episodes(tmp_path / "eval")
+    assert e["length"] == 12
+    dep = run_stage("05_real_deploy.py", "--profile", "smoke", "--ckpt", ckpt, "--robot", "sim",
+                    "--episodes", "1", "--max-steps", "12", "--out", str(tmp_path / "dep"))
+    assert dep.returncode == 2 and "--action-space osc" in dep.stderr and not os.path.exists(tmp_path / "dep")
 
 
 def test_derived_observations_and_relative_actions_run_closed_loop(tmp_path):

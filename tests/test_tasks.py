@@ -133,6 +133,23 @@ def test_nut_expert_holds_still_before_closing(episode, envs):
     assert r.returncode == 2 and "--nut-dwell must be >= 0" in r.stderr
 
 
+def test_nut_expert_carry_rule(monkeypatch):
+    """--nut-carry y: the expert carries the nut with its handle to +y or -y, never -x (the default
+    rule's closest direction for a nut whose handle starts near -x, seed 5: yaw -174.5 deg), and
+    still inserts it aligned with the square peg."""
+    import experts
+    monkeypatch.setattr(experts.NutAssemblyExpert, "carry", "y")
+    env = tasks.make_env("NutAssembly", "source")
+    ep = tasks.run_expert_episode(env, 5)
+    assert ep["success"]
+    w, x, y, z = ep["obs_nut_quat"][-1]
+    yaw = np.degrees(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
+    assert abs(abs(yaw) - 90) < 10, yaw
+    assert abs(tasks.nut_path(ep)["yaw_off_deg"]) < 5
+    r = run_stage("tasks.py", "experts", "--tasks", "NutAssembly", "--nut-carry", "x", "--episodes", "1")
+    assert r.returncode == 2 and "--nut-carry" in r.stderr
+
+
 def test_grasp_close_reads_where_the_first_close_command_came():
     T = 8
     eef = np.zeros((T, 3)); eef[:, 2] = 0.05 - 0.004 * np.arange(T)   # descending 4 mm/step
@@ -159,6 +176,14 @@ def test_nut_path_tells_a_slip_from_a_missed_peg():
     p = tasks.nut_path({"obs_nut_pos": slipped, "obs_peg_pos": peg})
     assert p["lift_mm"] == pytest.approx(10.0) and p["min_peg_xy_mm"] is None
     assert tasks.nut_path({"obs_robot0_eef_pos": slipped}) == {}       # a task without nut and peg
+    # the hole's yaw off the square peg's, folded to [-45, 45] deg, at the closest approach (step 2)
+    yaws = np.radians([0.0, 30.0, 100.0, 100.0])
+    quat = np.c_[np.cos(yaws / 2), np.zeros((4, 2)), np.sin(yaws / 2)]  # wxyz, level
+    p = tasks.nut_path({"obs_nut_pos": lifted_off_axis, "obs_peg_pos": peg, "obs_nut_quat": quat})
+    assert p["yaw_off_deg"] == pytest.approx(10.0) and p["tilt_deg"] == pytest.approx(0.0, abs=1e-6)
+    tilted = np.tile([np.cos(np.radians(5)), np.sin(np.radians(5)), 0, 0], (4, 1))  # 10 deg about x
+    p = tasks.nut_path({"obs_nut_pos": lifted_off_axis, "obs_peg_pos": peg, "obs_nut_quat": tilted})
+    assert p["tilt_deg"] == pytest.approx(10.0) and p["yaw_off_deg"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_joint_target_replay_succeeds(episode, envs):
