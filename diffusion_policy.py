@@ -302,9 +302,10 @@ class DiffusionPolicy(nn.Module):
 
     def action_origin(self, obs: dict):
         """What the denoised chunk is measured from: None for absolute joint targets (App. C,
-        action_space "abs") and OSC commands ("osc"); for "rel", the current joint positions (last history step) on the
-        joint dims and 0 on the gripper, so the policy predicts joint targets minus where the arm
-        is now (finer steps after min/max normalization) and adds them back at execution."""
+        action_space "abs") and OSC commands ("osc"); for "rel", the current joint positions (last
+        history step) on the joint dims and 0 on the gripper, so the policy predicts joint targets
+        minus where the arm is now (finer steps after min/max normalization) and adds them back at
+        execution."""
         if self.cfg.get("action_space", "abs") != "rel":
             return None
         q = obs["robot0_joint_pos"][:, -1].float()
