@@ -63,6 +63,8 @@ class Args:
     images: bool = arg(False, "also record camera images")
     cameras: list = arg(["agentview", "robot0_eye_in_hand"], "cameras for --images (paper App. C: 2)")
     image_size: int = arg(84, "image height = width (paper App. C: 84)")
+    nut_expert: str = arg("first", "expert: which NutAssembly expert (experts.NUT_EXPERTS); the first's data "
+                                    "trains the strongest policies (RESULTS 'A CPU recipe', item 8)")
     selection: str = arg("nearest", "generate: seed demo choice, nearest (initial object poses) | random")
     nn_k: int = arg(3, "generate: pick uniformly among the k nearest seed demos")
     per_subtask: bool = arg(False, "generate: choose a seed demo per subtask (MimicGen default: one per episode)")
@@ -250,8 +252,10 @@ _W = {}  # the worker's env and seed demos, built once per process
 
 
 def _init_worker(a: Args):
+    from experts import use_nut_expert
     from tasks import make_env
     _W.clear()
+    use_nut_expert(a.nut_expert)
     cams = a.cameras if a.images else ()
     _W["args"] = a
     _W["env"] = make_env(a.task, a.domain, cameras=cams, image_size=a.image_size)
@@ -443,6 +447,8 @@ def env_args(a: Args) -> dict:
 def job_config(a: Args) -> dict:
     """What determines the output; a resumed run must match it."""
     keys = ["mode", "task", "domain", "num_demos", "first_seed", "images", "cameras", "image_size"]
+    if a.mode == "expert" and a.task == "NutAssembly":
+        keys += ["nut_expert"]
     if a.mode == "generate":
         keys += ["seed_data", "selection", "nn_k", "per_subtask", "action_noise", "interp_speed", "term_offset"]
     if a.mode == "import":
@@ -711,6 +717,9 @@ def check_args(a: Args):
     for name in ("num_demos", "workers", "image_size", "nn_k", "interp_speed", "set_seeds", "set_source", "set_target"):
         if getattr(a, name) <= 0:
             raise common.UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
+    from experts import NUT_EXPERTS
+    if a.nut_expert not in NUT_EXPERTS:
+        raise common.UsageError(f"unknown --nut-expert {a.nut_expert!r}; choose from {', '.join(NUT_EXPERTS)}")
     if a.selection not in ("nearest", "random"):
         raise common.UsageError(f"unknown --selection {a.selection!r}; choose nearest or random")
     if len(a.term_offset) != 2 or not 0 <= a.term_offset[0] <= a.term_offset[1]:

@@ -728,18 +728,21 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="experts/replay: JSON file; frames: folder (default results/tasks)")
     p.add_argument("--joint-kp", type=float, default=JOINT_KP, help="stiffness of the joint-position controller")
     p.add_argument("--first-seed", type=int, default=0, help="experts/replay: the first episode seed")
+    p.add_argument("--nut-expert", default="first", choices=["first", "second", "third"],
+                   help="experts/replay: which NutAssembly expert (experts.NUT_EXPERTS; the flags "
+                        "below change one of its settings)")
     p.add_argument("--nut-lift-wait", type=int, default=None,
                    help="experts/replay: the NutAssembly expert lifts this many steps after its close "
-                        "command (the first expert: 10) instead of once the fingers are seen closed")
+                        "command (the first expert: 10); 0 = once the fingers are seen closed")
     p.add_argument("--nut-grip-dz", type=float, default=None,
                    help="experts/replay: the NutAssembly expert's grip height above the handle's centre, "
-                        "m (default 0.003; the first expert: -0.005)")
+                        "m (the first expert: -0.005; the others: 0.003)")
     p.add_argument("--nut-dwell", type=int, default=None,
                    help="experts/replay: steps the NutAssembly expert holds still before closing and "
-                        "before lowering (default 4; the first two experts: 0)")
+                        "before lowering (the third expert: 4; the others: 0)")
     p.add_argument("--nut-carry", default=None, choices=["closest", "y"],
                    help="experts/replay: where the NutAssembly expert turns the handle while carrying: "
-                        "the closest of -x, +y, -y (default) or +y / -y only")
+                        "the closest of -x, +y, -y (every expert) or +y / -y only")
     a = p.parse_args(argv)
     task_names, domains = a.tasks.split(","), a.domains.split(",")
     try:
@@ -750,12 +753,14 @@ def main(argv=None):
         common.die(str(e))
     if a.episodes <= 0:
         common.die(f"--episodes must be positive, got {a.episodes}")
-    if a.nut_lift_wait is not None and a.nut_lift_wait <= 0:
-        common.die(f"--nut-lift-wait must be positive, got {a.nut_lift_wait}")
+    if a.nut_lift_wait is not None and a.nut_lift_wait < 0:
+        common.die(f"--nut-lift-wait must be >= 0, got {a.nut_lift_wait}")
     if a.nut_dwell is not None and a.nut_dwell < 0:
         common.die(f"--nut-dwell must be >= 0, got {a.nut_dwell}")
     import experts
-    experts.NutAssemblyExpert.lift_wait = a.nut_lift_wait
+    experts.use_nut_expert(a.nut_expert)
+    if a.nut_lift_wait is not None:
+        experts.NutAssemblyExpert.lift_wait = a.nut_lift_wait or None
     if a.nut_grip_dz is not None:
         experts.NutAssemblyExpert.grip_dz = a.nut_grip_dz
     if a.nut_dwell is not None:

@@ -33,8 +33,10 @@ def test_cli_bad_names_exit_2():
     assert r.returncode == 2 and "unknown task" in r.stderr
     r = run_stage("tasks.py", "experts", "--domains", "source,nowhere", "--episodes", "1")
     assert r.returncode == 2 and "unknown domain" in r.stderr
-    r = run_stage("tasks.py", "experts", "--tasks", TASK, "--nut-lift-wait", "0", "--episodes", "1")
-    assert r.returncode == 2 and "--nut-lift-wait must be positive" in r.stderr
+    r = run_stage("tasks.py", "experts", "--tasks", TASK, "--nut-lift-wait", "-1", "--episodes", "1")
+    assert r.returncode == 2 and "--nut-lift-wait must be >= 0" in r.stderr
+    r = run_stage("tasks.py", "experts", "--tasks", TASK, "--nut-expert", "fourth", "--episodes", "1")
+    assert r.returncode == 2 and "--nut-expert" in r.stderr
 
 
 def test_reset_is_deterministic_and_not_yet_successful(envs):
@@ -101,27 +103,60 @@ def test_expert_episode_succeeds_and_records(episode, envs):
     assert firsts == sorted(firsts) and episode[f"signal_{names[-1]}"][-1]
 
 
-def test_expert_lifts_only_once_the_fingers_closed(episode, envs):
-    """A policy sees the fingers, so the expert may start lifting only when the fingers have closed
-    and stopped: otherwise its demos hold a lift time no observation gives (RESULTS.md "A CPU
-    recipe", item 7)."""
+def use_nut_expert(monkeypatch, name):
+    """experts.use_nut_expert for one test (monkeypatch restores the class defaults after it)."""
+    import experts
+    for k, v in experts.NUT_EXPERTS[name].items():
+        monkeypatch.setattr(experts.NutAssemblyExpert, k, v)
+
+
+def test_expert_lifts_only_once_the_fingers_closed(episode, envs, monkeypatch):
+    """A policy sees the fingers, so an expert should start lifting only when the fingers have
+    closed and stopped: otherwise its demos hold a lift time no observation gives (RESULTS.md "A CPU
+    recipe", item 7). Every task's default expert does, except NutAssembly's first (the default,
+    kept because its data trains the strongest policies; test below): for NutAssembly the second
+    and third experts are checked."""
     if envs["source"].subtasks[0][0] != "grasp":
         pytest.skip("the task does not start with a grasp")
-    i = int(np.argmax(episode["actions"][:, -1] > 0))        # first close command
-    q = episode["obs_robot0_gripper_qpos"][:, 0]              # one finger's opening
-    z = episode["obs_robot0_eef_pos"][:, 2]
-    lift = i + 1 + int(np.argmax(z[i + 1:] - z[i] > 0.001))  # first step 1 mm above the close point
-    assert q[i] - q[lift] > 0.005, "lifted before the fingers closed"
-    assert abs(q[lift] - q[lift - 1]) < 5e-4, "lifted while the fingers were still closing"
+    for name in ["second", "third"] if envs["source"].task == "NutAssembly" else [None]:
+        if name:
+            use_nut_expert(monkeypatch, name)
+            episode = tasks.run_expert_episode(envs["source"], seed=0)
+        i = int(np.argmax(episode["actions"][:, -1] > 0))        # first close command
+        q = episode["obs_robot0_gripper_qpos"][:, 0]              # one finger's opening
+        z = episode["obs_robot0_eef_pos"][:, 2]
+        lift = i + 1 + int(np.argmax(z[i + 1:] - z[i] > 0.001))  # first step 1 mm above the close point
+        assert q[i] - q[lift] > 0.005, f"{name}: lifted before the fingers closed"
+        assert abs(q[lift] - q[lift - 1]) < 5e-4, f"{name}: lifted while the fingers were still closing"
 
 
-def test_nut_expert_holds_still_before_closing(episode, envs):
-    """The NutAssembly expert stops at the grip height, hand open, for `dwell` steps before its close
-    command (under 1.5 mm/step): a policy then decides to close on a nearly still hand instead of
-    timing a discrete event on a hand moving 3-4 mm/step (RESULTS.md "A CPU recipe", item 8)."""
+def test_first_nut_expert_is_the_default_and_grips_low_with_a_fixed_wait(episode, envs):
+    """The first NutAssembly expert (the datasets' default): closes with the hand below the
+    handle's centre (grip_dz = -5 mm) and starts its lift on the 10th step after the close command,
+    whatever the fingers do (RESULTS.md "A CPU recipe", items 7-8)."""
     if envs["source"].task != "NutAssembly":
         pytest.skip("NutAssembly's expert")
     import experts
+    assert {k: getattr(experts.NutAssemblyExpert, k) for k in experts.NUT_EXPERTS["first"]} == experts.NUT_EXPERTS["first"]
+    i = int(np.argmax(episode["actions"][:, -1] > 0))                  # first close command
+    assert tasks.grasp_close("NutAssembly", episode)["dz_mm"] < 0       # below the handle's centre
+    up = episode["actions"][i:, 2] > 0.1                                # commanded upward (OSC dz)
+    assert int(np.argmax(up)) == 10
+    r = run_stage("01_generate_data.py", "--mode", "expert", "--task", "NutAssembly", "--nut-expert", "fourth",
+                  "--num-demos", "1", "--out", "never.hdf5")
+    assert r.returncode == 2 and "unknown --nut-expert" in r.stderr
+
+
+def test_nut_expert_holds_still_before_closing(envs, monkeypatch):
+    """The third NutAssembly expert stops at the grip height, hand open, for `dwell` steps before
+    its close command (under 1.5 mm/step): a policy then decides to close on a nearly still hand
+    instead of timing a discrete event on a hand moving 3-4 mm/step (RESULTS.md "A CPU recipe",
+    item 8)."""
+    if envs["source"].task != "NutAssembly":
+        pytest.skip("NutAssembly's expert")
+    import experts
+    use_nut_expert(monkeypatch, "third")
+    episode = tasks.run_expert_episode(envs["source"], seed=0)
     assert experts.NutAssemblyExpert.dwell >= 2
     i = int(np.argmax(episode["actions"][:, -1] > 0))                  # first close command
     eef = episode["obs_robot0_eef_pos"]
