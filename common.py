@@ -477,8 +477,9 @@ def lowdim_keys_of(path: str, obs_set: str = "world") -> list:
              world frame (orientations as stored quaternions): the original cpu set
       eef    world + the end-effector pose (robot0_eef_pos, robot0_eef_rot6d), every orientation
              as a continuous 6-D rotation instead of a quaternion
-      rel    proprioception + end-effector pose + every object position relative to the gripper
-             (<key>_rel) and orientations as 6-D rotations; no world-frame object position, so a
+      rel    proprioception + end-effector pose + every object position (<name>_pos) relative to
+             the gripper (<name>_pos_rel), orientations as 6-D rotations, other object keys (e.g.
+             MugCleanup's drawer_opening) as stored; no world-frame object position, so a
              fixed fixture (NutAssembly's peg) is no longer a constant per domain
     Keys are returned proprioception first, then sorted object keys."""
     if obs_set not in OBS_SETS:
@@ -489,8 +490,8 @@ def lowdim_keys_of(path: str, obs_set: str = "world") -> list:
     if obs_set == "world":
         return proprio + objs
     objs = [k[:-len("_quat")] + "_rot6d" if k.endswith("_quat") else k for k in objs]
-    if obs_set == "rel":
-        objs = [k if k.endswith("_rot6d") else k + "_rel" for k in objs]
+    if obs_set == "rel":  # positions only: a scalar such as MugCleanup's drawer_opening stays
+        objs = [k + "_rel" if k.endswith("_pos") else k for k in objs]
     return proprio + EEF_KEYS + objs
 
 

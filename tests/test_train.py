@@ -223,6 +223,18 @@ def test_obs_sets(eef_data, obs_set, keys):
     assert common.lowdim_keys_of(eef_data["target"], obs_set) == keys
 
 
+def test_rel_set_moves_positions_only(tmp_path):
+    """MugCleanup stores a scalar drawer_opening beside its positions: the rel set keeps it as it
+    is (subtracting the gripper's position from it would broadcast a scalar into 3 numbers)."""
+    path = make_fake_dataset(tmp_path / "mug.hdf5", 1, 6, seed=1, lowdim={
+        "robot0_joint_pos": 7, "robot0_gripper_qpos": 2, "robot0_eef_pos": 3, "robot0_eef_quat": 4,
+        "mug_pos": 3, "mug_quat": 4, "drawer_handle_pos": 3, "drawer_opening": 1})
+    keys = common.lowdim_keys_of(path, "rel")
+    assert keys[4:] == ["drawer_handle_pos_rel", "drawer_opening", "mug_pos_rel", "mug_rot6d"]
+    ds = common.load_demos(path, keys, 1, 4)
+    assert ds.obs["drawer_opening"].shape == (6, 1) and ds.obs["mug_rot6d"].shape == (6, 6)
+
+
 def test_derived_keys_are_the_same_in_training_and_in_the_loop(eef_data):
     """A derived key computed over a whole file (load_demos) equals the one PolicyAgent computes
     from a single step's stored observation."""
