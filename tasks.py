@@ -728,7 +728,8 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="experts/replay: JSON file; frames: folder (default results/tasks)")
     p.add_argument("--joint-kp", type=float, default=JOINT_KP, help="stiffness of the joint-position controller")
     p.add_argument("--first-seed", type=int, default=0, help="experts/replay: the first episode seed")
-    p.add_argument("--nut-expert", default="first", choices=["first", "second", "third"],
+    import experts
+    p.add_argument("--nut-expert", default="first", choices=list(experts.NUT_EXPERTS),
                    help="experts/replay: which NutAssembly expert (experts.NUT_EXPERTS; the flags "
                         "below change one of its settings)")
     p.add_argument("--nut-lift-wait", type=int, default=None,
@@ -757,7 +758,6 @@ def main(argv=None):
         common.die(f"--nut-lift-wait must be >= 0, got {a.nut_lift_wait}")
     if a.nut_dwell is not None and a.nut_dwell < 0:
         common.die(f"--nut-dwell must be >= 0, got {a.nut_dwell}")
-    import experts
     experts.use_nut_expert(a.nut_expert)
     if a.nut_lift_wait is not None:
         experts.NutAssemblyExpert.lift_wait = a.nut_lift_wait or None

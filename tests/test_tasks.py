@@ -1,5 +1,7 @@
 """tasks.py: task building, seeded resets, domain gaps read back from the model, the scripted
 expert, joint-target replay, cameras, bad names. Few steps, cameras only where tested."""
+import os
+
 import numpy as np
 import pytest
 
@@ -130,7 +132,7 @@ def test_expert_lifts_only_once_the_fingers_closed(episode, envs, monkeypatch):
         assert abs(q[lift] - q[lift - 1]) < 5e-4, f"{name}: lifted while the fingers were still closing"
 
 
-def test_first_nut_expert_is_the_default_and_grips_low_with_a_fixed_wait(episode, envs):
+def test_first_nut_expert_is_the_default_and_grips_low_with_a_fixed_wait(episode, envs, tmp_path):
     """The first NutAssembly expert (the datasets' default): closes with the hand below the
     handle's centre (grip_dz = -5 mm) and starts its lift on the 10th step after the close command,
     whatever the fingers do (RESULTS.md "A CPU recipe", items 7-8)."""
@@ -142,9 +144,11 @@ def test_first_nut_expert_is_the_default_and_grips_low_with_a_fixed_wait(episode
     assert tasks.grasp_close("NutAssembly", episode)["dz_mm"] < 0       # below the handle's centre
     up = episode["actions"][i:, 2] > 0.1                                # commanded upward (OSC dz)
     assert int(np.argmax(up)) == 10
+    out = tmp_path / "never.hdf5"
     r = run_stage("01_generate_data.py", "--mode", "expert", "--task", "NutAssembly", "--nut-expert", "fourth",
-                  "--num-demos", "1", "--out", "never.hdf5")
-    assert r.returncode == 2 and "unknown --nut-expert" in r.stderr
+                  "--num-demos", "1", "--out", str(out))
+    assert r.returncode == 2 and "unknown --nut-expert" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(out) and not os.path.exists(str(out) + ".parts")
 
 
 def test_nut_expert_holds_still_before_closing(envs, monkeypatch):
