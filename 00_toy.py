@@ -486,10 +486,11 @@ def main(argv=None):
     os.makedirs(os.path.join(a.out, "cells"), exist_ok=True)
     cfg_path = os.path.join(a.out, "config.json")
     if os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            old = json.load(f)
-        if old != json.loads(json.dumps(config)):
-            common.die(f"{a.out} holds a run with a different config; use another --out or delete it")
+        try:
+            common.check_same_settings(common.read_json(cfg_path), config, a.out,
+                                       hint="use another --out or delete it")
+        except common.UsageError as e:
+            common.die(str(e))
     else:
         common.write_json(cfg_path, config)
 

@@ -31,6 +31,10 @@ Output: one robomimic-format HDF5 per task x domain x set (data/<task>/<domain>/
 A run writes one small HDF5 per attempt into <out>.parts/ (atomically) and assembles the final
 file at the end (atomically): killed at any point and run again, it continues with the attempts not
 yet done, and the final file equals an uninterrupted run's, for any --workers.
+
+The file reads in the order of the method: arguments; MimicGen (seed demos -> segments -> a new
+demo); one attempt (expert or MimicGen episode); robomimic HDF5 writing and checks; then the
+machinery: the resumable job (parts, worker pool, assembly), replay verification, main.
 """
 import json
 import os
@@ -499,12 +503,11 @@ def run_job(a: Args, out: str, desc: str = ""):
     os.makedirs(parts, exist_ok=True)
     cfg_path = os.path.join(parts, "config.json")
     if os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            old = json.load(f)
-        if old != json.loads(json.dumps(cfg)):
-            diff = [k for k in cfg if old.get(k) != json.loads(json.dumps(cfg))[k]]
-            die(f"{parts} holds an interrupted run with different arguments ({', '.join(diff)}); "
-                f"rerun with those, or --overwrite")
+        try:
+            common.check_same_settings(common.read_json(cfg_path), cfg, f"{parts} (an interrupted run)",
+                                       hint="rerun with those, or --overwrite")
+        except common.UsageError as e:
+            die(str(e))
     else:
         common.write_json(cfg_path, cfg)
     done = _read_parts(parts)

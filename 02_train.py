@@ -6,7 +6,8 @@
     python 02_train.py --method real_only --init-from runs/train/pre/ckpt.pt   # then fine-tune
     torchrun --nproc_per_node 4 02_train.py --profile paper --method cotrain   # data parallel
 
-Methods (Sec. 5.1; each adds one loss term or one conditioning input to the same loop):
+Methods (Sec. 5.1; rows of common.METHODS; each adds one loss term or one conditioning input to
+the same loop):
   real_only     w = 1 (target data only)           sim_only   w = 0 (source data only)
   cotrain       batches mixed with ratio w (Eq. 1: L = w E_T[l] + (1 - w) E_S[l])
   ot            + disc-free alignment: unbalanced Sinkhorn OT between source and target batch
@@ -18,6 +19,11 @@ Methods (Sec. 5.1; each adds one loss term or one conditioning input to the same
   cfg           + one-hot domain label concatenated to the observation features, dropped to the
                 null label with prob. --cfg-drop-prob; guidance at inference (Wei et al. 2025)
   cfg_adda      CFG's label + ADDA's discriminator on the label-free feature dims (the paper's)
+Add a method: (1) one row in common.METHODS (its marker, and which of label / disc / ot / fixed
+ratio / default guidance it uses); (2) if it adds a new kind of loss term, one "ALGO LOGIC" block
+in CoTrainObjective.forward below, with its weight as a new Args field. 03_eval.py, 04_analyze.py
+and 05_real_deploy.py read the table; nothing else changes (tests/test_train.py shows a method
+added this way).
 Guidance convention: eps = (1 + lambda) eps(o, c) - lambda eps(o, null); lambda = --guidance is
 stored in the checkpoint as 03_eval.py's default (CFG: 0, CFG-ADDA: -0.5). Codebases that write
 eps_u + s (eps_c - eps_u) use s = 1 + lambda.
@@ -38,12 +44,7 @@ import torch
 
 import common
 import diffusion_policy
-from common import arg, die, UsageError
-
-METHODS = ["real_only", "sim_only", "cotrain", "ot", "adda", "discriminate", "cfg", "cfg_adda"]
-DISC_METHODS = {"adda": True, "cfg_adda": True, "discriminate": False}  # -> gradient reversal?
-LABEL_METHODS = {"cfg", "cfg_adda"}
-DEFAULT_GUIDANCE = {"cfg": 0.0, "cfg_adda": -0.5}  # Sec. 5.1, Table 2
+from common import METHODS, UsageError, arg, die  # METHODS: the method table (Sec. 5.1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -52,7 +53,7 @@ DEFAULT_GUIDANCE = {"cfg": 0.0, "cfg_adda": -0.5}  # Sec. 5.1, Table 2
 @dataclass
 class Args:
     profile: str = "cpu"
-    method: str = arg("cotrain", "co-training method: " + ", ".join(METHODS))
+    method: str = arg("cotrain", "co-training method (a row of common.METHODS): " + ", ".join(METHODS))
     ratio: str = arg("auto", "mixing ratio w = P(target sample): a number in [0, 1], natural "
                              "(N/(N+M)) or auto (middle of the guideline's range, App. D.5)")
     # data
@@ -175,8 +176,9 @@ def check_args(a: Args):
         raise UsageError(f"--n-action ({a.n_action}) cannot exceed --horizon ({a.horizon})")
     if not 0 <= a.cfg_drop_prob <= 1:
         raise UsageError(f"--cfg-drop-prob must be in [0, 1], got {a.cfg_drop_prob}")
-    if a.guidance and a.method not in LABEL_METHODS:
-        raise UsageError(f"--guidance needs a domain label (methods cfg, cfg_adda), not {a.method}")
+    if a.guidance and not METHODS[a.method].label:
+        raise UsageError(f"--guidance needs a domain label (methods {', '.join(common.label_methods())}), "
+                         f"not {a.method}")
     if a.action_space not in common.ACTION_SPACES:
         raise UsageError(f"--action-space must be one of {', '.join(common.ACTION_SPACES)}, got {a.action_space!r}")
     if a.resume and a.overwrite:
@@ -217,7 +219,15 @@ def load_data(a: Args):
     if target.actions.shape[1] != source.actions.shape[1]:
         raise UsageError(f"datasets have mismatched action dims: {target.actions.shape[1]} vs "
                          f"{source.actions.shape[1]}")
+    if a.action_space == "rel" and "robot0_joint_pos" not in lowdim_keys:
+        raise UsageError("--action-space rel measures actions from robot0_joint_pos: add it to --obs-keys")
     return target, source, lowdim_keys, image_keys
+
+
+def mixing_ratio(a: Args, target, source) -> float:
+    """w = P(target sample) of Eq. 1: fixed by the method (real_only 1, sim_only 0) or --ratio."""
+    fixed = METHODS[a.method].ratio
+    return fixed if fixed is not None else common.resolve_ratio(a.ratio, target.num_demos, source.num_demos)
 
 
 def model_config(a: Args, target, lowdim_keys, image_keys) -> dict:
@@ -228,7 +238,17 @@ def model_config(a: Args, target, lowdim_keys, image_keys) -> dict:
                 crop=a.crop if image_keys else 0, T=a.T, sample_steps=a.sample_steps,
                 image_keys=list(image_keys), lowdim_keys=list(lowdim_keys), action_space=a.action_space,
                 lowdim_dims={k: int(target.obs[k].shape[-1]) for k in lowdim_keys},
-                action_dim=int(target.actions.shape[1]), use_label=a.method in LABEL_METHODS)
+                action_dim=int(target.actions.shape[1]), use_label=METHODS[a.method].label)
+
+
+def run_config(a: Args, w: float, target, source, lowdim_keys, image_keys) -> dict:
+    """Everything that defines the run (stored in config.json and in every checkpoint)."""
+    guidance = float(a.guidance) if a.guidance else METHODS[a.method].guidance
+    return {"args": asdict(a), "model": model_config(a, target, lowdim_keys, image_keys),
+            "mixing_ratio": w, "guidance_scale": guidance,
+            "data": {name: {"path": ds.path, "digest": ds.digest, "num_demos": ds.num_demos,
+                            "num_windows": len(ds), **ds.attrs}
+                     for name, ds in (("target", target), ("source", source))}}
 
 
 def run_name(a: Args, w: float) -> str:
@@ -240,37 +260,39 @@ def run_name(a: Args, w: float) -> str:
 # ----------------------------------------------------------------------------------------------
 class CoTrainObjective(torch.nn.Module):
     """Total loss of one batch for any method. The shared part is the diffusion loss of Eq. 1
-    (the batch composition carries w); each method adds one term or one conditioning input."""
+    (the batch composition carries w); each method adds one term or one conditioning input,
+    in the ALGO LOGIC blocks below, switched on by its row of common.METHODS."""
 
     def __init__(self, policy: diffusion_policy.DiffusionPolicy, a: Args):
         super().__init__()
-        self.policy, self.a = policy, a
+        self.policy, self.a, self.m = policy, a, METHODS[a.method]
         d_disc = a.n_obs * a.d_feat  # the label-free features only (CFG-ADDA, Sec. 5.1)
-        self.disc = common.Discriminator(d_disc, a.disc_hidden) if a.method in DISC_METHODS else None
+        self.disc = common.Discriminator(d_disc, a.disc_hidden) if self.m.disc else None
 
     def forward(self, batch: dict, step: int, gen: torch.Generator):
-        a, policy = self.a, self.policy
+        a, m, policy = self.a, self.m, self.policy
         stem, z = policy.encode(batch["obs"], gen)
         label = batch["domain"]
-        # --- CFG / CFG-ADDA: domain label, dropped to the null label with prob. p -----------
-        if a.method in LABEL_METHODS:
+        # ALGO LOGIC (CFG, CFG-ADDA): the domain label, dropped to the null label with prob. p
+        if m.label:
             label = common.drop_labels(label, a.cfg_drop_prob, gen)
         cond = policy.condition(z, label)
         origin = policy.action_origin(batch["obs"])  # None for absolute actions
+        # the diffusion loss of Eq. 1, shared by every method
         terms = {"diffusion": policy.diffusion_loss(batch["actions"], cond, gen, origin).mean()}
         loss = terms["diffusion"]
-        # --- ADDA / CFG-ADDA / +discrimination: discriminator on z (label-free dims) -------
-        if self.disc is not None:
+        # ALGO LOGIC (ADDA, CFG-ADDA, +discrimination): a discriminator on z (label-free dims)
+        if m.disc:
             # App. C: 5000 warm-up steps; here the discriminator trains on detached features
             # during warm-up, then the encoder's reversed gradient ramps in (Ganin & Lempitsky)
             coeff = common.grl_coeff(step, a.disc_warmup, a.grl_ramp)
             d_loss, acc = common.discriminator_loss(self.disc, z, batch["domain"],
-                                                    reverse=DISC_METHODS[a.method], coeff=coeff)
+                                                    reverse=m.disc == "reverse", coeff=coeff)
             terms["disc"], terms["disc_acc"] = d_loss, acc  # acc: balanced over the two domains
             terms["grl_coeff"] = torch.tensor(coeff)
             loss = loss + a.disc_weight * d_loss
-        # --- OT: unbalanced Sinkhorn between source and target features in the batch ------
-        if a.method == "ot":
+        # ALGO LOGIC (OT): unbalanced Sinkhorn between the batch's source and target features
+        if m.ot:
             is_t = batch["domain"] == common.TARGET
             terms["ot"] = common.ot_loss(z[~is_t], z[is_t], a.ot_reg, a.ot_reg_m,
                                          batch["actions"][~is_t], batch["actions"][is_t],
@@ -281,12 +303,82 @@ class CoTrainObjective(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# checkpoints
+# training: the helpers train() calls, in the order it calls them
 # ----------------------------------------------------------------------------------------------
-def save_atomic(obj, path: str):
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+RESUME_HINT = "--resume to continue it, --overwrite to start over, or another --out"
+
+
+def setup_distributed(a: Args):
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: one process per GPU, gradients all-reduced.
+    Returns (world size, rank, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = 0, 0
+    if world > 1:
+        import torch.distributed as dist
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank, local_rank = dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+    if a.batch_size % world:
+        raise UsageError(f"--batch-size {a.batch_size} is not divisible by {world} processes")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return world, rank, device
+
+
+def checkpoint_to_resume(a: Args, out: str, config: dict, world: int):
+    """The run's own checkpoint if --resume may continue it, None for a fresh run; UsageError if
+    the folder holds a run and neither --resume nor --overwrite was given, or its settings differ."""
+    ckpt_path = os.path.join(out, "ckpt.pt")
+    if not os.path.exists(ckpt_path) or a.overwrite:
+        return None
+    if not a.resume:
+        raise UsageError(f"{out} holds a run already: {RESUME_HINT}")
+    ck = common.load_checkpoint(ckpt_path)
+    old = ck["config"]
+    common.check_same_settings(
+        {**old["args"], **{f"data.{k}.digest": old["data"][k]["digest"] for k in ("target", "source")}},
+        {**config["args"], **{f"data.{k}.digest": config["data"][k]["digest"] for k in ("target", "source")}},
+        f"--resume: {ckpt_path}", free=RESUME_FREE, hint=RESUME_HINT)
+    if len(ck["rng"]) != world and not (ck.get("final") and ck["step"] >= a.steps):
+        raise UsageError(f"--resume: {ckpt_path} was made by {len(ck['rng'])} process(es), this run has {world}")
+    return ck
+
+
+def checkpoint_to_init_from(a: Args, mcfg: dict):
+    """App. D.4 fine-tuning: the --init-from checkpoint, which must have this run's architecture."""
+    if not a.init_from:
+        return None
+    ck = common.load_checkpoint(a.init_from)
+    have = ck["config"]["model"]
+    bad = [f"{k}: {have.get(k)} vs {mcfg[k]}" for k in MODEL_KEYS if have.get(k) != mcfg[k]]
+    if bad:
+        raise UsageError(f"--init-from {a.init_from}: checkpoint from a different architecture ({'; '.join(bad)})")
+    return ck
+
+
+def build_model(a: Args, config: dict, target, source, init_ck, rank: int, device):
+    """The policy (normalizer fitted on both datasets; --init-from's EMA weights), the objective
+    (policy + the method's extra modules), its EMA copy, AdamW and the two random streams."""
+    common.seed_everything(a.seed + rank, deterministic=device.type == "cpu")
+    policy = diffusion_policy.DiffusionPolicy(config["model"])
+    lowdim_keys = config["model"]["lowdim_keys"]
+    acts = [target.actions, source.actions] if a.action_space != "rel" else \
+        [common.relative_chunks(ds).reshape(-1, target.actions.shape[1]) for ds in (target, source)]
+    policy.normalizer.fit({**{k: np.concatenate([target.obs[k], source.obs[k]]) for k in lowdim_keys},
+                           "actions": np.concatenate(acts)})
+    if init_ck is not None:
+        policy.load_state_dict(init_ck["ema"])
+    objective = CoTrainObjective(policy, a).to(device)
+    ema = copy.deepcopy(policy).requires_grad_(False).eval()
+    decay, no_decay = [], []
+    for n, p in objective.named_parameters():
+        (decay if p.dim() >= 2 and "pos" not in n else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.95, 0.999))
+    gens = {"sampler": torch.Generator().manual_seed(a.seed * 1000 + rank),
+            "noise": torch.Generator().manual_seed(a.seed * 1000 + 500 + rank)}
+    return policy, objective, ema, opt, gens
 
 
 def rng_states(gens: dict) -> dict:
@@ -305,26 +397,47 @@ def set_rng_states(gens: dict, states: dict):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def load_checkpoint(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint not found: {path}")
+def restore(ck: dict, objective, ema, opt, gens: dict, rank: int) -> int:
+    """Load a --resume checkpoint into the training state; returns its step."""
+    objective.load_state_dict(ck["objective"])
+    ema.load_state_dict(ck["ema"])
+    opt.load_state_dict(ck["optimizer"])
+    set_rng_states(gens, ck["rng"][rank])  # one entry per process
+    return ck["step"]
+
+
+def prepare_run_folder(a: Args, out: str, config: dict, step: int):
+    """Written only once every check has passed: --overwrite clears the old run's files,
+    config.json, and metrics.jsonl cut back to the resumed step. Returns a TensorBoard writer or None."""
+    if a.overwrite and os.path.isdir(out):
+        for f in os.listdir(out):
+            if f.startswith("ckpt") or f in ("metrics.jsonl", "config.json") or f.startswith("events."):
+                os.remove(os.path.join(out, f))
+    os.makedirs(out, exist_ok=True)
+    common.write_json(os.path.join(out, "config.json"), config)
+    keep_metrics_until(os.path.join(out, "metrics.jsonl"), step)
+    return tensorboard_writer(out, config)
+
+
+def keep_metrics_until(path: str, step: int):
+    """On resume, drop metrics lines logged after the checkpoint (they will be logged again)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        rows = [r for r in f if r.strip() and json.loads(r)["step"] <= step]
+    common.write_text(path, "".join(rows))
+
+
+def tensorboard_writer(out: str, config: dict):
+    """TensorBoard logging if the package is installed (not a requirement), hparams as text."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        raise UsageError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})")
-
-
-# ----------------------------------------------------------------------------------------------
-# training
-# ----------------------------------------------------------------------------------------------
-def setup_distributed():
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: one process per GPU, gradients all-reduced."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 1, 0, 0
-    import torch.distributed as dist
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return world, dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:
+        return None
+    tb = SummaryWriter(out)
+    tb.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
+                "\n".join(f"|{k}|{v}|" for k, v in config["args"].items()))
+    return tb
 
 
 def to_device(batch: dict, device) -> dict:
@@ -333,124 +446,86 @@ def to_device(batch: dict, device) -> dict:
             "domain": batch["domain"].to(device, non_blocking=True)}
 
 
-def train(a: Args):
-    check_args(a)
-    world, rank, local_rank = setup_distributed()
-    if a.batch_size % world:
-        raise UsageError(f"--batch-size {a.batch_size} is not divisible by {world} processes")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
+def new_interval() -> dict:
+    """Accumulators between two metrics lines; wall time counts everything (data, model,
+    logging, checkpoints), model time only forward + backward + optimizer + EMA."""
+    return {"t_start": time.perf_counter(), "t_model": 0.0, "n": 0, "n_target": 0, "terms": {}}
 
-    # --- data, ratio, configuration: everything checked before anything is written ---------
+
+def log_metrics(acc: dict, step: int, lr: float, local_batch: int, world: int, path, tb) -> dict:
+    """One metrics line (losses and the target fraction of this process's batches)."""
+    n = max(acc["n"], 1)
+    wall = max(time.perf_counter() - acc["t_start"], 1e-9)
+    row = {"step": step, **{k: float(v) / n for k, v in acc["terms"].items()}, "lr": lr,
+           "target_fraction": acc["n_target"] / (n * local_batch),
+           "samples_per_s": acc["n"] * local_batch * world / wall,
+           "frac_outside_model": max(0.0, 1 - acc["t_model"] / wall)}
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    if tb is not None:
+        for k, v in row.items():
+            if k != "step":
+                tb.add_scalar(k, v, step)
+    return row
+
+
+def save_training_state(path: str, objective, ema, opt, step: int, config: dict, gens: dict,
+                        world: int, main_proc: bool, final: bool = False):
+    """ckpt.pt: everything --resume needs, with every process's sampler and noise streams."""
+    rng = [rng_states(gens)]
+    if world > 1:
+        rng = [None] * world
+        torch.distributed.all_gather_object(rng, rng_states(gens))
+    if main_proc:
+        common.save_checkpoint({"objective": objective.state_dict(), "ema": ema.state_dict(),
+                                "optimizer": opt.state_dict(), "step": step, "config": config,
+                                "rng": rng, "final": final}, path)
+
+
+def save_snapshot(out: str, ema, step: int, config: dict):
+    """ckpt_<step>.pt: the EMA weights only (App. D.4's "best along training"; 03_eval.py loads it)."""
+    common.save_checkpoint({"ema": ema.state_dict(), "step": step, "config": config, "final": False},
+                           os.path.join(out, f"ckpt_{step:07d}.pt"))
+
+
+# ----------------------------------------------------------------------------------------------
+# train(): arguments -> data -> resume or refuse -> model and optimizer -> run folder -> loop -> save
+# ----------------------------------------------------------------------------------------------
+def train(a: Args):
+    # arguments
+    check_args(a)
+    world, rank, device = setup_distributed(a)
+    main_proc = rank == 0
+
+    # data, ratio, configuration: everything is checked before anything is written
     target, source, lowdim_keys, image_keys = load_data(a)
-    if a.action_space == "rel" and "robot0_joint_pos" not in lowdim_keys:
-        raise UsageError("--action-space rel measures actions from robot0_joint_pos: add it to --obs-keys")
-    if a.method == "real_only":
-        w = 1.0
-    elif a.method == "sim_only":
-        w = 0.0
-    else:
-        w = common.resolve_ratio(a.ratio, target.num_demos, source.num_demos)
-    guidance = float(a.guidance) if a.guidance else DEFAULT_GUIDANCE.get(a.method)
-    mcfg = model_config(a, target, lowdim_keys, image_keys)
+    w = mixing_ratio(a, target, source)
+    config = run_config(a, w, target, source, lowdim_keys, image_keys)
     out = a.out or os.path.join("runs", "train", run_name(a, w))
     ckpt_path = os.path.join(out, "ckpt.pt")
-    config = {"args": asdict(a), "model": mcfg, "mixing_ratio": w, "guidance_scale": guidance,
-              "data": {name: {"path": ds.path, "digest": ds.digest, "num_demos": ds.num_demos,
-                              "num_windows": len(ds), **ds.attrs}
-                       for name, ds in (("target", target), ("source", source))}}
-    resume_ck = None
-    if os.path.exists(ckpt_path) and not a.overwrite:
-        if not a.resume:
-            raise UsageError(f"{out} holds a run already: --resume to continue it, --overwrite "
-                             f"to start over, or another --out")
-        resume_ck = load_checkpoint(ckpt_path)
-        old = resume_ck["config"]
-        diff = [k for k in old["args"] if k not in RESUME_FREE and old["args"][k] != config["args"].get(k)]
-        diff += [f"data.{k}.digest" for k in ("target", "source")
-                 if old["data"][k]["digest"] != config["data"][k]["digest"]]
-        if diff:
-            raise UsageError(f"--resume: {ckpt_path} was made with different settings: {', '.join(diff)}")
-        if resume_ck.get("final") and resume_ck["step"] >= a.steps:
-            if rank == 0:
-                print(f"{out}: finished at step {resume_ck['step']}, nothing to do")
-            if world > 1:
-                torch.distributed.destroy_process_group()
-            return out
-        if len(resume_ck["rng"]) != world:
-            raise UsageError(f"--resume: {ckpt_path} was made by {len(resume_ck['rng'])} process(es), "
-                             f"this run has {world}")
-    init_ck = None
-    if a.init_from:
-        init_ck = load_checkpoint(a.init_from)
-        have = init_ck["config"]["model"]
-        bad = [f"{k}: {have.get(k)} vs {mcfg[k]}" for k in MODEL_KEYS if have.get(k) != mcfg[k]]
-        if bad:
-            raise UsageError(f"--init-from {a.init_from}: checkpoint from a different architecture "
-                             f"({'; '.join(bad)})")
 
-    # --- model, EMA, optimizer -------------------------------------------------------------
-    common.seed_everything(a.seed + rank, deterministic=device.type == "cpu")
-    policy = diffusion_policy.DiffusionPolicy(mcfg)
-    acts = [target.actions, source.actions] if a.action_space != "rel" else \
-        [common.relative_chunks(ds).reshape(-1, target.actions.shape[1]) for ds in (target, source)]
-    policy.normalizer.fit({**{k: np.concatenate([target.obs[k], source.obs[k]]) for k in lowdim_keys},
-                           "actions": np.concatenate(acts)})
-    if init_ck is not None:
-        policy.load_state_dict(init_ck["ema"])
-    objective = CoTrainObjective(policy, a).to(device)
-    ema = copy.deepcopy(policy).requires_grad_(False).eval()
-    decay, no_decay = [], []
-    for n, p in objective.named_parameters():
-        (decay if p.dim() >= 2 and "pos" not in n else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.95, 0.999))
-    gens = {"sampler": torch.Generator().manual_seed(a.seed * 1000 + rank),
-            "noise": torch.Generator().manual_seed(a.seed * 1000 + 500 + rank)}
-    step = 0
-    if resume_ck is not None:
-        objective.load_state_dict(resume_ck["objective"])
-        ema.load_state_dict(resume_ck["ema"])
-        opt.load_state_dict(resume_ck["optimizer"])
-        set_rng_states(gens, resume_ck["rng"][rank])  # one entry per process
-        step = resume_ck["step"]
+    # resume or refuse; --init-from
+    resume_ck = checkpoint_to_resume(a, out, config, world)
+    if resume_ck is not None and resume_ck.get("final") and resume_ck["step"] >= a.steps:
+        if main_proc:
+            print(f"{out}: finished at step {resume_ck['step']}, nothing to do")
+        if world > 1:
+            torch.distributed.destroy_process_group()
+        return out
+    init_ck = checkpoint_to_init_from(a, config["model"])
+
+    # model, EMA, optimizer, random streams (restored on --resume)
+    policy, objective, ema, opt, gens = build_model(a, config, target, source, init_ck, rank, device)
+    step = restore(resume_ck, objective, ema, opt, gens, rank) if resume_ck is not None else 0
     model = objective
-    if world > 1:
-        # every parameter gets a gradient each step (the disc loss is weighted 0 in warm-up)
+    if world > 1:  # every parameter gets a gradient each step (the disc loss is weighted 0 in warm-up)
         model = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None)
+    metrics_path = os.path.join(out, "metrics.jsonl") if main_proc else None
+    tb = prepare_run_folder(a, out, config, step) if main_proc else None
 
-    # --- run folder (written only now that every check has passed) --------------------------
-    main_proc = rank == 0
-    metrics_path = os.path.join(out, "metrics.jsonl")
-    if main_proc:
-        if a.overwrite and os.path.isdir(out):
-            for f in os.listdir(out):
-                if f.startswith("ckpt") or f in ("metrics.jsonl", "config.json") or f.startswith("events."):
-                    os.remove(os.path.join(out, f))
-        os.makedirs(out, exist_ok=True)
-        common.write_json(os.path.join(out, "config.json"), config)
-        keep_metrics_until(metrics_path, step)
-    tb = tensorboard_writer(out, config) if main_proc else None
-
-    def checkpoint(final=False):
-        rng = [rng_states(gens)]
-        if world > 1:  # every process's sampler and noise streams, so a resume continues each
-            rng = [None] * world
-            torch.distributed.all_gather_object(rng, rng_states(gens))
-        if main_proc:
-            save_atomic({"objective": objective.state_dict(), "ema": ema.state_dict(),
-                         "optimizer": opt.state_dict(), "step": step, "config": config, "rng": rng,
-                         "final": final}, ckpt_path)
-
-    def snapshot():
-        if main_proc:
-            save_atomic({"ema": ema.state_dict(), "step": step, "config": config, "final": False},
-                        os.path.join(out, f"ckpt_{step:07d}.pt"))
-
-    # --- the loop ----------------------------------------------------------------------------
+    # the loop
     from tqdm import tqdm
     local_batch = a.batch_size // world
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -479,18 +554,20 @@ def train(a: Args):
         for k, v in terms.items():
             acc["terms"][k] = acc["terms"].get(k, 0.0) + v.detach().float()
         if step % a.log_every == 0 or step == a.steps:
-            row = log_metrics(acc, step, lr, local_batch, world, metrics_path if main_proc else None, tb)
+            row = log_metrics(acc, step, lr, local_batch, world, metrics_path, tb)
             bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.0f}")
             if a.verbose and main_proc:
                 tqdm.write(json.dumps(row))
             acc = new_interval()
-        if a.snapshot_every and step % a.snapshot_every == 0:
-            snapshot()
+        if a.snapshot_every and step % a.snapshot_every == 0 and main_proc:
+            save_snapshot(out, ema, step, config)
         if step % a.save_every == 0 and step < a.steps:
-            checkpoint()
+            save_training_state(ckpt_path, objective, ema, opt, step, config, gens, world, main_proc)
         bar.update(1)
     bar.close()
-    checkpoint(final=True)
+
+    # save
+    save_training_state(ckpt_path, objective, ema, opt, step, config, gens, world, main_proc, final=True)
     if tb is not None:
         tb.close()
     if main_proc:
@@ -498,51 +575,6 @@ def train(a: Args):
     if world > 1:
         torch.distributed.destroy_process_group()
     return out
-
-
-def keep_metrics_until(path: str, step: int):
-    """On resume, drop metrics lines logged after the checkpoint (they will be logged again)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        rows = [r for r in f if r.strip() and json.loads(r)["step"] <= step]
-    common.write_text(path, "".join(rows))
-
-
-def new_interval() -> dict:
-    """Accumulators between two metrics lines; wall time counts everything (data, model,
-    logging, checkpoints), model time only forward + backward + optimizer + EMA."""
-    return {"t_start": time.perf_counter(), "t_model": 0.0, "n": 0, "n_target": 0, "terms": {}}
-
-
-def log_metrics(acc: dict, step: int, lr: float, local_batch: int, world: int, path, tb) -> dict:
-    """One metrics line (losses and the target fraction of this process's batches)."""
-    n = max(acc["n"], 1)
-    wall = max(time.perf_counter() - acc["t_start"], 1e-9)
-    row = {"step": step, **{k: float(v) / n for k, v in acc["terms"].items()}, "lr": lr,
-           "target_fraction": acc["n_target"] / (n * local_batch),
-           "samples_per_s": acc["n"] * local_batch * world / wall,
-           "frac_outside_model": max(0.0, 1 - acc["t_model"] / wall)}
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-    if tb is not None:
-        for k, v in row.items():
-            if k != "step":
-                tb.add_scalar(k, v, step)
-    return row
-
-
-def tensorboard_writer(out: str, config: dict):
-    """TensorBoard logging if the package is installed (not a requirement), hparams as text."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:
-        return None
-    tb = SummaryWriter(out)
-    tb.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
-                "\n".join(f"|{k}|{v}|" for k, v in config["args"].items()))
-    return tb
 
 
 def main(argv=None):

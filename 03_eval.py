@@ -40,7 +40,7 @@ class Args:
     domain: str = arg("", "domain to evaluate in (default: the run's target domain)")
     trials: int = arg(50, "episodes per checkpoint x domain x guidance (paper: 200 in simulation)")
     guidance: list = arg([], "guidance scales lambda, comma-separated (default: the checkpoint's); "
-                             "needs a checkpoint trained with a domain label (cfg, cfg_adda)")
+                             "needs a checkpoint trained with a domain label (" + ", ".join(common.label_methods()) + ")")
     split: str = arg("eval", "initial-state seeds: eval (reported numbers) or valid (a range of its "
                              "own, for choosing recipes, checkpoints and hyperparameters)")
     first_seed: int = arg(-1, "first initial-state seed (-1 = tasks.SEED_BASE[--split])")
@@ -201,8 +201,8 @@ def plan(a: Args) -> list:
             raise UsageError(str(e))
         labelled = cfg["model"]["use_label"]
         if a.guidance and not labelled:
-            raise UsageError(f"--guidance needs a checkpoint trained with a domain label (cfg, "
-                             f"cfg_adda); {ckpt} was trained with {cfg['args']['method']}")
+            raise UsageError(f"--guidance needs a checkpoint trained with a domain label "
+                             f"({', '.join(common.label_methods())}); {ckpt} was trained with {cfg['args']['method']}")
         try:
             scales = [float(g) for g in a.guidance] or [cfg.get("guidance_scale") if labelled else None]
         except ValueError:
@@ -285,11 +285,7 @@ def evaluate(a: Args) -> str:
     ep_path = os.path.join(out, "episodes.jsonl")
     set_path = os.path.join(out, "settings.json")
     if os.path.exists(set_path) and not a.overwrite:
-        with open(set_path) as f:
-            old = json.load(f)
-        if old != settings:
-            raise UsageError(f"{out} holds episodes made with other settings ({old}); "
-                             f"--overwrite to start over or another --out")
+        common.check_same_settings(common.read_json(set_path), settings, out)
     if a.overwrite:
         for f in (ep_path, set_path, os.path.join(out, "results.json")):
             if os.path.exists(f):

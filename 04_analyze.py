@@ -26,12 +26,45 @@ cached per checkpoint under <runs>/analysis_cache.
 """
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 import common
 import diffusion_policy
-from common import UsageError
+from common import METHODS, UsageError, arg, die
+
+
+# ----------------------------------------------------------------------------------------------
+# arguments
+# ----------------------------------------------------------------------------------------------
+PRODUCTS = ["alignment", "umap", "correlations", "regimes", "methods", "table1", "table3", "guidance", "guideline"]
+
+
+@dataclass
+class Args:
+    profile: str = "cpu"
+    runs: str = arg("runs", "folder with train/ and eval/ run folders (02_train.py, 03_eval.py)")
+    out: str = arg("results/analysis", "where the tables (markdown + JSON) and figures go")
+    ckpt: list = arg([], "only these checkpoints (default: every runs/train/*/ckpt.pt)")
+    only: list = arg([], "build only these: " + ", ".join(PRODUCTS) + " (default: all the runs support)")
+    num_samples: int = arg(2048, "feature samples per domain (App. D.2: a large batch)")
+    gw_method: str = arg("exact", "Gromov-Wasserstein solver: exact | subsample (faster, biased: bench/bench_analyze.py)")
+    cache: str = arg("", "feature cache folder (default <runs>/analysis_cache)")
+    seed: int = arg(0, "seed of the feature samples, GW subsets, the probe and UMAP")
+
+
+PROFILES = {"paper": {}, "cpu": {}, "smoke": dict(num_samples=64)}
+
+
+def check_args(a: Args):
+    if a.num_samples < 16:
+        raise UsageError(f"--num-samples must be at least 16, got {a.num_samples}")
+    if a.gw_method not in ("exact", "subsample"):
+        raise UsageError(f"--gw-method must be exact or subsample, got {a.gw_method!r}")
+    bad = [p for p in a.only if p not in PRODUCTS]
+    if bad:
+        raise UsageError(f"--only: unknown {', '.join(bad)}; choose from {', '.join(PRODUCTS)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,24 +235,45 @@ def umap_embedding(feats: dict, seed: int = 0, cache: str = "") -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # runs and evaluation results
 # ----------------------------------------------------------------------------------------------
-RATIO_FAMILY = {"cotrain", "real_only", "sim_only"}  # the mixing-ratio sweep: w = 1 and w = 0 are its ends
+# Where each method goes in tables and plots, read from common.METHODS when asked (so a row added
+# there is placed without an edit here): the ratio sweep (plain co-training; w = 1 and w = 0 are
+# its ends), the table order, one marker per method. App. D.4's pre-train + fine-tune is a
+# real_only run started from a checkpoint (method_of), drawn with its own marker.
+PRETRAIN_FT, PRETRAIN_FT_MARKER = "pretrain_ft", "h"
+
+
+def in_ratio_sweep(method: str) -> bool:
+    return method in METHODS and METHODS[method].sweep
+
+
+def method_order() -> list:
+    return list(METHODS) + [PRETRAIN_FT]
+
+
+def marker(method: str) -> str:
+    return PRETRAIN_FT_MARKER if method == PRETRAIN_FT else METHODS[method].marker
+
+
+def check_placement():
+    """Every row of the method table has a place here: valid, with a marker of its own
+    (ValueError otherwise; tests/test_analyze.py runs it on the table)."""
+    common.check_methods()
+    markers = [marker(m) for m in method_order()]
+    if len(set(markers)) != len(markers):
+        raise ValueError(f"04_analyze.py cannot tell the methods apart: markers {dict(zip(method_order(), markers))}")
 
 
 def method_of(cfg: dict) -> str:
     """The method as the paper's tables name it: a real_only run started from a checkpoint is
     App. D.4's pre-train + fine-tune."""
     m = cfg["args"]["method"]
-    return "pretrain_ft" if m == "real_only" and cfg["args"].get("init_from") else m
+    return PRETRAIN_FT if m == "real_only" and cfg["args"].get("init_from") else m
 
 
 def read_checkpoint(ckpt: str) -> dict:
     """A 02_train.py checkpoint's config, step and whether its run has finished."""
-    import torch
-    try:
-        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-        return {"cfg": ck["config"], "step": int(ck["step"]), "final": bool(ck.get("final", True))}
-    except Exception as e:
-        raise UsageError(f"{ckpt}: not a 02_train.py checkpoint ({type(e).__name__}: {e})")
+    ck = common.load_checkpoint(ckpt)
+    return {"cfg": ck["config"], "step": int(ck["step"]), "final": bool(ck.get("final", True))}
 
 
 def discover(runs_dir: str, only_ckpts: list = None) -> tuple:
@@ -309,7 +363,7 @@ def alignment_rows(runs: list, a) -> list:
         ev = r["eval"]
         rows.append({"run": r["run"], "task": r["task"], "target_domain": r["domain"], "method": r["method"],
                      "arch": r["arch"], "mixing_ratio": r["ratio"],
-                     "disc_weight": r["cfg"]["args"]["disc_weight"] if r["method"] in ("adda", "cfg_adda", "discriminate") else None,
+                     "disc_weight": r["cfg"]["args"]["disc_weight"] if METHODS[r["cfg"]["args"]["method"]].disc else None,
                      "success": ev["success_rate"] if ev else None, "trials": ev["trials"] if ev else None,
                      **metrics})
     return rows
@@ -326,7 +380,7 @@ def correlations(rows: list) -> tuple:
     per task x gap setting (the paper's correlations are over co-training checkpoints)."""
     groups, out, missing = {}, {}, []
     for r in rows:
-        if r["success"] is not None and r["method"] in RATIO_FAMILY:
+        if r["success"] is not None and in_ratio_sweep(r["method"]):
             groups.setdefault(f"{r['task']}/{r['target_domain']}", []).append(r)
     for name, rs in sorted(groups.items()):
         if len(rs) < 3:
@@ -349,14 +403,14 @@ def methods_table(runs: list) -> tuple:
             by.setdefault(setting(r), []).append(r)
     for name, rs in sorted(by.items()):
         ratios = sorted({r["ratio"] for r in rs})
-        methods = sorted({r["method"] for r in rs}, key=lambda m: ORDER.index(m) if m in ORDER else 99)
+        methods = sorted({r["method"] for r in rs}, key=method_order().index)
         grid = {m: {f"{w:.3g}": cell(next((r["eval"] for r in rs if r["method"] == m and r["ratio"] == w), None))
                     for w in ratios} for m in methods}
         out[name] = {m: {f"{r['ratio']:.3g}": r["eval"]["success_rate"] for r in rs if r["method"] == m} for m in methods}
         md.append(f"**{name}** (success rate, successes/trials, Wilson 95%)\n\n"
                   + markdown_table([{"method": m, **grid[m]} for m in methods],
                                    ["method"] + [f"{w:.3g}" for w in ratios]))
-        for m in ORDER:
+        for m in method_order():
             if m not in methods:
                 missing.append(f"methods x ratios {name}: no evaluated {m} run ({train_cmd(*name.split('/'), m)})")
     if not by:
@@ -364,7 +418,6 @@ def methods_table(runs: list) -> tuple:
     return out, "\n\n".join(md), missing
 
 
-ORDER = ["real_only", "sim_only", "cotrain", "ot", "adda", "discriminate", "cfg", "cfg_adda"]
 
 
 def table1(runs: list) -> tuple:
@@ -495,8 +548,6 @@ def save(fig, path: str):
     os.replace(tmp, path)
 
 
-MARKERS = {"real_only": "s", "sim_only": "v", "cotrain": "o", "ot": "P", "adda": "X", "discriminate": "D",
-           "cfg": "^", "cfg_adda": "*", "pretrain_ft": "h"}
 
 
 def plot_alignment(rows: list, path: str):
@@ -505,15 +556,15 @@ def plot_alignment(rows: list, path: str):
     fig, ax = new_figure(1, 3, figsize=(13, 3.8))
     for name in sorted({f"{r['task']}/{r['target_domain']}" for r in rows}):
         rs = sorted((r for r in rows if f"{r['task']}/{r['target_domain']}" == name), key=lambda r: r["mixing_ratio"])
-        sweep = [r for r in rs if r["method"] in RATIO_FAMILY]
+        sweep = [r for r in rs if in_ratio_sweep(r["method"])]
         for i, key in enumerate(("w_trunk", "gw_trunk")):
             line, = ax[i].plot([r["mixing_ratio"] for r in sweep], [r[key] for r in sweep], "o-", label=f"{name} (cotrain)")
             for r in rs:
-                if r["method"] not in RATIO_FAMILY:
-                    ax[i].scatter(r["mixing_ratio"], r[key], marker=MARKERS.get(r["method"], "o"), s=60,
+                if not in_ratio_sweep(r["method"]):
+                    ax[i].scatter(r["mixing_ratio"], r[key], marker=marker(r["method"]), s=60,
                                   color=line.get_color(), edgecolor="k", label=f"{name} ({r['method']})")
         for r in (r for r in rs if r["success"] is not None):
-            ax[2].scatter(r["w_trunk"], r["success"], marker=MARKERS.get(r["method"], "o"), s=50)
+            ax[2].scatter(r["w_trunk"], r["success"], marker=marker(r["method"]), s=50)
             ax[2].annotate(f"{r['method']} w={r['mixing_ratio']:.2g}", (r["w_trunk"], r["success"]), fontsize=7)
     for i, (t, yl) in enumerate([("Wasserstein (trunk)", "W2"), ("Gromov-Wasserstein (trunk)", "GW"),
                                  ("success vs alignment (Fig. 7)", "success rate")]):
@@ -558,7 +609,7 @@ def plot_umaps(runs: list, a, out: str) -> list:
         save(fig, os.path.join(out, "umap", f"{r['run']}.png"))
         written.append(f"umap/{r['run']}.png")
     for name in sorted({setting(r) for r in runs}):
-        sweep = sorted((r for r in runs if setting(r) == name and r["method"] in RATIO_FAMILY), key=lambda r: r["ratio"])
+        sweep = sorted((r for r in runs if setting(r) == name and in_ratio_sweep(r["method"])), key=lambda r: r["ratio"])
         if len(sweep) < 2:
             continue
         fig, axes = new_figure(1, len(sweep), figsize=(3.2 * len(sweep), 3.4), squeeze=False)
@@ -589,7 +640,7 @@ def plot_regimes(rows: list, path: str):
             rs = [r for r in ev if r["method"] == m]
             sc = ax.scatter([r["w_trunk"] for r in rs], [r["probe_trunk"] for r in rs], c=[r["success"] for r in rs],
                             cmap="viridis", vmin=0, vmax=max(r["success"] for r in ev) or 1, s=70,
-                            marker=MARKERS.get(m, "o"), edgecolor="k", label=m)
+                            marker=marker(m), edgecolor="k", label=m)
             for r in rs:
                 ax.annotate(f"w={r['mixing_ratio']:.2g}", (r["w_trunk"], r["probe_trunk"]), fontsize=7,
                             xytext=(4, 4), textcoords="offset points")
@@ -610,8 +661,8 @@ def plot_methods(runs: list, path: str):
     fig, axes = new_figure(1, max(1, len(names)), figsize=(5.5 * max(1, len(names)), 4), squeeze=False)
     for ax, name in zip(axes[0], names):
         rs = [r for r in runs if setting(r) == name and r["eval"]]
-        for m in [m for m in ORDER + ["pretrain_ft"] if any(r["method"] == m for r in rs)]:
-            plot_success(ax, [r for r in rs if r["method"] == m], MARKERS.get(m, "o"), m)
+        for m in [m for m in method_order() if any(r["method"] == m for r in rs)]:
+            plot_success(ax, [r for r in rs if r["method"] == m], marker(m), m)
         ax.set_xscale("symlog", linthresh=0.01)
         ax.set_xlabel("mixing ratio w (symlog)")
         ax.set_ylabel("success rate")
@@ -635,7 +686,7 @@ def plot_guidance(rows: list, path: str):
     fig, ax = new_figure(figsize=(5.5, 4))
     for run in sorted({r["run"] for r in rows}):
         rs = sorted((r for r in rows if r["run"] == run), key=lambda r: r["guidance"])
-        ax.plot([r["guidance"] for r in rs], [r["success"] for r in rs], marker=MARKERS.get(rs[0]["method"], "o"),
+        ax.plot([r["guidance"] for r in rs], [r["success"] for r in rs], marker=marker(rs[0]["method"]),
                 label=f"{rs[0]['method']} w={rs[0]['mixing_ratio']:.3g} ({rs[0]['task']})")
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_xlabel("guidance scale lambda (0 = conditional, -1 = label-free)")
@@ -665,40 +716,8 @@ def plot_guideline(runs: list, rows: list, path: str):
 
 
 # ----------------------------------------------------------------------------------------------
-# command line
+# the stage: every product the runs support
 # ----------------------------------------------------------------------------------------------
-from dataclasses import dataclass  # noqa: E402
-from common import arg, die  # noqa: E402
-
-PRODUCTS = ["alignment", "umap", "correlations", "regimes", "methods", "table1", "table3", "guidance", "guideline"]
-
-
-@dataclass
-class Args:
-    profile: str = "cpu"
-    runs: str = arg("runs", "folder with train/ and eval/ run folders (02_train.py, 03_eval.py)")
-    out: str = arg("results/analysis", "where the tables (markdown + JSON) and figures go")
-    ckpt: list = arg([], "only these checkpoints (default: every runs/train/*/ckpt.pt)")
-    only: list = arg([], "build only these: " + ", ".join(PRODUCTS) + " (default: all the runs support)")
-    num_samples: int = arg(2048, "feature samples per domain (App. D.2: a large batch)")
-    gw_method: str = arg("exact", "Gromov-Wasserstein solver: exact | subsample (faster, biased: bench/bench_analyze.py)")
-    cache: str = arg("", "feature cache folder (default <runs>/analysis_cache)")
-    seed: int = arg(0, "seed of the feature samples, GW subsets, the probe and UMAP")
-
-
-PROFILES = {"paper": {}, "cpu": {}, "smoke": dict(num_samples=64)}
-
-
-def check_args(a: Args):
-    if a.num_samples < 16:
-        raise UsageError(f"--num-samples must be at least 16, got {a.num_samples}")
-    if a.gw_method not in ("exact", "subsample"):
-        raise UsageError(f"--gw-method must be exact or subsample, got {a.gw_method!r}")
-    bad = [p for p in a.only if p not in PRODUCTS]
-    if bad:
-        raise UsageError(f"--only: unknown {', '.join(bad)}; choose from {', '.join(PRODUCTS)}")
-
-
 def analyze(a: Args):
     check_args(a)
     runs, unfinished = discover(a.runs, a.ckpt)
@@ -708,7 +727,8 @@ def analyze(a: Args):
     if "guidance" in a.only:  # asked for explicitly: every checkpoint must carry a domain label
         plain = [r for r in runs if not r["use_label"]] if a.ckpt else ([] if any(r["use_label"] for r in runs) else runs)
         if plain:
-            raise UsageError(f"a guidance table needs checkpoints trained with a domain label (cfg, cfg_adda); "
+            raise UsageError(f"a guidance table needs checkpoints trained with a domain label "
+                             f"({', '.join(common.label_methods())}); "
                              f"{plain[0]['ckpt']} was trained with {plain[0]['method']}")
     want = set(a.only or PRODUCTS)
     tables, figures, missing = {}, [], [f"still training, skipped: {u}" for u in unfinished]

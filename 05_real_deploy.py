@@ -10,7 +10,7 @@ Robot interface (two backends): observe() -> joint positions, gripper, camera fr
 capture times; command(joint targets + gripper); hold() (stop where it is); joint_pos(); close().
   sim     the robosuite task in --domain plays the robot (tests, dry runs; success is automatic)
   franka  a Franka Panda through franky (franky-control, libfranka + Ruckig) with RealSense
-          (pyrealsense2) or OpenCV cameras; imported only when selected. README: "Running on a
+          (pyrealsense2) or OpenCV cameras; imported only when selected. docs/real_robot.md: "Running on a
           real robot".
 Loop at --hz (the data's 20 Hz by default): observation -> safety checks -> policy (the same
 diffusion_policy.PolicyAgent as 03_eval.py; DDIM; guidance from the checkpoint or --guidance) ->
@@ -131,7 +131,7 @@ class Safety:
 
 
 # x, y, z bounds (m) of the grip point in the robot base frame: the tasks' reach with a margin,
-# z from just above the sim table (0.112 m below the base). Measure yours: README checklist.
+# z from just above the sim table (0.112 m below the base). Measure yours: docs/real_robot.md checklist.
 DEFAULT_WORKSPACE = [(0.1, 0.9), (-0.5, 0.5), (-0.10, 0.6)]
 
 
@@ -194,7 +194,7 @@ class FrankaRobot:
         try:
             import franky
         except ImportError:
-            raise UsageError("--robot franka needs franky: pip install franky-control (README: Running on a real robot)")
+            raise UsageError("--robot franka needs franky: pip install franky-control (docs/real_robot.md)")
         self.franky = franky
         try:
             self.robot = franky.Robot(ip)
@@ -211,7 +211,7 @@ class FrankaRobot:
         return {"robot0_joint_pos", "robot0_gripper_qpos", *(f"{c}{common.IMAGE_SUFFIX}" for c in self.cams)}
 
     def reset(self, seed: int):
-        self.t = 0  # the operator resets the scene; the robot starts where it is (README checklist)
+        self.t = 0  # the operator resets the scene; the robot starts where it is (docs/real_robot.md checklist)
 
     def observe(self) -> dict:
         try:
@@ -292,7 +292,7 @@ class CameraSource:
             img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         t = time.monotonic()
         h, w = img.shape[:2]
-        s = min(h, w)  # center square, then the training size (match the sim camera: README)
+        s = min(h, w)  # center square, then the training size (match the sim camera: docs/real_robot.md)
         img = img[(h - s) // 2:(h + s) // 2, (w - s) // 2:(w + s) // 2]
         return cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA), t
 
@@ -516,8 +516,8 @@ def setup(a: Args):
                          f"joint targets (App. C): deploy a policy trained with --action-space abs or rel")
     labelled = cfg["model"]["use_label"]
     if a.guidance and not labelled:
-        raise UsageError(f"--guidance needs a checkpoint trained with a domain label (cfg, cfg_adda); "
-                         f"{a.ckpt} was trained with {cfg['args']['method']}")
+        raise UsageError(f"--guidance needs a checkpoint trained with a domain label "
+                         f"({', '.join(common.label_methods())}); {a.ckpt} was trained with {cfg['args']['method']}")
     try:
         guidance = float(a.guidance) if a.guidance else (cfg.get("guidance_scale") if labelled else None)
         workspace = [float(x) for x in a.workspace] if a.workspace else None
@@ -537,12 +537,7 @@ def setup(a: Args):
                 "first_seed": a.first_seed, "max_steps": a.max_steps}
     old = os.path.join(out, "settings.json")
     if os.path.exists(old) and not a.overwrite:
-        with open(old) as f:
-            prev = json.load(f)
-        diff = [k for k in settings if prev.get(k) != settings[k]]
-        if diff:
-            raise UsageError(f"{out} holds episodes made with other settings ({', '.join(diff)}): "
-                             f"--overwrite or another --out")
+        common.check_same_settings(common.read_json(old), settings, out)
     return policy, cfg, settings, out, guidance, steps, workspace, cams, cam_specs
 
 

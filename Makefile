@@ -1,11 +1,11 @@
-# The two commands of the README: `make reproduce` (the CPU main job) and `make test`.
+# The commands of the README: `make demo` (every stage at smoke size), `make reproduce` (the CPU main job), `make test`.
 # Each creates .venv and installs requirements.txt first when needed.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test reproduce toy data nut nut-methods mugs analysis venv clean-venv
+.PHONY: demo test reproduce toy data nut nut-methods mugs analysis venv clean-venv
 
 venv: $(STAMP)
 
@@ -14,6 +14,23 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
+
+# Every stage end to end at smoke size, in a few minutes: the toy model, a tiny NutAssembly
+# dataset (2 seed demos -> 2 MimicGen demos, 1 demo per target domain), a few training steps of
+# cotrain and cfg_adda, 2 evaluation episodes each, the analysis. Everything goes to runs/demo/;
+# a rerun keeps what is finished. The policies are untrained: this shows the pipeline, not results.
+DEMO := runs/demo
+demo: $(STAMP)
+	MPLBACKEND=Agg $(PY) 00_toy.py --profile smoke --out $(DEMO)/toy
+	$(PY) 01_generate_data.py --profile smoke --workers 2 --root $(DEMO)/data
+	for m in cotrain cfg_adda; do \
+	  $(PY) 02_train.py --profile smoke --method $$m --ratio 0.3 --data-root $(DEMO)/data \
+	    --target-name demos_1 --source-name mimicgen_2 --out $(DEMO)/train/$$m --resume || exit 1; \
+	done
+	$(PY) 03_eval.py --profile smoke --ckpt $(DEMO)/train/cotrain/ckpt.pt,$(DEMO)/train/cfg_adda/ckpt.pt \
+	  --trials 2 --workers 2 --out $(DEMO)/eval/demo
+	MPLBACKEND=Agg $(PY) 04_analyze.py --profile smoke --runs $(DEMO) --out $(DEMO)/analysis
+	@echo "demo done: toy $(DEMO)/toy, data $(DEMO)/data, runs $(DEMO)/train, rollouts $(DEMO)/eval, analysis $(DEMO)/analysis"
 
 # Two pytest workers, each test file on one (--dist loadfile: a file's fixtures are built once),
 # one torch thread per process: two processes of two threads each on 2 cores run far slower.

@@ -7,9 +7,10 @@ Sections, in the order of the method:
   4. mixing ratio: batch sampler (Eq. 1) and the ratio guideline (App. B.3, D.5)
   5. statistics: two-factor ANOVA (Sec. 3, Finding 2)
   6. command line: dataclass arguments with profiles
-  7. files written atomically
+  7. files written atomically, checkpoints, the resume rule
   8. datasets: robomimic-format HDF5 in memory, co-training batches, normalization, domain labels
-  9. co-training losses: ADDA discriminator + gradient reversal, OT, CFG label drop, LR schedule
+  9. co-training methods: the method table (one row per method), ADDA discriminator + gradient
+     reversal, OT, CFG label drop, LR schedule
 The networks and the policy built on these are in diffusion_policy.py.
 """
 import argparse
@@ -364,7 +365,8 @@ def _convert(raw, default, name, parser):
 
 
 # ----------------------------------------------------------------------------------------------
-# 7. files: write to a temporary file, then rename (nothing is ever left half-written)
+# 7. files: write to a temporary file, then rename (nothing is ever left half-written);
+#    checkpoints; the resume rule shared by the stages
 # ----------------------------------------------------------------------------------------------
 def write_text(path: str, text: str):
     tmp = f"{path}.tmp{os.getpid()}"
@@ -376,6 +378,45 @@ def write_text(path: str, text: str):
 def write_json(path: str, obj):
     import json
     write_text(path, json.dumps(obj, indent=1))
+
+
+def read_json(path: str):
+    import json
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_checkpoint(obj: dict, path: str):
+    """torch.save to a temporary file, then rename: a kill never leaves a truncated checkpoint."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, what: str = "a 02_train.py checkpoint") -> dict:
+    """A checkpoint dict, or UsageError (one line) for a missing, truncated or foreign file."""
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint not found: {path}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UsageError(f"{path}: not {what} ({type(e).__name__}: {e})")
+    if not isinstance(ck, dict) or "config" not in ck or "step" not in ck:
+        raise UsageError(f"{path}: not {what} (no config or step in it)")
+    return ck
+
+
+def check_same_settings(old: dict, new: dict, where: str, free=(),
+                        hint: str = "--overwrite to start over or another --out"):
+    """The resume rule of every stage: what an output folder already holds was made with the
+    settings `old`; continuing it with `new` is refused (UsageError) if any setting other than
+    the `free` ones differs (compared as stored in JSON)."""
+    import json
+    new = json.loads(json.dumps(new))
+    diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
+    if diff:
+        raise UsageError(f"{where} holds a run with a different config (different settings: "
+                         f"{', '.join(diff)}); {hint}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -627,8 +668,58 @@ class Normalizer(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 9. co-training losses: ADDA's discriminator with gradient reversal, OT, CFG label drop (Sec. 5.1)
+# 9. co-training methods (Sec. 5.1): the method table, then the losses they add (ADDA's
+#    discriminator with gradient reversal, OT, CFG label drop)
 # ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Method:
+    """What a co-training method is, for every stage: 02_train.py builds its loss from these
+    fields (plus, for a new kind of term, one branch in CoTrainObjective.forward), 03_eval.py and
+    05_real_deploy.py read `label` and `guidance`, 04_analyze.py orders, groups and draws by them."""
+    marker: str                 # matplotlib marker of the method in 04_analyze.py's plots (unique)
+    ratio: float = None         # fixed mixing ratio w (real_only 1, sim_only 0); None: --ratio
+    label: bool = False         # CFG: one-hot domain label on the features, dropped to the null label
+    disc: str = ""              # "": none; "reverse": ADDA discriminator with gradient reversal;
+                                # "plain": the discriminator without reversal (Table 1)
+    ot: bool = False            # OT alignment loss between source and target batch features
+    guidance: float = None      # default guidance lambda stored for evaluation (label methods)
+    sweep: bool = False         # plain co-training at a ratio: the ratio sweep of Fig. 6 / Fig. 9
+
+
+# One row per method, in the order of the paper's tables (04_analyze.py keeps this order).
+METHODS = {
+    "real_only":    Method(marker="s", ratio=1.0, sweep=True),   # w = 1: target data only
+    "sim_only":     Method(marker="v", ratio=0.0, sweep=True),   # w = 0: source data only
+    "cotrain":      Method(marker="o", sweep=True),              # Eq. 1, batches mixed with ratio w
+    "ot":           Method(marker="P", ot=True),                 # Cheng et al. 2025
+    "adda":         Method(marker="X", disc="reverse"),          # Tzeng et al. 2017
+    "discriminate": Method(marker="D", disc="plain"),            # Table 1, "+discrimination"
+    "cfg":          Method(marker="^", label=True, guidance=0.0),          # Wei et al. 2025
+    "cfg_adda":     Method(marker="*", label=True, disc="reverse", guidance=-0.5),  # the paper's (Table 2)
+}
+
+
+def check_methods(methods: dict = None):
+    """Raise ValueError if a row of the method table cannot be trained or placed in a plot: an
+    unknown disc kind, guidance without a label, a fixed ratio outside [0, 1], a marker shared."""
+    methods = METHODS if methods is None else methods
+    seen = {}
+    for name, m in methods.items():
+        if m.disc not in ("", "reverse", "plain"):
+            raise ValueError(f"method {name}: disc must be '', 'reverse' or 'plain', got {m.disc!r}")
+        if m.guidance is not None and not m.label:
+            raise ValueError(f"method {name}: a default guidance needs label=True")
+        if m.ratio is not None and not 0 <= m.ratio <= 1:
+            raise ValueError(f"method {name}: fixed ratio {m.ratio} outside [0, 1]")
+        if not m.marker or m.marker in seen:
+            raise ValueError(f"method {name}: marker {m.marker!r} is empty or already {seen.get(m.marker)}'s")
+        seen[m.marker] = name
+
+
+def label_methods() -> list:
+    return [n for n, m in METHODS.items() if m.label]
+
+
 class GradReverse(torch.autograd.Function):
     """Identity forward; multiplies the gradient by -coeff backward (Ganin & Lempitsky 2015)."""
 

@@ -8,7 +8,6 @@ three denoiser architectures, and the policy that joins them (phi(o) -> [feature
 """
 import hashlib
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import (NULL_LABEL, NUM_DOMAINS, TARGET, NoiseSchedule, Normalizer, UsageError,
-                    cfg_combine, ddim_sample, ddpm_sample, derive_obs, derived_sources)
+                    cfg_combine, ddim_sample, ddpm_sample, derive_obs, derived_sources, load_checkpoint)
 
 # ----------------------------------------------------------------------------------------------
 # 1. networks: ResNet18-GN vision stem, observation encoder, three denoisers (App. C, D.3)
@@ -372,10 +371,8 @@ def weights_digest(policy) -> str:
 def load_policy(path: str, device="cpu", weights: str = "ema"):
     """A trained policy (EMA weights by default, as Diffusion Policy evaluates), its run config and
     its training step, from a 02_train.py checkpoint (ckpt.pt or an EMA-only ckpt_<step>.pt)."""
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint not found: {path}")
+    ck = load_checkpoint(path)
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
         cfg = ck["config"]
         policy = DiffusionPolicy(cfg["model"])
         state = ck["ema"] if weights == "ema" else \

@@ -241,7 +241,7 @@ class TaskEnv:
         m.geom_friction[obj_geoms, 0] = d0["friction"][obj_geoms, 0] * p.object_friction_scale
         fx = m.body_name2id(self.fixture_body)
         m.body_pos[fx] = d0["fixture_pos"] + np.array([*p.fixture_shift, 0.0])
-        # visuals: no shadows or reflections (DESIGN: cheaper renders), then the domain's colors
+        # visuals: no shadows or reflections (cheaper renders on a CPU), then the domain's colors
         m.light_castshadow[:] = 0
         m.mat_reflectance[:] = 0
         m.mat_rgba[:] = d0["mat_rgba"]

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+import common
 from conftest import load_stage
 
 
@@ -127,3 +128,17 @@ def test_smoke_end_to_end_tables_and_bad_input(tmp_path):
                     "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "unknown umpa" in bad.stderr
     assert not os.path.exists(tmp_path / "bad")
+
+
+def test_every_method_of_the_table_has_a_place(an, monkeypatch):
+    """04_analyze.py orders, groups and draws methods from common.METHODS: every row is placed,
+    and a row it cannot tell apart from another (a marker already taken) fails the check."""
+    an.check_placement()
+    assert an.method_order() == list(common.METHODS) + ["pretrain_ft"]
+    assert [m for m in an.method_order() if an.in_ratio_sweep(m)] == ["real_only", "sim_only", "cotrain"]
+    monkeypatch.setitem(common.METHODS, "twin", common.Method(marker=common.METHODS["cotrain"].marker))
+    with pytest.raises(ValueError, match="twin"):
+        an.check_placement()
+    monkeypatch.setitem(common.METHODS, "twin", common.Method(marker="h"))  # pretrain_ft's
+    with pytest.raises(ValueError, match="apart"):
+        an.check_placement()

@@ -37,16 +37,15 @@ def metrics(out):
         return [json.loads(r) for r in f]
 
 
-@pytest.mark.parametrize("method", ["real_only", "sim_only", "cotrain", "ot", "adda",
-                                    "discriminate", "cfg", "cfg_adda"])
+@pytest.mark.parametrize("method", list(common.METHODS))
 def test_every_method_trains_at_smoke(data, tmp_path, method):
     r = train(data, tmp_path / "run", "--method", method, "--ratio", "0.5")
     assert r.returncode == 0, r.stderr
     rows = metrics(tmp_path / "run")
     assert [row["step"] for row in rows] == [5, 10, 15, 20]
     assert all(np.isfinite(row["loss"]) for row in rows)
-    disc = {"disc", "disc_acc", "grl_coeff"}
-    want = {"ot": {"ot"}, "adda": disc, "discriminate": disc, "cfg_adda": disc}.get(method, set())
+    row = common.METHODS[method]  # the table says which loss terms the method adds
+    want = ({"disc", "disc_acc", "grl_coeff"} if row.disc else set()) | ({"ot"} if row.ot else set())
     extra = set(rows[0]) - {"step", "loss", "diffusion", "lr", "target_fraction", "samples_per_s",
                             "frac_outside_model"}
     assert extra == want
@@ -74,6 +73,53 @@ def test_architectures_and_images(data, tmp_path, extra):
         assert cfg["model"]["image_keys"] == ["agentview_image", "robot0_eye_in_hand_image"]
         stem, z = policy.encode(common.gather(ds, np.arange(3))["obs"])
         assert stem.shape == (3, 2, 2 * 16 + 9)  # two cameras' stem features + joint + gripper
+
+
+def test_method_table_as_the_paper_names_it():
+    """Sec. 5.1: which method adds what (the table every stage reads)."""
+    M = common.METHODS
+    assert list(M) == ["real_only", "sim_only", "cotrain", "ot", "adda", "discriminate", "cfg", "cfg_adda"]
+    assert [m for m in M if M[m].label] == ["cfg", "cfg_adda"] == common.label_methods()
+    assert {m: M[m].disc for m in M if M[m].disc} == {"adda": "reverse", "discriminate": "plain",
+                                                     "cfg_adda": "reverse"}
+    assert [m for m in M if M[m].ot] == ["ot"]
+    assert (M["real_only"].ratio, M["sim_only"].ratio, M["cotrain"].ratio) == (1.0, 0.0, None)
+    assert (M["cfg"].guidance, M["cfg_adda"].guidance) == (0.0, -0.5)  # Table 2: lambda = -0.5
+    common.check_methods()
+
+
+def test_a_new_method_is_one_row_and_one_branch(data, tmp_path, monkeypatch):
+    """02_train.py's "add a method" recipe: a row in common.METHODS and one ALGO LOGIC branch of
+    the objective; no other edit. The throwaway method here pulls the mean of the batch's target
+    features onto the mean of its source features; it trains at smoke size, its checkpoint loads,
+    and 04_analyze.py places it."""
+    train_mod = load_stage("02_train.py")
+    monkeypatch.setitem(common.METHODS, "center", common.Method(marker="p"))
+
+    class Objective(train_mod.CoTrainObjective):
+        def forward(self, batch, step, gen):
+            terms = super().forward(batch, step, gen)
+            if self.a.method == "center":  # ALGO LOGIC (center): the new method's one branch
+                _, z = self.policy.encode(batch["obs"], gen)
+                is_t = batch["domain"] == common.TARGET
+                terms["center"] = (z[is_t].mean(0) - z[~is_t].mean(0)).pow(2).mean()
+                terms["loss"] = terms["loss"] + 0.1 * terms["center"]
+            return terms
+
+    monkeypatch.setattr(train_mod, "CoTrainObjective", Objective)
+    a = common.parse_args(train_mod.Args, train_mod.PROFILES,
+                          ["--profile", "smoke", "--method", "center", "--ratio", "0.5", "--target-data",
+                           data["target"], "--source-data", data["source"], "--out", str(tmp_path / "run")])
+    out = train_mod.train(a)
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [5, 10, 15, 20]
+    assert all(np.isfinite(r["center"]) and r["center"] > 0 for r in rows)
+    assert rows[0]["target_fraction"] == pytest.approx(0.5, abs=0.25)
+    _, cfg, _ = diffusion_policy.load_policy(os.path.join(out, "ckpt.pt"))
+    assert cfg["args"]["method"] == "center" and cfg["guidance_scale"] is None
+    analyze = load_stage("04_analyze.py")
+    analyze.check_placement()
+    assert analyze.marker("center") == "p" and analyze.method_order()[-2:] == ["center", "pretrain_ft"]
 
 
 def test_discriminator_sees_only_label_free_dims(data):
