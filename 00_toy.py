@@ -43,6 +43,8 @@ from common import arg
 @dataclass
 class Args:
     profile: str = "cpu"
+    design: str = arg("ours", "toy geometry: ours (circle manifolds, petal outputs; README) or paper "
+                              "(Fig. 3: input planes, spiral outputs; Fig. 4's grid; DESIGNS below)")
     out: str = arg("runs/toy/default", "output folder")
     d_values: list = arg([0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0],
                          "separations d of the target from the source manifold along the 3rd latent direction")
@@ -70,6 +72,15 @@ class Args:
     sampler: str = arg("ddpm", "ddpm (all T steps) or ddim")
     sample_steps: int = arg(10, "DDIM steps when --sampler ddim")
     threads: int = arg(0, "torch threads (0 = torch's default)")
+    # the paper design's geometry (read off Fig. 3; unused by --design ours)
+    overlap_max: float = arg(0.0, "d values up to this are labelled 'overlapping'")
+    clip_samples: bool = arg(True, "clip sampled outputs to the normalized data range [-1, 1] (Diffusion Policy's action clip)")
+    spiral_turns: float = arg(1.75, "paper design: turns of the output spiral")
+    spiral_radius: list = arg([1.0, 10.0], "paper design: the spiral's radius at its inner and outer end")
+    target_rotation: float = arg(90.0, "paper design: the target spiral is the source's rotated by this many degrees (and scaled by --target-scale)")
+    fig3_d_values: list = arg([], "d values drawn as Fig. 3's rows (they get the extra ratios --fig3-ratios)")
+    fig3_ratios: list = arg([], "Fig. 3's columns; those not in --ratios are trained for the Fig. 3 rows only, "
+                                "outside the ANOVA (empty: every ratio, every d)")
 
 
 PROFILES = {
@@ -78,6 +89,27 @@ PROFILES = {
                   eval_samples=2, diffusion_steps=20),
     "cpu": {},
     "paper": dict(seeds=[0, 1, 2, 3, 4], train_steps=8000),
+}
+
+# --design paper: the paper's own toy as far as Fig. 3 and Fig. 4 show it, fixed before any run.
+# Read off the figures: each domain's inputs fill a 2-D plane (z = 0 source, z = dz target; the
+# planes are unit squares; Fig. 3's rows sit at dz ~ 0, 1, 10); the outputs are spiral curves, the
+# target's a transformed copy of the source's; the target samples cover only part of their
+# manifold; the loss axis runs from ~1 to ~5000 (so sampled outputs are not clipped to the data
+# range, which would cap the loss near (2 x the spiral's radius)^2); Fig. 4's dz and w levels.
+# Left open by the figures, chosen here (docs/toy.md lists each): the output depends on the
+# input's position u along one edge of the plane (v, across it, is a nuisance direction); an
+# Archimedean spiral of 1.75 turns, radius 1 -> 10; target = source rotated 90 degrees and scaled
+# 1.2; N = 30 target samples covering u in [0, 0.7] (u > 0.7 is the OOD region), M = 3000 source
+# samples over the whole plane; output noise 0.1; regimes: dz <= 0.1 overlapping, 0.5-5
+# structured, >= 10 disjoint; the network, optimizer and budget of our design.
+DESIGNS = {
+    "ours": {},
+    "paper": dict(d_values=[0.01, 0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 50.0],
+                  ratios=["0.001", "0.01", "0.05", "0.1", "0.3", "0.5", "0.7", "0.9", "0.99"],
+                  structured_range=[0.5, 5.0], overlap_max=0.1, n_target=30, n_source=3000,
+                  target_coverage=0.7, target_scale=1.2, output_noise=0.1, clip_samples=False,
+                  fig3_d_values=[0.01, 1.0, 10.0], fig3_ratios=["0", "0.01", "0.1", "1"], out="runs/toy/paper"),
 }
 
 
@@ -102,40 +134,83 @@ def check_args(a: Args):
         raise common.UsageError(f"--ratios has repeated values: {ws}")
     if len(set(a.d_values)) != len(a.d_values) or len(set(a.seeds)) != len(a.seeds):
         raise common.UsageError("--d-values and --seeds must not repeat")
+    for w in fig3_ratios(a):
+        common.check_ratio(w)
     return ws
+
+
+def fig3_ratios(a: Args) -> list:
+    try:
+        return [float(w) for w in a.fig3_ratios]
+    except ValueError:
+        raise common.UsageError(f"--fig3-ratios must be numbers, got {a.fig3_ratios}")
+
+
+def group_ratios(d: float, ws: list, a: Args) -> list:
+    """The ratios trained at separation d: the grid's, plus Fig. 3's extra columns on its rows."""
+    extra = [w for w in fig3_ratios(a) if w not in ws] if d in a.fig3_d_values else []
+    return ws + extra
 
 
 def regime(d: float, a: Args) -> str:
     lo, hi = a.structured_range
-    return "overlapping" if d == 0 else ("structured" if lo <= d <= hi else "disjoint")
+    return "overlapping" if d <= a.overlap_max else ("structured" if lo <= d <= hi else "disjoint")
 
 
 # ----------------------------------------------------------------------------------------------
-# the toy world: manifolds and ground-truth mappings
+# the toy world: manifolds and ground-truth mappings. A sample's position on its manifold is a
+# tensor p: theta, shape (n,), in our design; (u, v) in the unit square, shape (n, 2), in the
+# paper's (u = position along the output curve, v = across the plane, ignored by the output).
 # ----------------------------------------------------------------------------------------------
-def latent_input(theta: torch.Tensor, d: float, target: torch.Tensor) -> torch.Tensor:
-    """Input x = (cos theta, sin theta, d * [target]): the two aligned directions and the
-    separating one."""
-    return torch.stack([theta.cos(), theta.sin(), d * target.to(theta.dtype)], dim=-1)
+def latent_input(p: torch.Tensor, d: float, target: torch.Tensor) -> torch.Tensor:
+    """Input x: ours (cos theta, sin theta, d * [target]), the paper's (u, v, d * [target]): two
+    aligned directions and the separating one."""
+    z = d * target.to(p.dtype)
+    if p.dim() == 2:
+        return torch.stack([p[:, 0], p[:, 1], z], dim=-1)
+    return torch.stack([p.cos(), p.sin(), z], dim=-1)
 
 
-def true_output(theta: torch.Tensor, target, a: Args) -> torch.Tensor:
-    """Ground truth y(theta): a shared petal curve r(theta)(cos, sin); the target's is scaled."""
-    r = 1 + a.petal_amp * torch.sin(a.petals * theta)
-    y = torch.stack([r * theta.cos(), r * theta.sin()], dim=-1)
-    scale = torch.where(torch.as_tensor(target, dtype=torch.bool), a.target_scale, 1.0)
+def true_output(p: torch.Tensor, target, a: Args) -> torch.Tensor:
+    """Ground truth y(p). Ours: a shared petal curve r(theta)(cos, sin), the target's scaled.
+    The paper's: an Archimedean spiral in u, the target's rotated and scaled."""
+    is_t = torch.as_tensor(target, dtype=torch.bool)
+    if a.design == "paper":
+        u = p[:, 0] if p.dim() == 2 else p
+        r0, r1 = a.spiral_radius
+        phi, r = 2 * math.pi * a.spiral_turns * u, r0 + (r1 - r0) * u
+        y = torch.stack([r * phi.cos(), r * phi.sin()], dim=-1)
+        c, s_ = math.cos(math.radians(a.target_rotation)), math.sin(math.radians(a.target_rotation))
+        y_t = a.target_scale * torch.stack([c * y[:, 0] - s_ * y[:, 1], s_ * y[:, 0] + c * y[:, 1]], -1)
+        return torch.where(is_t.unsqueeze(-1), y_t, y)
+    r = 1 + a.petal_amp * torch.sin(a.petals * p)
+    y = torch.stack([r * p.cos(), r * p.sin()], dim=-1)
+    scale = torch.where(is_t, a.target_scale, 1.0)
     return y * scale.to(y.dtype).unsqueeze(-1)
 
 
 def make_dataset(seed: int, a: Args):
-    """Seed `seed`'s datasets: theta and noisy outputs. Target theta ~ U[0, 2 pi c] (partial),
-    source theta ~ U[0, 2 pi) (whole curve). Shared by every (d, w) cell with this seed."""
+    """Seed `seed`'s datasets: positions and noisy outputs. The target covers a fraction c of its
+    curve (theta in [0, 2 pi c], or u in [0, c]); the source the whole manifold. Shared by every
+    (d, w) cell with this seed."""
     g = torch.Generator().manual_seed(10_000 + seed)
-    th_t = torch.rand(a.n_target, generator=g) * 2 * math.pi * a.target_coverage
-    th_s = torch.rand(a.n_source, generator=g) * 2 * math.pi
-    y_t = true_output(th_t, True, a) + a.output_noise * torch.randn(a.n_target, 2, generator=g)
-    y_s = true_output(th_s, False, a) + a.output_noise * torch.randn(a.n_source, 2, generator=g)
-    return th_t, y_t, th_s, y_s
+    if a.design == "paper":
+        p_t = torch.stack([torch.rand(a.n_target, generator=g) * a.target_coverage,
+                           torch.rand(a.n_target, generator=g)], -1)
+        p_s = torch.rand(a.n_source, 2, generator=g)
+    else:
+        p_t = torch.rand(a.n_target, generator=g) * 2 * math.pi * a.target_coverage
+        p_s = torch.rand(a.n_source, generator=g) * 2 * math.pi
+    y_t = true_output(p_t, True, a) + a.output_noise * torch.randn(a.n_target, 2, generator=g)
+    y_s = true_output(p_s, False, a) + a.output_noise * torch.randn(a.n_source, 2, generator=g)
+    return p_t, y_t, p_s, y_s
+
+
+def dense_curve(a: Args, n: int = 400) -> torch.Tensor:
+    """Positions tracing the whole output curve (for drawing it)."""
+    if a.design == "paper":
+        return torch.stack([torch.linspace(0, 1, n), torch.zeros(n)], -1)
+    return torch.linspace(0, 2 * math.pi, n)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,10 +311,14 @@ def output_normalizer(y_t, y_s):
 
 
 def eval_thetas(a: Args):
-    """Test inputs: evenly spaced theta over the whole curve, and which of them are OOD."""
+    """Test inputs on the target manifold, evenly spaced along the whole curve (the paper's: v
+    spread over the plane by a golden-ratio sequence), and which of them are OOD."""
+    if a.design == "paper":
+        u = (torch.arange(a.eval_points) + 0.5) / a.eval_points
+        v = (torch.arange(a.eval_points) * 0.6180339887498949 + 0.5) % 1.0
+        return torch.stack([u, v], -1), u > a.target_coverage
     theta = (torch.arange(a.eval_points) + 0.5) * 2 * math.pi / a.eval_points
-    ood = theta > 2 * math.pi * a.target_coverage
-    return theta, ood
+    return theta, theta > 2 * math.pi * a.target_coverage
 
 
 @torch.no_grad()
@@ -254,9 +333,9 @@ def sample_outputs(model, d: float, norm, a: Args, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     eps_fn = lambda y_t, t: model(y_t, t, x)
     if a.sampler == "ddpm":
-        y = common.ddpm_sample(eps_fn, (K, P * S, 2), sched, g, clip=1.0)
+        y = common.ddpm_sample(eps_fn, (K, P * S, 2), sched, g, clip=1.0 if a.clip_samples else None)
     else:
-        y = common.ddim_sample(eps_fn, (K, P * S, 2), sched, a.sample_steps, g, clip=1.0)
+        y = common.ddim_sample(eps_fn, (K, P * S, 2), sched, a.sample_steps, g, clip=1.0 if a.clip_samples else None)
     return (y * half + center).reshape(K, P, S, 2)
 
 
@@ -315,17 +394,22 @@ def anova_table(rows: list, a: Args, ws: list, key: str = "mse_all", log: bool =
 
 
 def plot_fig3(groups: list, a: Args, ws: list, data: dict, path: str):
+    """Rows: the Fig. 3 separations (--fig3-d-values; default every d), columns: the Fig. 3
+    ratios (--fig3-ratios; default every w); seed 0's samples."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    theta, ood = eval_thetas(a)
-    dense = torch.linspace(0, 2 * math.pi, 400)
+    _, ood = eval_thetas(a)
+    dense = dense_curve(a)
     y_tgt, y_src = true_output(dense, True, a), true_output(dense, False, a)
-    th_t, yt, _, _ = data[a.seeds[0]]
-    R, C = len(groups), len(ws)
+    _, yt, _, _ = data[a.seeds[0]]
+    rows = [gr for gr in groups if gr["d"] in a.fig3_d_values] or groups
+    cols = [w for w in (fig3_ratios(a) or ws) if all(str(w) in gr["samples_seed0"] for gr in rows)]
+    lim = 1.15 * float(torch.cat([y_tgt, y_src]).abs().max())
+    R, C = len(rows), len(cols)
     fig, axes = plt.subplots(R, C, figsize=(1.9 * C, 1.9 * R), squeeze=False)
-    for i, gr in enumerate(groups):
-        for j, w in enumerate(ws):
+    for i, gr in enumerate(rows):
+        for j, w in enumerate(cols):
             ax = axes[i, j]
             ax.plot(y_src[:, 0], y_src[:, 1], color="0.7", lw=0.8, ls="--")
             ax.plot(y_tgt[:, 0], y_tgt[:, 1], color="k", lw=0.8)
@@ -333,15 +417,39 @@ def plot_fig3(groups: list, a: Args, ws: list, data: dict, path: str):
             ax.scatter(*y[~ood.numpy()].reshape(-1, 2).T, s=1.5, color="tab:blue", alpha=0.6)
             ax.scatter(*y[ood.numpy()].reshape(-1, 2).T, s=1.5, color="tab:red", alpha=0.6)
             ax.scatter(yt[:, 0], yt[:, 1], s=6, marker="x", color="tab:green", lw=0.7)
-            ax.set_xlim(-2.2, 2.2); ax.set_ylim(-2.2, 2.2)
+            ax.set_xlim(-lim, lim); ax.set_ylim(-lim, lim)
             ax.set_xticks([]); ax.set_yticks([]); ax.set_aspect("equal")
             if i == 0:
-                ax.set_title(f"w = {w:.3g}", fontsize=8)
+                name = {0.0: " (source-only)", 1.0: " (target-only)"}.get(w, "")
+                ax.set_title(f"w = {w:.3g}{name}", fontsize=8)
             if j == 0:
                 ax.set_ylabel(f"d = {gr['d']:g}\n{regime(gr['d'], a)}", fontsize=8)
     fig.suptitle("Toy co-training (Fig. 3 analogue), seed 0: samples in-distribution (blue) and OOD (red); "
                  "true target (black), source (grey dashed), target data (green x)", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def plot_fig4_paper(rows: list, a: Args, ws: list, anova: dict, path: str):
+    """Fig. 4 as the paper draws it: log loss against the ratio levels (evenly spaced), one curve
+    per d (coolwarm, red = small d), and the ANOVA shares as bars (d, w, interaction)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4.5), gridspec_kw={"width_ratios": [3, 1]})
+    cmap = plt.get_cmap("coolwarm_r")
+    for i, d in enumerate(a.d_values):
+        m = [np.mean([r["mse_all"] for r in rows if r["d"] == d and r["w"] == w]) for w in ws]
+        ax.plot(range(len(ws)), m, "-o", ms=4, color=cmap(i / max(len(a.d_values) - 1, 1)), label=f"dz = {d:g}")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(ws)), [f"{w:g}" for w in ws])
+    ax.set_xlabel("mixing ratio w"); ax.set_ylabel("L2 loss (log), mean over seeds")
+    ax.set_title("L2 loss"); ax.grid(True, which="both", ls="--", alpha=0.4); ax.legend(fontsize=7, title="dz")
+    shares = [anova[k]["share"] for k in ("alignment", "ratio", "interaction")]
+    bx.bar(["dz", "w", "interaction"], shares, color=["firebrick", "royalblue", "0.8"])
+    bx.set_ylabel("variance explained"); bx.set_title(f"ANOVA ({anova['metric']})")
+    fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
@@ -415,8 +523,7 @@ def plot_setup(a: Args, data: dict, path: str):
     ax = fig.add_subplot(1, 2, 2)
     ax.scatter(*y_s.T, s=1, color="0.6", label="source outputs")
     ax.scatter(*y_t.T, s=8, color="tab:green", label="target outputs")
-    dense = torch.linspace(0, 2 * math.pi, 400)
-    ax.plot(*true_output(dense, True, a).T, color="k", lw=0.8, label="true target mapping")
+    ax.plot(*true_output(dense_curve(a), True, a).T, color="k", lw=0.8, label="true target mapping")
     ax.set_aspect("equal"); ax.legend(fontsize=7)
     ax.set_title("outputs y", fontsize=9)
     fig.tight_layout()
@@ -461,6 +568,8 @@ def summary_markdown(rows: list, anovas: list, a: Args, ws: list) -> str:
            rows, a, ws, "mse_ood") + [
            "", "Share of samples nearer the source output than the target output (bimodality), "
            f"mean ± std over {n} seeds:", ""] + loss_table(rows, a, ws, "source_mode") + [""]
+    if a.design == "paper":
+        out += ["The paper's Fig. 4 bars (read off the figure): dz 0.48, w 0.22, interaction 0.30.", ""]
     for tab in anovas:
         which = "all ratios" if tab["ratios"] == ws else "ratios " + ", ".join(f"{w:g}" for w in tab["ratios"])
         out += [f"Two-factor ANOVA on {tab['metric']}, {which} (share of total sum of squares):", "",
@@ -475,7 +584,7 @@ def summary_markdown(rows: list, anovas: list, a: Args, ws: list) -> str:
 
 # ----------------------------------------------------------------------------------------------
 def main(argv=None):
-    a = common.parse_args(Args, PROFILES, argv, description=__doc__)
+    a = common.parse_args(Args, PROFILES, argv, description=__doc__, presets={"design": DESIGNS})
     try:
         ws = check_args(a)
     except common.UsageError as e:
@@ -506,7 +615,7 @@ def main(argv=None):
                 with open(path) as f:
                     groups.append(json.load(f))
                 continue
-            gr = run_group(d, ws, a, data, pbar)
+            gr = run_group(d, group_ratios(d, ws, a), a, data, pbar)
             common.write_json(path, gr)
             groups.append(gr)
     rows = [r for gr in groups for r in gr["cells"]]
@@ -525,6 +634,9 @@ def main(argv=None):
     common.write_json(os.path.join(a.out, "metrics.json"), metrics)
     plot_fig3(groups, a, ws, data, os.path.join(a.out, "fig3_grid.png"))
     plot_fig4(rows, a, ws, os.path.join(a.out, "fig4_loss_vs_ratio.png"))
+    if "anova" in metrics:
+        plot_fig4_paper(rows, a, ws, metrics["anova"], os.path.join(a.out, "fig4_paper_style.png"))
+        plot_fig4_paper(rows, a, ws, metrics["anova_variants"][0], os.path.join(a.out, "fig4_paper_style_logloss.png"))
     plot_setup(a, data, os.path.join(a.out, "fig_setup.png"))
     plot_loss_vs_d(rows, a, ws, os.path.join(a.out, "fig_loss_vs_d.png"))
     if "anova" in metrics:

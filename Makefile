@@ -44,6 +44,7 @@ test: $(STAMP)
 reproduce: toy analysis
 
 toy: $(STAMP)
+	MPLBACKEND=Agg $(PY) 00_toy.py --design paper --out results/toy_paper
 	MPLBACKEND=Agg $(PY) 00_toy.py --out results/toy
 
 # The CPU dataset set (01_generate_data.py --profile cpu): per task 50 source seed demos ->

@@ -314,10 +314,12 @@ def arg(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
-def parse_args(args_cls, profiles: dict, argv=None, description: str = ""):
+def parse_args(args_cls, profiles: dict, argv=None, description: str = "", presets: dict = None):
     """Build an argparse parser from a dataclass (each field: --flag-name, its help text), apply
     the chosen profile's defaults, then the flags given on the command line. Lists are given as
-    comma-separated values. Bad values exit with one line and code 2."""
+    comma-separated values. Bad values exit with one line and code 2.
+    `presets` = {field: {value: defaults}}: a second table of defaults chosen by a field's value
+    (00_toy.py's --design); precedence: command line > profile > preset > the dataclass default."""
     from dataclasses import fields, MISSING
     p = ArgumentParser(description=description,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -346,6 +348,13 @@ def parse_args(args_cls, profiles: dict, argv=None, description: str = ""):
             values[f.name] = profiles[ns.profile].get(f.name, default)
             continue
         values[f.name] = _convert(raw, default, f.name, p)
+    for key, table in (presets or {}).items():
+        if values[key] not in table:
+            p.error(f"argument --{key.replace('_', '-')}: invalid choice {values[key]!r} "
+                    f"(choose from {', '.join(map(str, table))})")
+        for name, v in table[values[key]].items():
+            if getattr(ns, name) is None and name not in profiles[ns.profile]:
+                values[name] = v
     return args_cls(profile=ns.profile, **values)
 
 

@@ -94,6 +94,8 @@ def test_smoke_run_end_to_end_and_resume(tmp_path):
     (["--train-steps", "0"], "--train-steps must be positive"),
     (["--d-values=-1,2"], "--d-values must be finite and >= 0"),
     (["--target-coverage", "1.2"], "--target-coverage"),
+    (["--design", "mine"], "invalid choice"),
+    (["--design", "paper", "--fig3-ratios", "0,x"], "--fig3-ratios must be numbers"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, flags, words):
     out = tmp_path / "never"
@@ -102,3 +104,64 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, flags, words):
     lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and words in lines[0], r.stderr
     assert not out.exists()
+
+
+def paper_args(toy, argv=()):
+    import common
+    return common.parse_args(toy.Args, toy.PROFILES, ["--design", "paper", *argv], presets={"design": toy.DESIGNS})
+
+
+def test_paper_design_defaults_are_fig4s_grid(toy):
+    """--design paper takes Fig. 4's dz and w levels; a flag or a profile still overrides them."""
+    a = paper_args(toy)
+    assert a.d_values == [0.01, 0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 50.0]
+    assert [float(w) for w in a.ratios] == [0.001, 0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99]
+    assert not a.clip_samples and a.out == "runs/toy/paper"
+    assert paper_args(toy, ["--d-values", "0.5,3"]).d_values == [0.5, 3.0]
+    assert paper_args(toy, ["--profile", "smoke"]).d_values == toy.PROFILES["smoke"]["d_values"]
+    ws = [float(w) for w in a.ratios]
+    # Fig. 3's columns w = 0 and 1 are trained on its rows only, outside the ANOVA grid
+    assert toy.group_ratios(1.0, ws, a) == ws + [0.0, 1.0]
+    assert toy.group_ratios(3.0, ws, a) == ws
+    assert [toy.regime(d, a) for d in (0.01, 0.1, 0.5, 5.0, 10.0, 50.0)] == [
+        "overlapping", "overlapping", "structured", "structured", "disjoint", "disjoint"]
+
+
+def test_paper_geometry(toy):
+    """Fig. 3: inputs fill a unit-square plane per domain (z = 0 source, z = dz target); outputs
+    are spirals, the target's the source's rotated 90 degrees and scaled; the target samples cover
+    u <= c only, the rest of the target plane is the OOD region."""
+    a = paper_args(toy)
+    p_t, y_t, p_s, y_s = toy.make_dataset(0, a)
+    assert p_t.shape == (a.n_target, 2) and p_s.shape == (a.n_source, 2)
+    x_s, x_t = toy.latent_input(p_s, 7.0, torch.zeros(len(p_s))), toy.latent_input(p_t, 7.0, torch.ones(len(p_t)))
+    assert (x_s[:, 2] == 0).all() and (x_t[:, 2] == 7.0).all()
+    assert ((x_s[:, :2] >= 0) & (x_s[:, :2] <= 1)).all() and x_s[:, :2].min() < 0.05 and x_s[:, :2].max() > 0.95
+    assert p_t[:, 0].max() <= a.target_coverage < p_s[:, 0].max()  # the target covers part only
+    u = torch.linspace(0, 1, 50)
+    ys, yt = toy.true_output(u, False, a), toy.true_output(u, True, a)
+    assert torch.allclose(yt.norm(dim=-1), a.target_scale * ys.norm(dim=-1), atol=1e-5)
+    assert torch.allclose(yt, a.target_scale * torch.stack([-ys[:, 1], ys[:, 0]], -1), atol=1e-5)  # +90 deg
+    r = ys.norm(dim=-1)
+    assert r[0] == pytest.approx(a.spiral_radius[0]) and r[-1] == pytest.approx(a.spiral_radius[1])
+    # the output depends on u only: v moves the input across the plane, not the output
+    p = torch.stack([u, torch.rand(50)], -1)
+    assert torch.allclose(toy.true_output(p, True, a), yt)
+    pts, ood = toy.eval_thetas(a)
+    assert pts.shape == (a.eval_points, 2) and ood.float().mean() == pytest.approx(1 - a.target_coverage, abs=0.02)
+    assert (ood == (pts[:, 0] > a.target_coverage)).all()
+    m = toy.cell_metrics(toy.true_output(pts, True, a).unsqueeze(1).expand(-1, a.eval_samples, 2), a)
+    assert m["mse_all"] == 0 and m["source_mode"] == 0
+
+
+def test_paper_design_smoke_run(tmp_path):
+    out = tmp_path / "toy"
+    r = run_stage("00_toy.py", "--profile", "smoke", "--design", "paper", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    for f in ("fig3_grid.png", "fig4_paper_style.png", "fig4_paper_style_logloss.png", "summary.md"):
+        assert (out / f).exists(), f
+    m = json.loads((out / "metrics.json").read_text())
+    # smoke: d in {0, 1} x w in {0.1, 1}, plus Fig. 3's w = 0 and 0.01 on its row d = 1; 2 seeds
+    assert sorted({(c["d"], c["w"]) for c in m["cells"]}) == [(0, 0.1), (0, 1.0), (1, 0.0), (1, 0.01), (1, 0.1), (1, 1.0)]
+    assert m["anova"]["ratios"] == [0.1, 1.0]  # the ANOVA stays on the grid
+    assert "0.48" in (out / "summary.md").read_text()
