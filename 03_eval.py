@@ -295,6 +295,7 @@ def evaluate(a: Args) -> str:
         if any(k == ev["key"] and r.get("digest", ev["digest"]) != ev["digest"] for (k, _), r in done.items()):
             raise UsageError(f"{out} holds episodes of other weights at {ev['ckpt']} (the checkpoint "
                              f"changed since they ran); --overwrite to start over or another --out")
+    adopt_moved_episodes(evals, done)
     os.makedirs(out, exist_ok=True)
     common.write_json(set_path, settings)
     jobs = []
@@ -323,6 +324,17 @@ def evaluate(a: Args) -> str:
               + "".join(f"; close in {o}: {c['dz_mm']:.1f} mm above the grasp point, moving {c['speed_mm']:.1f} mm/step"
                         for o, c in r["close"].items()))
     return out
+
+
+def adopt_moved_episodes(evals: list, done: dict):
+    """Episodes keyed by another path but run with the same weights (same digest, domain,
+    guidance and label) count as done: a checkpoint moved (e.g. committed under results/) resumes
+    its evaluation instead of starting it over."""
+    for ev in evals:
+        rest = ev["key"].split("|", 1)[1]
+        for (k, s), r in list(done.items()):
+            if k != ev["key"] and k.split("|", 1)[1] == rest and r.get("digest") == ev["digest"]:
+                done.setdefault((ev["key"], s), {**r, "key": ev["key"]})
 
 
 def run_jobs(jobs: list, workers: int, ep_path: str, done: dict):

@@ -89,6 +89,22 @@ def test_resume_after_kill(ckpts, tmp_path):
     assert sorted(map(key, eps)) == sorted(map(key, episodes(ref)))
 
 
+def test_moved_checkpoint_keeps_its_episodes(ckpts, tmp_path):
+    """The same weights at another path (a checkpoint copied under results/) resume the evaluation
+    instead of running every episode again."""
+    import shutil
+    out = tmp_path / "ev"
+    assert evaluate(ckpts["cotrain"], out, "--trials", "2").returncode == 0
+    moved = tmp_path / "moved" / "ckpt.pt"
+    moved.parent.mkdir()
+    shutil.copy(ckpts["cotrain"], moved)
+    r = evaluate(str(moved), out, "--trials", "3")
+    assert r.returncode == 0, r.stderr
+    assert "1 to run, 2 done before" in r.stdout
+    (ev,) = results(out).values()
+    assert ev["ckpt"] == str(moved) and [e["seed"] for e in ev["episodes"]] == [1_000_000, 1_000_001, 1_000_002]
+
+
 def test_guidance_sweep_and_video(ckpts, tmp_path):
     import imageio.v3 as iio
     r = evaluate(ckpts["cfg"], tmp_path / "g", "--guidance", "-1,0.5", "--trials", "1", "--video", "1")
