@@ -37,9 +37,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(PY) -m pytest -q -n 2 --dist loadfile tests
 
-# The main CPU job: the toy model of Sec. 3 (~10 min), the dataset set (~2 h), the NutAssembly
+# The main CPU job: the toy model of Sec. 3 (~30 min: both designs), the dataset set (~2 h), the NutAssembly
 # runs and rollouts (~6 h) and the analysis (~15 min) on 2 cores; every step resumes after a kill
-# and keeps what is finished. Writes results/toy/ and results/analysis/ (the committed copies:
+# and keeps what is finished. Writes results/toy/, results/toy_paper/ and results/analysis/ (the committed copies:
 # git diff shows any change).
 reproduce: toy analysis
 
