@@ -127,7 +127,8 @@ class Worker:
         def make_agent(e, seed):
             label = common.SOURCE if job["label"] == "source" else common.TARGET
             agents.append(diffusion_policy.PolicyAgent(policy, seed, job["guidance"], job["sample_steps"],
-                                                       job["sampler"], label=label, n_action=job["n_action"]))
+                                                       job["sampler"], label=label, n_action=job["n_action"],
+                                                       gripper_levels=e.gripper_levels))
             if filmed:
                 agents[-1].on_act = lambda: frames.append(film(e, job["video_size"]))
             return agents[-1]

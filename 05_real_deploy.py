@@ -585,7 +585,9 @@ def deploy(a: Args, robot=None, make_agent=None) -> int:
         raise UsageError(f"inference takes {lead} control steps, more than the chunk leaves ({max_lead}): "
                          f"lower --hz or --sample-steps")
     lead = max(lead, 0) if a.inference == "async" else 0
-    make_agent = make_agent or (lambda seed: diffusion_policy.PolicyAgent(policy, seed, guidance, steps, "ddim", lead))
+    levels = tasks.TASK_CLASSES[settings["task"]].gripper_levels  # the demos' gripper commands
+    make_agent = make_agent or (lambda seed: diffusion_policy.PolicyAgent(policy, seed, guidance, steps, "ddim", lead,
+                                                                          gripper_levels=levels))
     meta = {"env_args": {"env_name": settings["task"], "type": 1,
                          "env_kwargs": {"robot": a.robot, "domain": settings["domain"], "control": "joint_position",
                                         "control_freq": a.hz}},

@@ -400,7 +400,7 @@ class PolicyAgent:
     Chunk index i is the action for i steps after the observation it was predicted from."""
 
     def __init__(self, policy, seed: int, guidance, sample_steps: int, sampler: str = "ddim", lead: int = 0,
-                 label: int = TARGET, n_action: int = 0):
+                 label: int = TARGET, n_action: int = 0, gripper_levels=None):
         import torch
         self.policy, self.cfg = policy, policy.cfg
         # actions executed per chunk (0 = the trained n_action; fewer = re-plan more often)
@@ -408,6 +408,9 @@ class PolicyAgent:
         if not 1 <= self.n_action <= self.cfg["horizon"]:
             raise ValueError(f"n_action must be in [1, horizon = {self.cfg['horizon']}], got {n_action}")
         self.label = label  # domain label a CFG / CFG-ADDA policy is conditioned on (ignored otherwise)
+        # the gripper commands of the demos (tasks.TaskEnv.gripper_levels): the last action dim is
+        # executed as the nearest of them (None: as predicted)
+        self.gripper_levels = None if gripper_levels is None else np.asarray(gripper_levels, dtype=np.float64)
         self.keys = self.cfg["lowdim_keys"] + self.cfg["image_keys"]
         # the stored observation keys it needs (derived keys resolved: common.derived_sources)
         self.sources = sorted({s for k in self.keys for s in derived_sources(k)})
@@ -453,7 +456,10 @@ class PolicyAgent:
                 future, skip = self._pending
                 self._pending = None
                 self.queue = list(future.result()[skip:skip + self.n_action])
-        return self.queue.pop(0).astype(np.float64)
+        action = self.queue.pop(0).astype(np.float64)
+        if self.gripper_levels is not None:
+            action[-1] = self.gripper_levels[np.abs(self.gripper_levels - action[-1]).argmin()]
+        return action
 
     def close(self):
         if self._pool is not None:

@@ -185,6 +185,10 @@ class TaskEnv:
     robosuite_env = None
     horizon = 400
     settle_steps = 5        # steps an episode runs on after success (it must still hold then)
+    # The gripper commands the expert gives. robosuite's Panda gripper moves by sign(command) each
+    # step, so a policy's near-0 output opens or closes the fingers all the way: PolicyAgent
+    # executes the nearest of these (a no-op where they are -1 / 1, since only the sign counts).
+    gripper_levels = (-1.0, 1.0)
     object_name = None      # the manipulated object (robosuite object name)
     subtasks = ()           # (name, reference frame) in order; the signal `name` ends the subtask
     frames = {}             # reference frame -> (position obs key, orientation obs key or None)
@@ -408,6 +412,7 @@ class MugCleanup(TaskEnv):
     drawer (frame: drawer; ends when released inside), 4 close the drawer (frame: drawer)."""
     robosuite_env = "CotrainScene"
     horizon = 1000
+    gripper_levels = (-1.0, 0.0, 1.0)  # 0 holds the fingers half open around the drawer handle
     object_name = "mug"
     fixture_body = "drawer_main"
     subtasks = (("open", "drawer"), ("grasp", "mug"), ("place", "drawer"), ("close", "drawer"))

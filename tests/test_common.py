@@ -366,6 +366,25 @@ def test_guidance_combines_conditional_and_null_predictions():
     assert torch.allclose(a_g, 0.5 * a0 + 0.5 * a_null, atol=1e-4)
 
 
+def test_agent_executes_the_nearest_gripper_command():
+    """robosuite's gripper moves by sign(command): a near-0 output must become the demos' 0
+    (hold) where the demos use it (MugCleanup), and stay on its side of 0 where they use -1 / 1."""
+    pol = diffusion_policy.DiffusionPolicy(small_policy_cfg()).eval()
+    obs = {"a": np.zeros(3, np.float32), "b": np.zeros(2, np.float32)}
+
+    def first_actions(levels, gripper):
+        agent = diffusion_policy.PolicyAgent(pol, 0, None, 2, gripper_levels=levels)
+        agent.predict = lambda history: np.tile(np.array([0.3, -0.2, 0.1, gripper], np.float32), (8, 1))
+        return agent.act(obs)
+
+    assert first_actions(None, -0.04)[-1] == pytest.approx(-0.04)  # as predicted
+    assert first_actions((-1.0, 0.0, 1.0), -0.04)[-1] == 0.0
+    assert first_actions((-1.0, 0.0, 1.0), 0.7)[-1] == 1.0
+    for g in (-0.04, 0.3, 0.9):  # two levels: the side of 0 (what the gripper integrates) is kept
+        assert np.sign(first_actions((-1.0, 1.0), g)[-1]) == np.sign(g)
+    assert first_actions((-1.0, 0.0, 1.0), 0.2)[:3] == pytest.approx([0.3, -0.2, 0.1])  # arm untouched
+
+
 def test_resnet18gn_and_crops():
     net = diffusion_policy.ResNet18GN(width=8, out_dim=10)
     assert net(torch.randn(2, 3, 64, 64)).shape == (2, 10)

@@ -103,6 +103,8 @@ def test_expert_episode_succeeds_and_records(episode, envs):
     firsts = [int(np.argmax(episode[f"signal_{n}"])) for n in names]
     assert all(episode[f"signal_{n}"].any() for n in names)
     assert firsts == sorted(firsts) and episode[f"signal_{names[-1]}"][-1]
+    # the expert's gripper commands are the task's levels (what PolicyAgent decodes a policy's to)
+    assert set(np.unique(episode["actions"][:, -1])) == set(envs["source"].gripper_levels)
 
 
 def use_nut_expert(monkeypatch, name):
