@@ -67,6 +67,7 @@ class Args:
     images: bool = arg(False, "also record camera images")
     cameras: list = arg(["agentview", "robot0_eye_in_hand"], "cameras for --images (paper App. C: 2)")
     image_size: int = arg(84, "image height = width (paper App. C: 84)")
+    image_suffix: str = arg("_img", "set: the image copy of <name>.hdf5 is <name><suffix>.hdf5")
     nut_expert: str = arg("first", "expert: which NutAssembly expert (experts.NUT_EXPERTS); the first's data "
                                     "trains the strongest policies (RESULTS 'A CPU recipe', item 8)")
     selection: str = arg("nearest", "generate: seed demo choice, nearest (initial object poses) | random")
@@ -94,6 +95,10 @@ PROFILES = {
     "smoke": dict(set_seeds=2, set_source=2, set_target=1, set_tasks=["NutAssembly"], set_image_tasks=[],
                   num_demos=2),
     "cpu": dict(),
+    # The image copies of the small-image cpu profile (02_train.py --profile cpu_img): NutAssembly,
+    # one agentview camera at 64x64 (RESULTS "Image policies"); the low-dim files are the cpu set's.
+    "cpu_img": dict(set_tasks=["NutAssembly"], set_image_tasks=["NutAssembly"], cameras=["agentview"],
+                    image_size=64, image_suffix="_img64"),
     "paper": dict(set_source=3000, set_image_tasks=["NutAssembly", "MugCleanup", "MugHang"]),
 }
 
@@ -762,7 +767,7 @@ def dataset_set(a: Args) -> list:
     """The files of the profile's dataset set, in build order: per task, source seed demos,
     MimicGen source demos, expert demos in each target domain (low-dim); then, after every task's,
     for the image tasks a copy of the training files (not the seeds) with camera images rendered
-    from their states (`<name>_img.hdf5`)."""
+    from their states (`<name><image suffix>.hdf5`)."""
     from dataclasses import replace
     from tasks import DOMAIN_NAMES
     jobs, renders = [], []
@@ -776,7 +781,7 @@ def dataset_set(a: Args) -> list:
         task_jobs = [(j, o or default_out(j, a.root)) for j, o in task_jobs]
         jobs += task_jobs
         if a.images or task in a.set_image_tasks:   # last: rendering is the slow part on a CPU
-            renders += [(replace(j, mode="import", input=o, images=True), o.replace(".hdf5", "_img.hdf5"))
+            renders += [(replace(j, mode="import", input=o, images=True), o[:-len(".hdf5")] + a.image_suffix + ".hdf5")
                         for j, o in task_jobs[1:]]
     return jobs + renders
 

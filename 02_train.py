@@ -64,7 +64,8 @@ class Args:
     source_name: str = arg("mimicgen_500", "source dataset file name under <root>/<task>/source/")
     target_data: str = arg("", "explicit target HDF5 (overrides the three options above)")
     source_data: str = arg("", "explicit source HDF5")
-    images: bool = arg(False, "train on camera images (reads the *_img.hdf5 files)")
+    images: bool = arg(False, "train on camera images (reads the <name><image suffix>.hdf5 files)")
+    image_suffix: str = arg("_img", "file name suffix of the image copies (01_generate_data.py --image-suffix)")
     image_keys: list = arg(["agentview_image", "robot0_eye_in_hand_image"], "cameras (App. C: 2)")
     obs_keys: list = arg([], "low-dim keys (stored, or derived: <pos key>_rel, <name>_rot6d); "
                              "empty = the --obs-set's keys (images: proprioception only)")
@@ -147,6 +148,15 @@ PROFILES = {
     "cpu_v1": dict(images=False, d_feat=128, d_model=128, n_layers=2, n_cond_layers=1, dropout=0.0,
                    unet_dims=[64, 128, 256], steps=15000, batch_size=128, lr=3e-4, warmup=500,
                    disc_warmup=2000, save_every=1000, snapshot_every=5000, log_every=100),
+    # Image policies on this CPU (RESULTS "Image policies"; bench/bench_images.py): the cpu
+    # recipe's transformer on proprioception + one agentview camera at 64x64 (crop 58, 90 %), a
+    # width-8 ResNet18-GN (a camera costs ~30 ms per env step whatever its size, a second one
+    # doubles both rendering and training), batch 64: ~110 ms a step, ~37 min for 20k steps.
+    "cpu_img": dict(images=True, image_suffix="_img64", image_keys=["agentview_image"], resnet_width=8,
+                    vision_dim=64, crop=58, action_space="rel", d_feat=128, d_model=128,
+                    n_layers=2, n_cond_layers=1, dropout=0.0, unet_dims=[64, 128, 256], steps=20000,
+                    batch_size=64, lr=3e-4, warmup=500, disc_warmup=2000, grl_ramp=2000, save_every=1000,
+                    snapshot_every=5000, log_every=100),
     # Seconds, for tests.
     "smoke": dict(images=False, d_feat=32, d_model=32, n_heads=2, n_layers=1, n_cond_layers=1,
                   dropout=0.0, horizon=8, n_action=4, unet_dims=[16, 32], resnet_width=8,
@@ -186,7 +196,7 @@ def check_args(a: Args):
 
 
 def data_paths(a: Args):
-    suffix = "_img" if a.images else ""
+    suffix = a.image_suffix if a.images else ""
     tgt = a.target_data or os.path.join(a.data_root, a.task, a.target_domain, f"{a.target_name}{suffix}.hdf5")
     src = a.source_data or os.path.join(a.data_root, a.task, "source", f"{a.source_name}{suffix}.hdf5")
     return tgt, src
@@ -238,7 +248,8 @@ def model_config(a: Args, target, lowdim_keys, image_keys) -> dict:
                 crop=a.crop if image_keys else 0, T=a.T, sample_steps=a.sample_steps,
                 image_keys=list(image_keys), lowdim_keys=list(lowdim_keys), action_space=a.action_space,
                 lowdim_dims={k: int(target.obs[k].shape[-1]) for k in lowdim_keys},
-                action_dim=int(target.actions.shape[1]), use_label=METHODS[a.method].label)
+                action_dim=int(target.actions.shape[1]), use_label=METHODS[a.method].label,
+                image_size=int(target.obs[image_keys[0]].shape[-2]) if image_keys else 0)
 
 
 def run_config(a: Args, w: float, target, source, lowdim_keys, image_keys) -> dict:
@@ -252,7 +263,8 @@ def run_config(a: Args, w: float, target, source, lowdim_keys, image_keys) -> di
 
 
 def run_name(a: Args, w: float) -> str:
-    return f"{a.task}_{a.target_domain}_{a.method}_r{w:.3g}_{a.arch}_s{a.seed}"
+    images = a.image_suffix if a.images else ""  # image policies: e.g. ..._target_visual_img64_cotrain_...
+    return f"{a.task}_{a.target_domain}{images}_{a.method}_r{w:.3g}_{a.arch}_s{a.seed}"
 
 
 # ----------------------------------------------------------------------------------------------

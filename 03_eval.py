@@ -107,11 +107,12 @@ class Worker:
             self.policies[ckpt] = diffusion_policy.load_policy(ckpt)[0]
         return self.policies[ckpt]
 
-    def env(self, task, domain, cameras, filmed, max_steps, control="joint"):
+    def env(self, task, domain, cameras, filmed, max_steps, control="joint", image_size=84):
         import tasks
-        key = (task, domain, cameras, filmed, control)
+        key = (task, domain, cameras, filmed, control, image_size)
         if key not in self.envs:
-            self.envs[key] = tasks.make_env(task, domain, control=control, cameras=cameras, offscreen=filmed)
+            self.envs[key] = tasks.make_env(task, domain, control=control, cameras=cameras, offscreen=filmed,
+                                            image_size=image_size)
         env = self.envs[key]
         env.horizon = min(type(env).horizon, max_steps) if max_steps else type(env).horizon
         return env
@@ -121,7 +122,8 @@ class Worker:
         policy = self.policy(job["ckpt"])
         cams = tuple(k[:-len(common.IMAGE_SUFFIX)] for k in policy.cfg["image_keys"])
         filmed = bool(job["video_path"])
-        env = self.env(job["task"], job["domain"], cams, filmed, job["max_steps"], job["control"])
+        env = self.env(job["task"], job["domain"], cams, filmed, job["max_steps"], job["control"],
+                       policy.cfg.get("image_size") or 84)  # checkpoints before image_size: 84 px
         frames, agents = [], []
 
         def make_agent(e, seed):

@@ -451,7 +451,7 @@ class Args:
     max_overrun: float = arg(2.0, "a loop step longer than this many periods stops the robot (realtime)")
     robot_ip: str = arg("172.16.0.2", "franka: FCI address")
     cameras: list = arg([], "franka: name=realsense:<serial> or name=opencv:<index> per policy camera")
-    image_size: int = arg(84, "camera frames are resized to this (the training images')")
+    image_size: int = arg(0, "camera frames are resized to this (0 = the training images' size)")
     dynamics: float = arg(0.2, "franka: franky relative dynamics factor (velocity/acceleration/jerk)")
     out: str = arg("", "output folder (default runs/deploy/<run>_<robot>[_dry])")
     overwrite: bool = arg(False, "discard earlier episodes in --out")
@@ -514,6 +514,7 @@ def setup(a: Args):
     if common.ACTION_SPACES[cfg["model"].get("action_space", "abs")][1] != "joint":
         raise UsageError(f"{a.ckpt} predicts OSC commands (--action-space osc); the robots here take "
                          f"joint targets (App. C): deploy a policy trained with --action-space abs or rel")
+    a.image_size = a.image_size or cfg["model"].get("image_size") or 84  # older checkpoints: 84 px
     labelled = cfg["model"]["use_label"]
     if a.guidance and not labelled:
         raise UsageError(f"--guidance needs a checkpoint trained with a domain label "

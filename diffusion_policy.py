@@ -441,6 +441,11 @@ class PolicyAgent:
     def act(self, obs: dict) -> np.ndarray:
         if self.on_act is not None:
             self.on_act()
+        size = self.cfg.get("image_size")  # trained on size x size frames (checkpoints before it: not checked)
+        for k in self.cfg["image_keys"] if size else ():
+            if np.shape(obs[k])[:2] != (size, size):
+                raise ValueError(f"camera '{k}' gives {np.shape(obs[k])[:2]} frames; the policy was trained on "
+                                 f"{size}x{size} (render the env at image_size={size})")
         self.history = (self.history or [obs] * self.cfg["n_obs"])[1:] + [obs]
         self.started = False
         if self._pool is None:

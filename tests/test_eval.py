@@ -294,3 +294,28 @@ def test_derived_observations_and_relative_actions_run_closed_loop(tmp_path):
     (e,) = episodes(tmp_path / "eval")
     with h5py.File(tmp_path / "dep" / "episodes.hdf5", "r") as f:
         assert np.allclose(f["data/demo_0"].attrs["final_joint_pos"], e["final_joint_pos"], atol=1e-5)
+
+
+def test_image_policy_rendered_at_its_training_size(tmp_path):
+    """A policy trained on 32x32 frames is evaluated on 32x32 renders (the checkpoint's
+    image_size, not the envs' default 84), and PolicyAgent refuses frames of another size."""
+    import numpy as np
+    import diffusion_policy
+    tgt = make_fake_dataset(tmp_path / "t.hdf5", 2, 12, seed=0, images=32)
+    src = make_fake_dataset(tmp_path / "s.hdf5", 2, 12, seed=1, images=32, domain="source")
+    r = run_stage("02_train.py", "--profile", "smoke", "--target-data", tgt, "--source-data", src, "--images",
+                  "--crop", "28", "--method", "cotrain", "--ratio", "0.5", "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    ckpt = str(tmp_path / "run" / "ckpt.pt")
+    policy, cfg, _ = diffusion_policy.load_policy(ckpt)
+    assert cfg["model"]["image_size"] == 32
+    r = evaluate(ckpt, tmp_path / "ev", "--trials", "1", "--max-steps", "10")
+    assert r.returncode == 0, r.stderr
+    (ev,) = results(tmp_path / "ev").values()
+    assert ev["trials"] == 1 and ev["episodes"][0]["length"] == 10
+    agent = diffusion_policy.PolicyAgent(policy, 0, None, 2)
+    obs = {"robot0_joint_pos": np.zeros(7), "robot0_gripper_qpos": np.zeros(2),
+           "agentview_image": np.zeros((84, 84, 3), np.uint8),
+           "robot0_eye_in_hand_image": np.zeros((84, 84, 3), np.uint8)}
+    with pytest.raises(ValueError, match="32x32"):
+        agent.act(obs)

@@ -208,6 +208,16 @@ def test_smoke_set_end_to_end_and_rerun_keeps_it(tmp_path):
     assert r.returncode == 0 and r.stdout.count("exists, kept") == len(want)
     r = run_stage(GEN, "--report", str(tmp_path))
     assert r.returncode == 0 and r.stdout.count("\n| NutAssembly/") == len(want)
+    # image copies of the training files (not the seeds), one camera at 32 px, under their own suffix
+    r = run_stage(GEN, "--profile", "smoke", "--root", str(tmp_path), "--set-image-tasks", TASK,
+                  "--cameras", "agentview", "--image-size", "32", "--image-suffix", "_img32")
+    assert r.returncode == 0, r.stderr
+    for w in want[1:]:
+        with h5py.File(tmp_path / TASK / w.replace(".hdf5", "_img32.hdf5"), "r") as f:
+            g = f["data/demo_0"]
+            assert g["obs/agentview_image"].shape == (g.attrs["num_samples"], 32, 32, 3)
+            assert "robot0_eye_in_hand_image" not in g["obs"]
+    assert not os.path.exists(tmp_path / TASK / "source/seed_2_img32.hdf5")
 
 
 def test_images_rendered_from_states(files):
