@@ -106,6 +106,8 @@ class Args:
     unet_dims: list = arg([256, 512, 1024], "U-Net channel widths")
     resnet_width: int = arg(64, "ResNet18 base width (64 = the original)")
     vision_dim: int = arg(256, "per-camera feature width after the vision stem")
+    vision_pool: str = arg("avg", "pooling of the ResNet's last feature map: avg (global average) | "
+                                  "spatial_softmax (32 keypoints, robomimic / Diffusion Policy)")
     crop: int = arg(76, "random crop size in training, center crop at test (0 = none)")
     T: int = arg(100, "diffusion steps in training (DDPM)")
     sample_steps: int = arg(10, "DDIM steps at inference (stored for eval)")
@@ -163,11 +165,13 @@ PROFILES = {
                   vision_dim=16, crop=0, steps=20, batch_size=16, lr=1e-3, warmup=5,
                   disc_warmup=5, disc_hidden=32, save_every=10, snapshot_every=10, log_every=5),
 }
+# Settings added after runs were made with the code before them: their value in those runs.
+LATER_ARGS = {"image_suffix": "_img", "vision_pool": "avg"}
 # Settings that may change on --resume without changing the result.
 RESUME_FREE = {"resume", "overwrite", "save_every", "snapshot_every", "log_every", "verbose", "device"}
 # Settings that define the network (a checkpoint for --init-from must match them).
 MODEL_KEYS = ["arch", "n_obs", "horizon", "d_feat", "d_model", "n_heads", "n_layers",
-              "n_cond_layers", "unet_dims", "resnet_width", "vision_dim", "crop", "T",
+              "n_cond_layers", "unet_dims", "resnet_width", "vision_dim", "vision_pool", "crop", "T",
               "image_keys", "lowdim_keys", "lowdim_dims", "action_dim", "use_label", "action_space"]
 
 
@@ -177,6 +181,8 @@ MODEL_KEYS = ["arch", "n_obs", "horizon", "d_feat", "d_model", "n_heads", "n_lay
 def check_args(a: Args):
     if a.method not in METHODS:
         raise UsageError(f"unknown method {a.method!r}; choose from {', '.join(METHODS)}")
+    if a.vision_pool not in ("avg", "spatial_softmax"):
+        raise UsageError(f"unknown --vision-pool {a.vision_pool!r}; choose from avg, spatial_softmax")
     if a.arch not in ("encdec", "dec", "unet", "mlp"):
         raise UsageError(f"unknown --arch {a.arch!r}; choose from encdec, dec, unet, mlp")
     for name in ("steps", "batch_size", "n_obs", "horizon", "n_action", "T", "sample_steps"):
@@ -244,7 +250,7 @@ def model_config(a: Args, target, lowdim_keys, image_keys) -> dict:
     return dict(arch=a.arch, n_obs=a.n_obs, horizon=a.horizon, n_action=a.n_action, d_feat=a.d_feat,
                 d_model=a.d_model, n_heads=a.n_heads, n_layers=a.n_layers,
                 n_cond_layers=a.n_cond_layers, dropout=a.dropout, unet_dims=list(a.unet_dims),
-                resnet_width=a.resnet_width, vision_dim=a.vision_dim,
+                resnet_width=a.resnet_width, vision_dim=a.vision_dim, vision_pool=a.vision_pool,
                 crop=a.crop if image_keys else 0, T=a.T, sample_steps=a.sample_steps,
                 image_keys=list(image_keys), lowdim_keys=list(lowdim_keys), action_space=a.action_space,
                 lowdim_dims={k: int(target.obs[k].shape[-1]) for k in lowdim_keys},
@@ -349,7 +355,7 @@ def checkpoint_to_resume(a: Args, out: str, config: dict, world: int):
     ck = common.load_checkpoint(ckpt_path)
     old = ck["config"]
     common.check_same_settings(
-        {**old["args"], **{f"data.{k}.digest": old["data"][k]["digest"] for k in ("target", "source")}},
+        {**LATER_ARGS, **old["args"], **{f"data.{k}.digest": old["data"][k]["digest"] for k in ("target", "source")}},
         {**config["args"], **{f"data.{k}.digest": config["data"][k]["digest"] for k in ("target", "source")}},
         f"--resume: {ckpt_path}", free=RESUME_FREE, hint=RESUME_HINT)
     if len(ck["rng"]) != world and not (ck.get("final") and ck["step"] >= a.steps):
@@ -362,7 +368,7 @@ def checkpoint_to_init_from(a: Args, mcfg: dict):
     if not a.init_from:
         return None
     ck = common.load_checkpoint(a.init_from)
-    have = ck["config"]["model"]
+    have = {"vision_pool": "avg", **ck["config"]["model"]}  # checkpoints before vision_pool: avg
     bad = [f"{k}: {have.get(k)} vs {mcfg[k]}" for k in MODEL_KEYS if have.get(k) != mcfg[k]]
     if bad:
         raise UsageError(f"--init-from {a.init_from}: checkpoint from a different architecture ({'; '.join(bad)})")

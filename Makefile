@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test reproduce toy data nut nut-methods mugs analysis venv clean-venv
+.PHONY: demo test reproduce toy data nut nut-methods mugs nut-img analysis venv clean-venv
 
 venv: $(STAMP)
 
@@ -93,6 +93,26 @@ mugs: data
 	    --trials 200 --workers 2 --out runs/eval/$${t}_target_visual_physics_sim_only_r0_encdec_s0_in_source && \
 	  $(PY) 03_eval.py --ckpt runs/train/$${t}_target_visual_physics_real_only_r1_encdec_s0/ckpt.pt \
 	    --trials 200 --workers 2 || exit 1; \
+	done
+
+# Image policies on this CPU (RESULTS.md "Image policies", --profile cpu_img): the NutAssembly
+# low-dim files if missing, their image copies (one agentview camera at 64 px, ~35 min), sim_only
+# evaluated in the source domain, then real_only, cotrain and cfg_adda at the guideline's ratio in
+# target_visual and target_visual_physics, 100 episodes each. ~25 min per run and ~10 min per
+# evaluation on 2 cores (~5 h in all); resumable (finished files, runs and episodes are kept).
+IMG := runs/train/NutAssembly
+nut-img: $(STAMP)
+	$(PY) 01_generate_data.py --profile cpu_img --workers 2 --root data
+	$(PY) 02_train.py --profile cpu_img --method sim_only --resume
+	$(PY) 03_eval.py --ckpt $(IMG)_target_visual_physics_img64_sim_only_r0_encdec_s0/ckpt.pt --domain source \
+	  --trials 100 --workers 2 --out runs/eval/NutAssembly_target_visual_physics_img64_sim_only_r0_encdec_s0_in_source
+	for d in target_visual target_visual_physics; do \
+	  $(PY) 02_train.py --profile cpu_img --target-domain $$d --method real_only --resume && \
+	  $(PY) 03_eval.py --ckpt $(IMG)_$${d}_img64_real_only_r1_encdec_s0/ckpt.pt --trials 100 --workers 2 && \
+	  for m in cotrain cfg_adda; do \
+	    $(PY) 02_train.py --profile cpu_img --target-domain $$d --method $$m --ratio auto --resume && \
+	    $(PY) 03_eval.py --ckpt $(IMG)_$${d}_img64_$${m}_r0.17_encdec_s0/ckpt.pt --trials 100 --workers 2 || exit 1; \
+	  done || exit 1; \
 	done
 
 # Stage 04 over every run under runs/: tables, figures, missing.md (RESULTS.md "Representation

@@ -46,11 +46,31 @@ class BasicBlock(nn.Module):
         return F.relu(y + (x if self.down is None else self.down(x)))
 
 
-class ResNet18GN(nn.Module):
-    """ResNet18 (He et al. 2016) with GroupNorm, trained from scratch, global average pool and a
-    linear projection to `out_dim` (the "vision stem" feature point). width = 64 is the original."""
+class SpatialSoftmax(nn.Module):
+    """Keypoint pooling (Levine et al. 2016; robomimic's, which Diffusion Policy uses in place of
+    global average pooling "to maintain spatial information"): a 1x1 conv to `num_kp` maps, a
+    softmax over the positions of each (learned temperature), their expected (x, y) in [-1, 1]."""
 
-    def __init__(self, width: int = 64, out_dim: int = 512):
+    def __init__(self, cin: int, num_kp: int = 32):
+        super().__init__()
+        self.kp = nn.Conv2d(cin, num_kp, 1)
+        self.log_temperature = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):  # (B, C, H, W) -> (B, 2 num_kp)
+        h, w = x.shape[-2:]
+        att = torch.softmax(self.kp(x).flatten(2) / self.log_temperature.exp(), -1)  # (B, K, H W)
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device),
+                                torch.linspace(-1, 1, w, device=x.device), indexing="ij")
+        return (att @ torch.stack([xs.flatten(), ys.flatten()], -1)).flatten(1)
+
+
+class ResNet18GN(nn.Module):
+    """ResNet18 (He et al. 2016) with GroupNorm, trained from scratch, a pooling of its last
+    feature map and a linear projection to `out_dim` (the "vision stem" feature point).
+    width = 64 is the original; pool: avg (global average, torchvision's) | spatial_softmax
+    (32 keypoints, robomimic / Diffusion Policy's)."""
+
+    def __init__(self, width: int = 64, out_dim: int = 512, pool: str = "avg"):
         super().__init__()
         w = [width, 2 * width, 4 * width, 8 * width]
         layers = [nn.Conv2d(3, w[0], 7, 2, 3, bias=False), _gn(w[0]), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
@@ -59,10 +79,14 @@ class ResNet18GN(nn.Module):
             layers += [BasicBlock(cin, c, 1 if i == 0 else 2), BasicBlock(c, c, 1)]
             cin = c
         self.body = nn.Sequential(*layers)
-        self.proj = nn.Linear(w[-1], out_dim)
+        if pool not in ("avg", "spatial_softmax"):
+            raise ValueError(f"pool must be avg or spatial_softmax, got {pool!r}")
+        self.pool = SpatialSoftmax(w[-1]) if pool == "spatial_softmax" else None
+        self.proj = nn.Linear(2 * 32 if self.pool else w[-1], out_dim)
 
     def forward(self, x):  # (B, 3, H, W) in [-1, 1]
-        return self.proj(self.body(x).mean((2, 3)))
+        y = self.body(x)
+        return self.proj(self.pool(y) if self.pool else y.mean((2, 3)))
 
 
 def random_crop(x: torch.Tensor, size: int, generator: torch.Generator = None) -> torch.Tensor:
@@ -88,10 +112,10 @@ class ObsEncoder(nn.Module):
     feature point, Sec. 4.1). Without cameras the stem is the identity on the low-dim keys."""
 
     def __init__(self, image_keys, lowdim_dim: int, d_feat: int, crop: int = 0,
-                 resnet_width: int = 64, vision_dim: int = 256):
+                 resnet_width: int = 64, vision_dim: int = 256, pool: str = "avg"):
         super().__init__()
         self.image_keys, self.crop = list(image_keys), crop
-        self.vision = nn.ModuleDict({k: ResNet18GN(resnet_width, vision_dim) for k in self.image_keys})
+        self.vision = nn.ModuleDict({k: ResNet18GN(resnet_width, vision_dim, pool) for k in self.image_keys})
         d_in = len(self.image_keys) * vision_dim + lowdim_dim
         self.trunk = nn.Sequential(nn.Linear(d_in, d_feat), nn.Mish(), nn.Linear(d_feat, d_feat))
 
@@ -264,7 +288,7 @@ class DiffusionPolicy(nn.Module):
         self.normalizer = Normalizer({**{k: c["lowdim_dims"][k] for k in c["lowdim_keys"]},
                                       "actions": c["action_dim"]})
         self.encoder = ObsEncoder(c["image_keys"], lowdim, c["d_feat"], c["crop"],
-                                  c["resnet_width"], c["vision_dim"])
+                                  c["resnet_width"], c["vision_dim"], c.get("vision_pool", "avg"))
         d_cond = c["d_feat"] + (NUM_DOMAINS if c["use_label"] else 0)
         if c["arch"] in ("encdec", "dec"):
             self.denoiser = TransformerDenoiser(c["action_dim"], c["horizon"], c["n_obs"], d_cond,

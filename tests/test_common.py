@@ -398,6 +398,23 @@ def test_resnet18gn_and_crops():
     assert torch.equal(diffusion_policy.center_crop(x, 6), x[..., 2:8, 2:8])
 
 
+def test_spatial_softmax_returns_the_expected_keypoint_position():
+    """A feature map with one hot cell: each keypoint's softmax concentrates there as the
+    temperature drops, and its (x, y) is the cell's position in [-1, 1]."""
+    pool = diffusion_policy.SpatialSoftmax(cin=1, num_kp=2)
+    with torch.no_grad():
+        pool.kp.weight.fill_(1.0)
+        pool.kp.bias.zero_()
+        pool.log_temperature.fill_(-5.0)  # temperature 0.007: a hard argmax
+    x = torch.zeros(1, 1, 5, 5)
+    x[0, 0, 1, 4] = 1.0  # row 1 (y = -0.5), column 4 (x = 1)
+    assert pool(x).flatten().tolist() == pytest.approx([1.0, -0.5, 1.0, -0.5], abs=1e-3)
+    net = diffusion_policy.ResNet18GN(width=8, out_dim=10, pool="spatial_softmax")
+    assert net(torch.randn(2, 3, 64, 64)).shape == (2, 10) and net.proj.in_features == 64
+    with pytest.raises(ValueError, match="pool"):
+        diffusion_policy.ResNet18GN(width=8, out_dim=10, pool="max")
+
+
 def test_normalizer_maps_union_to_unit_box_and_back():
     x = np.random.default_rng(0).normal(3, 2, (500, 4)).astype(np.float32)
     x[:, 3] = 1.5  # a constant dim is only centred
