@@ -8,7 +8,12 @@
    random crop to 90 % of the side), for 1 and 2 cameras, 64 and 84 px, base widths 8 and 16,
    against the same network without images (proprioception only) in the same run.
 
-    .venv/bin/python bench/bench_images.py [--render-steps 100] [--train-steps 20] [--batch 64]
+3. (--flops, alone) Work per training step: FLOPs of one forward + backward (torch's
+   FlopCounterMode) of the small-image cpu profile (02_train.py --profile cpu_img) and of the
+   paper profile (2 cameras 84 px, crop 76, width-64 ResNet18-GN, 8+4-layer width-256
+   transformer), each at its batch size: a count, not a timing.
+
+    .venv/bin/python bench/bench_images.py [--render-steps 100] [--train-steps 20] [--batch 64] [--flops]
 """
 import argparse
 import os
@@ -72,14 +77,46 @@ def train_step_time(cfg, size, batch, steps):
     return sum(times) / len(times), n_params
 
 
+def step_flops(cfg, size, batch):
+    """FLOPs of one forward + backward at `batch` (counted at batch 4, linear in the batch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    torch.manual_seed(0)
+    policy = diffusion_policy.DiffusionPolicy(cfg)
+    g = torch.Generator().manual_seed(0)
+    obs = {k: torch.randn(4, cfg["n_obs"], d) for k, d in LOWDIM.items()}
+    for k in cfg["image_keys"]:
+        obs[k] = torch.randint(0, 256, (4, cfg["n_obs"], size, size, 3), dtype=torch.uint8)
+    actions = torch.randn(4, cfg["horizon"], cfg["action_dim"])
+    with FlopCounterMode(display=False) as fc:
+        _, z = policy.encode(obs, g)
+        policy.diffusion_loss(actions, policy.condition(z, None), g, policy.action_origin(obs)).mean().backward()
+    return fc.get_total_flops() * batch / 4
+
+
+def flops_table():
+    small = {**policy_cfg(1, 64, 8), "crop": 58}
+    paper = {**policy_cfg(2, 84, 64), "crop": 76, "d_feat": 256, "d_model": 256, "n_layers": 8,
+             "n_cond_layers": 4, "vision_dim": 256, "unet_dims": [256, 512, 1024]}
+    f_small, f_paper = step_flops(small, 64, 64), step_flops(paper, 84, 256)
+    print("\n3. Work per training step (forward + backward, FlopCounterMode)\n")
+    print("| profile | batch | GFLOP per step |")
+    print("|---|---|---|")
+    print(f"| cpu_img (1 camera 64 px, crop 58, width 8, 2+1-layer width-128 transformer) | 64 | {f_small / 1e9:.2f} |")
+    print(f"| paper (2 cameras 84 px, crop 76, width 64, 8+4-layer width-256 transformer) | 256 | {f_paper / 1e9:.1f} |")
+    print(f"paper / cpu_img work per step: {f_paper / f_small:.0f}x")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="NutAssembly")
     p.add_argument("--render-steps", type=int, default=100)
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--flops", action="store_true", help="only part 3 (work per training step)")
     a = p.parse_args()
     print(f"torch threads {torch.get_num_threads()}")
+    if a.flops:
+        return flops_table()
 
     print(f"\n1. Rendering, {a.task}, source domain, {a.render_steps} env steps each\n")
     print("| cameras | px | ms per env step | vs no cameras | rendering ms per step |")
