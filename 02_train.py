@@ -368,7 +368,7 @@ def checkpoint_to_init_from(a: Args, mcfg: dict):
     if not a.init_from:
         return None
     ck = common.load_checkpoint(a.init_from)
-    have = {"vision_pool": "avg", **ck["config"]["model"]}  # checkpoints before vision_pool: avg
+    have = {"vision_pool": LATER_ARGS["vision_pool"], **ck["config"]["model"]}  # checkpoints before it
     bad = [f"{k}: {have.get(k)} vs {mcfg[k]}" for k in MODEL_KEYS if have.get(k) != mcfg[k]]
     if bad:
         raise UsageError(f"--init-from {a.init_from}: checkpoint from a different architecture ({'; '.join(bad)})")

@@ -514,7 +514,10 @@ def setup(a: Args):
     if common.ACTION_SPACES[cfg["model"].get("action_space", "abs")][1] != "joint":
         raise UsageError(f"{a.ckpt} predicts OSC commands (--action-space osc); the robots here take "
                          f"joint targets (App. C): deploy a policy trained with --action-space abs or rel")
-    a.image_size = a.image_size or cfg["model"].get("image_size") or 84  # older checkpoints: 84 px
+    trained = cfg["model"].get("image_size") if cfg["model"]["image_keys"] else None
+    if a.image_size and trained and a.image_size != trained:
+        raise UsageError(f"--image-size {a.image_size}: {a.ckpt} was trained on {trained}x{trained} frames")
+    a.image_size = a.image_size or trained or 84  # checkpoints before image_size: 84 px
     labelled = cfg["model"]["use_label"]
     if a.guidance and not labelled:
         raise UsageError(f"--guidance needs a checkpoint trained with a domain label "

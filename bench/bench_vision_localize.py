@@ -22,6 +22,7 @@ import torch.nn as nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import common  # noqa: E402
 import diffusion_policy  # noqa: E402
 
 
@@ -36,8 +37,11 @@ def load(path, demos):
     return np.concatenate(imgs), np.concatenate(pos).astype(np.float32)
 
 
+IMAGE = common.Normalizer({})  # the policy's image scaling: uint8 -> [-1, 1]
+
+
 def to_input(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return IMAGE("agentview_image", torch.from_numpy(x)).permute(0, 3, 1, 2)
 
 
 def run(pool, train, test, a):

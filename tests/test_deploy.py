@@ -250,3 +250,18 @@ def test_bad_input_exits_2_and_writes_nothing(dep, ckpt, tmp_path):
     with pytest.raises(common.UsageError, match="nut_pos"):
         deploy_with(dep, ckpt, tmp_path, robot)
     assert not (tmp_path / "dep").exists()
+
+
+def test_image_size_other_than_the_training_frames_exits_2(tmp_path):
+    """An image policy deployed with --image-size other than its training frames' is refused
+    before the robot is touched (one line, exit 2, nothing written)."""
+    tgt = make_fake_dataset(tmp_path / "t.hdf5", 2, 12, seed=0, images=32)
+    src = make_fake_dataset(tmp_path / "s.hdf5", 2, 12, seed=1, images=32, domain="source")
+    r = run_stage("02_train.py", "--profile", "smoke", "--target-data", tgt, "--source-data", src, "--images",
+                  "--crop", "28", "--method", "real_only", "--steps", "2", "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "deploy"
+    r = run_stage("05_real_deploy.py", "--profile", "smoke", "--ckpt", str(tmp_path / "run" / "ckpt.pt"),
+                  "--image-size", "84", "--out", str(out))
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "32x32" in r.stderr, r.stderr
+    assert not out.exists()
