@@ -21,8 +21,11 @@ the same loop):
   cfg_adda      CFG's label + ADDA's discriminator on the label-free feature dims (the paper's)
 Add a method: (1) one row in common.METHODS (its marker, and which of label / disc / ot / fixed
 ratio / default guidance it uses); (2) if it adds a new kind of loss term, one "ALGO LOGIC" block
-in CoTrainObjective.forward below, with its weight as a new Args field. 03_eval.py, 04_analyze.py
-and 05_real_deploy.py read the table; nothing else changes (tests/test_train.py shows a method
+in CoTrainObjective.forward below, with its weight as a new Args field; (3) a new Args or model
+setting also gets one line in common.LATER_SETTINGS with the value older runs had (usually the
+one that reproduces them: the term off), and common.CONFIG_VERSION goes up by one, so that every
+earlier run still resumes, fine-tunes, evaluates and analyses. 03_eval.py, 04_analyze.py and
+05_real_deploy.py read the table; nothing else changes (tests/test_train.py shows a method
 added this way).
 Guidance convention: eps = (1 + lambda) eps(o, c) - lambda eps(o, null); lambda = --guidance is
 stored in the checkpoint as 03_eval.py's default (CFG: 0, CFG-ADDA: -0.5). Codebases that write
@@ -165,8 +168,6 @@ PROFILES = {
                   vision_dim=16, crop=0, steps=20, batch_size=16, lr=1e-3, warmup=5,
                   disc_warmup=5, disc_hidden=32, save_every=10, snapshot_every=10, log_every=5),
 }
-# Settings added after runs were made with the code before them: their value in those runs.
-LATER_ARGS = {"image_suffix": "_img", "vision_pool": "avg"}
 # Settings that may change on --resume without changing the result.
 RESUME_FREE = {"resume", "overwrite", "save_every", "snapshot_every", "log_every", "verbose", "device"}
 # Settings that define the network (a checkpoint for --init-from must match them).
@@ -261,7 +262,7 @@ def model_config(a: Args, target, lowdim_keys, image_keys) -> dict:
 def run_config(a: Args, w: float, target, source, lowdim_keys, image_keys) -> dict:
     """Everything that defines the run (stored in config.json and in every checkpoint)."""
     guidance = float(a.guidance) if a.guidance else METHODS[a.method].guidance
-    return {"args": asdict(a), "model": model_config(a, target, lowdim_keys, image_keys),
+    return {"version": common.CONFIG_VERSION, "args": asdict(a), "model": model_config(a, target, lowdim_keys, image_keys),
             "mixing_ratio": w, "guidance_scale": guidance,
             "data": {name: {"path": ds.path, "digest": ds.digest, "num_demos": ds.num_demos,
                             "num_windows": len(ds), **ds.attrs}
@@ -355,7 +356,7 @@ def checkpoint_to_resume(a: Args, out: str, config: dict, world: int):
     ck = common.load_checkpoint(ckpt_path)
     old = ck["config"]
     common.check_same_settings(
-        {**LATER_ARGS, **old["args"], **{f"data.{k}.digest": old["data"][k]["digest"] for k in ("target", "source")}},
+        {**old["args"], **{f"data.{k}.digest": old["data"][k]["digest"] for k in ("target", "source")}},
         {**config["args"], **{f"data.{k}.digest": config["data"][k]["digest"] for k in ("target", "source")}},
         f"--resume: {ckpt_path}", free=RESUME_FREE, hint=RESUME_HINT)
     if len(ck["rng"]) != world and not (ck.get("final") and ck["step"] >= a.steps):
@@ -368,7 +369,7 @@ def checkpoint_to_init_from(a: Args, mcfg: dict):
     if not a.init_from:
         return None
     ck = common.load_checkpoint(a.init_from)
-    have = {"vision_pool": LATER_ARGS["vision_pool"], **ck["config"]["model"]}  # checkpoints before it
+    have = ck["config"]["model"]  # upgraded by load_checkpoint (settings added later, at their old values)
     bad = [f"{k}: {have.get(k)} vs {mcfg[k]}" for k in MODEL_KEYS if have.get(k) != mcfg[k]]
     if bad:
         raise UsageError(f"--init-from {a.init_from}: checkpoint from a different architecture ({'; '.join(bad)})")

@@ -28,6 +28,7 @@ import numpy as np
 
 import common
 import diffusion_policy
+import records
 from common import arg, die, UsageError
 
 # ----------------------------------------------------------------------------------------------
@@ -41,9 +42,10 @@ class Args:
     trials: int = arg(50, "episodes per checkpoint x domain x guidance (paper: 200 in simulation)")
     guidance: list = arg([], "guidance scales lambda, comma-separated (default: the checkpoint's); "
                              "needs a checkpoint trained with a domain label (" + ", ".join(common.label_methods()) + ")")
-    split: str = arg("eval", "initial-state seeds: eval (reported numbers) or valid (a range of its "
-                             "own, for choosing recipes, checkpoints and hyperparameters)")
-    first_seed: int = arg(-1, "first initial-state seed (-1 = tasks.SEED_BASE[--split])")
+    split: str = arg("eval", "initial-state seeds: eval (reported numbers), valid (a range of its "
+                             "own, for choosing recipes, checkpoints and hyperparameters) or demo "
+                             "(one-off looks, diagnostics, videos)")
+    first_seed: int = arg(-1, "first initial-state seed instead of --split's range (-1 = tasks.SEED_BASE[--split])")
     label: str = arg("", "domain label a CFG / CFG-ADDA policy sees: source | target (default: the "
                          "evaluated domain's, i.e. source in the source domain, target elsewhere)")
     sample_steps: int = arg(0, "DDIM steps (0 = the checkpoint's)")
@@ -54,6 +56,8 @@ class Args:
     video: int = arg(0, "write an MP4 of the first K episodes of each evaluation")
     video_size: int = arg(256, "video frame size (agentview camera)")
     max_steps: int = arg(0, "cut episodes at this many steps (0 = the task's horizon)")
+    device: str = arg("cpu", "device of the policy in each rollout worker: cpu or cuda (a GPU helps "
+                             "image policies; low-dim ones run faster on the CPU than the transfers)")
     out: str = arg("", "output folder (default runs/eval/<run name of the first checkpoint>)")
     overwrite: bool = arg(False, "discard earlier episodes in --out and start over")
 
@@ -102,9 +106,9 @@ class Worker:
             torch.set_num_threads(threads)
         self.policies, self.envs = {}, {}
 
-    def policy(self, ckpt):
+    def policy(self, ckpt, device="cpu"):
         if ckpt not in self.policies:
-            self.policies[ckpt] = diffusion_policy.load_policy(ckpt)[0]
+            self.policies[ckpt] = diffusion_policy.load_policy(ckpt, device)[0]
         return self.policies[ckpt]
 
     def env(self, task, domain, cameras, filmed, max_steps, control="joint", image_size=84):
@@ -119,11 +123,11 @@ class Worker:
 
     def episode(self, job: dict) -> dict:
         import tasks
-        policy = self.policy(job["ckpt"])
+        policy = self.policy(job["path"], job["device"])
         cams = tuple(k[:-len(common.IMAGE_SUFFIX)] for k in policy.cfg["image_keys"])
         filmed = bool(job["video_path"])
         env = self.env(job["task"], job["domain"], cams, filmed, job["max_steps"], job["control"],
-                       policy.cfg.get("image_size") or 84)  # checkpoints before image_size: 84 px
+                       policy.cfg["image_size"] or 84)  # low-dim policies: 84 px videos
         frames, agents = [], []
 
         def make_agent(e, seed):
@@ -186,8 +190,16 @@ def plan(a: Args) -> list:
         raise UsageError(f"--trials must be positive, got {a.trials}")
     if a.workers <= 0:
         raise UsageError(f"--workers must be positive, got {a.workers}")
-    if a.split not in ("eval", "valid"):
-        raise UsageError(f"--split must be eval or valid, got {a.split!r}")
+    if a.split not in ("eval", "valid", "demo"):
+        raise UsageError(f"--split must be eval, valid or demo, got {a.split!r}")
+    if a.first_seed >= 0 and a.split != "eval":
+        raise UsageError(f"--first-seed and --split {a.split} both choose the seeds: give one of them")
+    if a.device not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be cpu or cuda, got {a.device!r}")
+    if a.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no GPU is visible to torch here")
     if a.label not in ("", "source", "target"):
         raise UsageError(f"--label must be source or target, got {a.label!r}")
     if a.sampler not in ("ddim", "ddpm"):
@@ -221,11 +233,14 @@ def plan(a: Args) -> list:
         tag = "" if label == own else f"|label={label}"  # keys of default-label runs stay as before
         tag += "" if n_action == cfg["model"]["n_action"] else f"|n_action={n_action}"
         for g in scales:
-            evals.append({"key": f"{os.path.abspath(ckpt)}|{domain}|guidance={g}{tag}", "ckpt": os.path.abspath(ckpt),
+            # records name the checkpoint portably (repo-relative; records.portable) and carry its
+            # weights digest, by which 04_analyze.py joins them to runs; "path" is for loading only
+            evals.append({"key": f"{records.portable(ckpt)}|{domain}|guidance={g}{tag}",
+                          "ckpt": records.portable(ckpt), "path": os.path.abspath(ckpt), "device": a.device,
                           "step": step, "digest": digest, "task": task, "domain": domain, "guidance": g,
                           "label": label,
                           # the controller that executes its actions: joint targets or OSC commands
-                          "control": common.ACTION_SPACES[cfg["model"].get("action_space", "abs")][1],
+                          "control": common.ACTION_SPACES[cfg["model"]["action_space"]][1],
                           "sample_steps": steps, "sampler": a.sampler, "n_action": n_action,
                           "as_trained": not tag,  # the run's own number (04_analyze reads only these)
                           "run": {k: cfg["args"][k] for k in ("task", "target_domain", "method", "arch", "seed")},
@@ -235,7 +250,7 @@ def plan(a: Args) -> list:
 
 def make_job(ev: dict, seed: int, video_path: str = "", video_size: int = 256, max_steps: int = 0) -> dict:
     """One episode of evaluation `ev` (a `plan` entry): what Worker.episode needs."""
-    return {**{k: ev[k] for k in ("key", "digest", "ckpt", "task", "domain", "guidance", "label", "control",
+    return {**{k: ev[k] for k in ("key", "digest", "path", "device", "task", "domain", "guidance", "label", "control",
                                   "sample_steps", "sampler", "n_action")},
             "seed": seed, "video_path": video_path, "video_size": video_size, "max_steps": max_steps}
 
@@ -309,12 +324,14 @@ def evaluate(a: Args) -> str:
             video = ""
             if i < a.video:
                 os.makedirs(os.path.join(out, "videos"), exist_ok=True)
-                tag = f"{os.path.basename(os.path.dirname(ev['ckpt']))}_{ev['domain']}_g{ev['guidance']}"
+                tag = f"{os.path.basename(os.path.dirname(ev['path']))}_{ev['domain']}_g{ev['guidance']}"
                 video = os.path.join(out, "videos", f"{tag}_seed{s}.mp4")
             jobs.append(make_job(ev, s, video, a.video_size, a.max_steps))
     print(f"{len(evals)} evaluation(s) x {len(seeds)} episodes: {len(jobs)} to run, "
           f"{len(evals) * len(seeds) - len(jobs)} done before -> {out}")
     run_jobs(jobs, a.workers, ep_path, done)
+    if a.video and jobs:
+        print(f"videos: {os.path.join(out, 'videos')}/")
     results = summarize(evals, done, seeds, settings)
     common.write_json(os.path.join(out, "results.json"), results)
     for r in results["evaluations"].values():

@@ -21,8 +21,10 @@ and missing.md: which table lacks which runs, with the command that makes them.
 Alignment metrics (App. D.2): a sample of features from each domain, each domain standardized on
 its own; the Wasserstein distance between the two point clouds (global alignment) and the
 Gromov-Wasserstein distance between their intra-domain distance matrices, both normalized by the
-pooled mean distance (local geometry, comparable across policies). Features, UMAP embeddings are
-cached per checkpoint under <runs>/analysis_cache.
+pooled mean distance (local geometry, comparable across policies). The features are each run's
+committed sample (records.py: its checkpoint on fixed source and target observation sets), so
+`--runs results` rebuilds everything from the repository alone, without runs/ or data/. Metrics
+and UMAP embeddings are cached per run under <out>/analysis_cache.
 """
 import json
 import os
@@ -32,6 +34,7 @@ import numpy as np
 
 import common
 import diffusion_policy
+import records
 from common import METHODS, UsageError, arg, die
 
 
@@ -50,7 +53,7 @@ class Args:
     only: list = arg([], "build only these: " + ", ".join(PRODUCTS) + " (default: all the runs support)")
     num_samples: int = arg(2048, "feature samples per domain (App. D.2: a large batch)")
     gw_method: str = arg("exact", "Gromov-Wasserstein solver: exact | subsample (faster, biased: bench/bench_analyze.py)")
-    cache: str = arg("", "feature cache folder (default <runs>/analysis_cache)")
+    cache: str = arg("", "cache folder of features, metrics and embeddings (default <out>/analysis_cache)")
     seed: int = arg(0, "seed of the feature samples, GW subsets, the probe and UMAP")
 
 
@@ -270,37 +273,74 @@ def method_of(cfg: dict) -> str:
     return PRETRAIN_FT if m == "real_only" and cfg["args"].get("init_from") else m
 
 
-def read_checkpoint(ckpt: str) -> dict:
-    """A 02_train.py checkpoint's config, step and whether its run has finished."""
-    ck = common.load_checkpoint(ckpt)
-    return {"cfg": ck["config"], "step": int(ck["step"]), "final": bool(ck.get("final", True))}
+def read_run(folder: str) -> dict:
+    """A run folder's record: its (upgraded) config, the step it reached, whether it finished,
+    its weights digest and checkpoint. A folder with ckpt.pt (runs/train/<run>/, or a committed
+    results/train/<run>/) is read from the checkpoint ("finished" = it reached its step budget);
+    one without (a committed record whose weights were not kept) from config.json + run.json."""
+    ckpt = os.path.join(folder, "ckpt.pt")
+    rec_path = os.path.join(folder, "run.json")
+    rec = common.read_json(rec_path) if os.path.exists(rec_path) else {}
+    if os.path.isfile(ckpt):
+        ck = common.load_checkpoint(ckpt)
+        digest = rec.get("weights_digest") if rec.get("step") == ck["step"] else None
+        if digest is None and ck["final"]:
+            digest = diffusion_policy.weights_digest(diffusion_policy.load_policy(ckpt)[0])
+        return {"cfg": ck["config"], "step": int(ck["step"]), "final": ck["final"], "digest": digest, "ckpt": ckpt,
+                "profile": rec.get("profile") or ck["config"]["args"]["profile"]}
+    if rec and os.path.exists(os.path.join(folder, "config.json")):
+        return {"cfg": common.upgrade_config(common.read_json(os.path.join(folder, "config.json"))),
+                "step": rec["step"], "final": rec["final"], "digest": rec["weights_digest"], "ckpt": None,
+                "profile": rec.get("profile") or "cpu"}
+    return None
+
+
+def read_evaluations(runs_dir: str) -> dict:
+    """Every evaluation under <runs>/eval/*/results.json made as trained (the checkpoint's own
+    label and execution), keyed by (weights digest, evaluated domain), then guidance."""
+    import glob
+    evals = {}
+    for path in sorted(glob.glob(os.path.join(runs_dir, "eval", "*", "results.json"))):
+        for ev in common.read_json(path)["evaluations"].values():
+            if ev.get("as_trained") is False:  # another label or execution (03 --label / --n-action)
+                continue
+            evals.setdefault((ev["digest"], ev["domain"]), {})[ev["guidance"]] = {**ev, "where": os.path.dirname(path)}
+    return evals
 
 
 def discover(runs_dir: str, only_ckpts: list = None) -> tuple:
-    """One record per finished checkpoint (runs/train/*/ckpt.pt, or the given ones) with its config
-    and its evaluations in its own target domain (runs/eval/*/results.json), keyed by guidance;
-    and the runs still training (skipped)."""
+    """One record per finished run (<runs>/train/*/, or the given checkpoints) with its config
+    and its evaluations in its own target domain (<runs>/eval/*/results.json, joined by weights
+    digest), keyed by guidance; and the runs still training (skipped)."""
     import glob
-    ckpts = [os.path.abspath(c) for c in only_ckpts] if only_ckpts else \
-        sorted(os.path.abspath(c) for c in glob.glob(os.path.join(runs_dir, "train", "*", "ckpt.pt")))
-    evals = {}
-    for path in sorted(glob.glob(os.path.join(runs_dir, "eval", "*", "results.json"))):
-        with open(path) as f:
-            for ev in json.load(f)["evaluations"].values():
-                if ev.get("as_trained") is False:  # another label or execution (03 --label / --n-action)
-                    continue
-                evals.setdefault((os.path.abspath(ev["ckpt"]), ev["domain"]), {})[ev["guidance"]] = ev
+    if only_ckpts:
+        for c in only_ckpts:
+            if not os.path.isfile(c):
+                raise UsageError(f"checkpoint not found: {c}")
+        folders = [os.path.dirname(os.path.abspath(c)) for c in only_ckpts]
+    else:
+        folders = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(runs_dir, "train", "*", "config.json")))
+        folders += sorted(os.path.dirname(p) for p in glob.glob(os.path.join(runs_dir, "train", "*", "ckpt.pt"))
+                          if not os.path.exists(os.path.join(os.path.dirname(p), "config.json")))
+    evals = read_evaluations(runs_dir)
     runs, unfinished = [], []
-    for ckpt in ckpts:
-        if not os.path.isfile(ckpt):
-            raise UsageError(f"checkpoint not found: {ckpt}")
-        ck = read_checkpoint(ckpt)
-        cfg, args = ck["cfg"], ck["cfg"]["args"]
-        if not ck["final"]:
-            unfinished.append(f"{ckpt} (step {ck['step']} of {args['steps']})")
+    for folder, given in zip(folders, only_ckpts or [None] * len(folders)):
+        rec = read_run(folder) if given is None or os.path.basename(given) == "ckpt.pt" else None
+        if given is not None and rec is None:  # an explicit snapshot ckpt_<step>.pt
+            ck = common.load_checkpoint(given)
+            rec = {"cfg": ck["config"], "step": int(ck["step"]), "final": True, "ckpt": given,
+                   "profile": ck["config"]["args"]["profile"],
+                   "digest": diffusion_policy.weights_digest(diffusion_policy.load_policy(given)[0])}
+        if rec is None:
             continue
-        by_g = evals.get((ckpt, args["target_domain"]), {})
-        runs.append({"ckpt": ckpt, "run": os.path.basename(os.path.dirname(ckpt)), "cfg": cfg, "step": ck["step"],
+        cfg, args = rec["cfg"], rec["cfg"]["args"]
+        name = os.path.basename(folder)
+        if not rec["final"]:
+            unfinished.append(f"{name} (step {rec['step']} of {args['steps']})")
+            continue
+        by_g = {g: ev for g, ev in evals.get((rec["digest"], args["target_domain"]), {}).items()}
+        runs.append({"ckpt": rec["ckpt"], "folder": folder, "run": name, "cfg": cfg, "step": rec["step"],
+                     "digest": rec["digest"], "profile": rec["profile"],
                      "task": args["task"], "domain": args["target_domain"], "method": method_of(cfg),
                      "arch": args["arch"], "ratio": cfg["mixing_ratio"], "use_label": cfg["model"]["use_label"],
                      "n_target": cfg["data"]["target"]["num_demos"], "n_source": cfg["data"]["source"]["num_demos"],
@@ -309,7 +349,9 @@ def discover(runs_dir: str, only_ckpts: list = None) -> tuple:
 
 
 def setting(r: dict) -> str:
-    return f"{r['task']}/{r['domain']}"
+    """The comparison a run belongs to: task / target domain, and its profile when that is not the
+    cpu recipe (never mix profiles inside one comparison: image policies are their own)."""
+    return f"{r['task']}/{r['domain']}" + ("" if r["profile"] == "cpu" else f" ({r['profile']})")
 
 
 def cell(ev) -> str:
@@ -329,9 +371,24 @@ def markdown_table(rows: list, cols: list, fmt: dict = None) -> str:
     return "\n".join(out)
 
 
-def train_cmd(task: str, domain: str, method: str, ratio=None) -> str:
-    r = f" --ratio {ratio:.3g}" if ratio is not None else ""
-    return f"python 02_train.py --profile cpu --task {task} --target-domain {domain} --method {method}{r}"
+def split_setting(name: str) -> tuple:
+    """setting() back to (task, target domain, profile)."""
+    head, _, prof = name.partition(" (")
+    task, domain = head.split("/")
+    return task, domain, prof.rstrip(")") or "cpu"
+
+
+def train_cmd(name: str, method: str, ratio=None) -> str:
+    """The 02_train.py command that makes a missing run of a setting (each one runs as printed:
+    tests/test_analyze.py checks them). App. D.4's pre-train + fine-tune is two commands."""
+    task, domain, prof = split_setting(name)
+    base = f"python 02_train.py --profile {prof} --task {task} --target-domain {domain}"
+    if method == PRETRAIN_FT:
+        pre = f"runs/train/{task}_{domain}_sim_only_r0_encdec_s0"
+        return (f"{base} --method sim_only, then {base} --method real_only --init-from {pre}/ckpt.pt "
+                f"--steps 5000 --warmup 200 --out runs/train/{task}_{domain}_pretrain_ft_r1_encdec_s0")
+    r = f" --ratio {ratio:.3g}" if ratio is not None and METHODS[method].ratio is None else ""
+    return f"{base} --method {method}{r}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,27 +403,72 @@ PAPER_CORRELATION = "0.6-0.8 (negative possible for the physics-only gap)"
 # ----------------------------------------------------------------------------------------------
 # tables: each returns (json rows, markdown, missing runs)
 # ----------------------------------------------------------------------------------------------
-def alignment_rows(runs: list, a) -> list:
+def cache_dir(a) -> str:
+    return a.cache or os.path.join(a.out, "analysis_cache")
+
+
+def run_features(r: dict, a) -> tuple:
+    """A run's feature sample ({domain: {stem, trunk}}, first --num-samples rows) and where it
+    came from; (None, reason) when there is none. In order: the committed features.npz; its
+    checkpoint on the task's fixed observation sets (records.py: <runs>/obs_sets, results/obs_sets,
+    or made from data/ into the cache); an image policy's training windows from data/."""
+    path = os.path.join(r["folder"], "features.npz")
+    feats, where = None, ""
+    if os.path.exists(path):
+        feats, where = records.load_features(path), "features.npz"
+    elif r["ckpt"] and not r["cfg"]["model"]["image_keys"]:
+        cache = os.path.join(cache_dir(a), f"{r['run']}_{r['digest']}_features.npz")
+        if not os.path.exists(cache):
+            roots = [a.runs, os.path.join(records.REPO, "results")]
+            root = next((x for x in roots if all(os.path.exists(records.obs_set_path(x, r["task"], d))
+                                                   for d in (r["domain"], "source"))), cache_dir(a))
+            try:
+                f, sets = records.run_features(r["ckpt"], root)
+            except UsageError as e:
+                return None, str(e)
+            records.save_features(cache, f, sets)
+        feats, where = records.load_features(cache), "checkpoint on the fixed observation sets"
+    elif r["ckpt"]:
+        try:
+            feats, where = extract_features(r["ckpt"], a.num_samples, a.seed, cache_dir(a), r["step"]), "data/"
+        except UsageError as e:
+            return None, str(e)
+    else:
+        return None, "no features.npz and no checkpoint"
+    n = min(a.num_samples, len(feats["target"]["trunk"]))
+    return {d: {p: v[:n] for p, v in f.items()} for d, f in feats.items()}, where
+
+
+def alignment_rows(runs: list, a) -> tuple:
+    """One row per run: W, GW (stem, trunk), the probe, success. Metrics come from the run's
+    features (cached per run, weights and settings under <out>/analysis_cache: exact GW takes
+    ~20-40 s), or, for a committed record without features, from its alignment.json (measured
+    when its weights existed). Returns (rows, missing)."""
     from tqdm import tqdm
-    rows = []
-    cache = a.cache or os.path.join(a.runs, "analysis_cache")
+    rows, missing = [], []
     for r in tqdm(runs, desc="alignment"):
-        # the metrics of a checkpoint's cached features are cached too (exact GW takes ~20-40 s)
-        key = os.path.join(cache, f"{r['run']}_step{r['step']}_n{a.num_samples}_s{a.seed}_{a.gw_method}.json")
+        key = os.path.join(cache_dir(a), f"{r['run']}_{r['digest']}_n{a.num_samples}_s{a.seed}_{a.gw_method}.json")
+        kept = os.path.join(r["folder"], "alignment.json")
+        settings = {"num_samples": a.num_samples, "seed": a.seed, "gw_method": a.gw_method}
         if os.path.exists(key):
-            with open(key) as f:
-                metrics = json.load(f)
+            metrics = common.read_json(key)
+        elif os.path.exists(kept) and not os.path.exists(os.path.join(r["folder"], "features.npz")) \
+                and all(common.read_json(kept).get(k) == v for k, v in settings.items()):
+            metrics = common.read_json(kept)["metrics"]
         else:
-            metrics = alignment_row(extract_features(r["ckpt"], a.num_samples, a.seed, cache, r["step"]),
-                                    a.gw_method, a.seed)
+            feats, where = run_features(r, a)
+            if feats is None:
+                missing.append(f"alignment {r['run']}: no features ({where})")
+                continue
+            metrics = alignment_row(feats, a.gw_method, a.seed)
             common.write_json(key, metrics)
         ev = r["eval"]
-        rows.append({"run": r["run"], "task": r["task"], "target_domain": r["domain"], "method": r["method"],
-                     "arch": r["arch"], "mixing_ratio": r["ratio"],
+        rows.append({"run": r["run"], "setting": setting(r), "task": r["task"], "target_domain": r["domain"],
+                     "method": r["method"], "arch": r["arch"], "mixing_ratio": r["ratio"],
                      "disc_weight": r["cfg"]["args"]["disc_weight"] if METHODS[r["cfg"]["args"]["method"]].disc else None,
                      "success": ev["success_rate"] if ev else None, "trials": ev["trials"] if ev else None,
                      **metrics})
-    return rows
+    return rows, missing
 
 
 ALIGN_COLS = ["task", "target_domain", "method", "mixing_ratio", "success", "trials", "w_stem", "w_trunk",
@@ -381,7 +483,7 @@ def correlations(rows: list) -> tuple:
     groups, out, missing = {}, {}, []
     for r in rows:
         if r["success"] is not None and in_ratio_sweep(r["method"]):
-            groups.setdefault(f"{r['task']}/{r['target_domain']}", []).append(r)
+            groups.setdefault(r["setting"], []).append(r)
     for name, rs in sorted(groups.items()):
         if len(rs) < 3:
             missing.append(f"correlation {name}: {len(rs)} evaluated checkpoint(s) of the ratio sweep, needs 3")
@@ -412,7 +514,7 @@ def methods_table(runs: list) -> tuple:
                                    ["method"] + [f"{w:.3g}" for w in ratios]))
         for m in method_order():
             if m not in methods:
-                missing.append(f"methods x ratios {name}: no evaluated {m} run ({train_cmd(*name.split('/'), m)})")
+                missing.append(f"methods x ratios {name}: no evaluated {m} run ({train_cmd(name, m)})")
     if not by:
         missing.append("methods x ratios: no evaluated checkpoints (03_eval.py)")
     return out, "\n\n".join(md), missing
@@ -430,18 +532,18 @@ def table1(runs: list) -> tuple:
         d = next((x for x in runs if x["method"] == "discriminate" and setting(x) == setting(r)
                   and x["ratio"] == r["ratio"] and x["eval"]), None)
         if d is None:
-            lacking.setdefault((r["task"], r["domain"]), []).append(r["ratio"])
+            lacking.setdefault(setting(r), []).append(r["ratio"])
             continue
         paper = PAPER_TABLE1.get(r["task"]) if r["domain"] == PAPER_DOMAIN else None
-        rows.append({"task": r["task"], "target_domain": r["domain"], "mixing_ratio": r["ratio"],
+        rows.append({"setting": setting(r), "task": r["task"], "target_domain": r["domain"], "mixing_ratio": r["ratio"],
                      "cotrain": r["eval"]["success_rate"], "discriminate": d["eval"]["success_rate"],
                      "cotrain_cell": cell(r["eval"]), "discriminate_cell": cell(d["eval"]),
                      "paper_cotrain": paper[0] if paper else None, "paper_discriminate": paper[1] if paper else None})
-    for (task, dom), ws in sorted(lacking.items()):
-        if not any(r["task"] == task and r["target_domain"] == dom for r in rows):
-            missing.append(f"Table 1 {task}/{dom}: no evaluated discriminate run at a co-training ratio "
+    for name, ws in sorted(lacking.items()):
+        if not any(r["setting"] == name for r in rows):
+            missing.append(f"Table 1 {name}: no evaluated discriminate run at a co-training ratio "
                            f"({', '.join(f'{w:.3g}' for w in sorted(ws))}); e.g. "
-                           f"{train_cmd(task, dom, 'discriminate', sorted(ws)[len(ws) // 2])}")
+                           f"{train_cmd(name, 'discriminate', sorted(ws)[len(ws) // 2])}")
     if not any(r["method"] == "cotrain" and r["eval"] for r in runs):
         missing.append("Table 1: no evaluated cotrain run")
     md = markdown_table(rows, ["task", "target_domain", "mixing_ratio", "cotrain_cell", "discriminate_cell",
@@ -459,15 +561,13 @@ def table3(runs: list) -> tuple:
         for m in ("pretrain_ft", "cotrain"):
             rs = [r for r in runs if setting(r) == name and r["method"] == m and r["eval"]]
             best[m] = max(rs, key=lambda r: r["eval"]["success_rate"]) if rs else None
-        task, dom = name.split("/")
+        task, dom, _ = split_setting(name)
         if best["pretrain_ft"] is None or best["cotrain"] is None:
             m = "pretrain_ft" if best["pretrain_ft"] is None else "cotrain"
-            how = (f"{train_cmd(task, dom, 'sim_only')}, then {train_cmd(task, dom, 'real_only')} "
-                   f"--init-from <that run>/ckpt.pt" if m == "pretrain_ft" else train_cmd(task, dom, "cotrain"))
-            missing.append(f"Table 3 {name}: no evaluated {m} run ({how})")
+            missing.append(f"Table 3 {name}: no evaluated {m} run ({train_cmd(name, m)})")
             continue
         paper = PAPER_TABLE3.get(task) if dom == PAPER_DOMAIN else None
-        rows.append({"task": task, "target_domain": dom,
+        rows.append({"setting": name, "task": task, "target_domain": dom,
                      "pretrain_ft": best["pretrain_ft"]["eval"]["success_rate"],
                      "cotrain": best["cotrain"]["eval"]["success_rate"],
                      "cotrain_ratio": best["cotrain"]["ratio"],
@@ -487,8 +587,9 @@ def guidance_table(runs: list) -> tuple:
             continue
         evs = {g: ev for g, ev in r["evals"].items() if g is not None}
         if not evs:
-            missing.append(f"guidance sweep {r['run']}: not evaluated (python 03_eval.py --ckpt {r['ckpt']} "
-                           f"--guidance=-1,-0.5,0,0.5)")
+            missing.append(f"guidance sweep {r['run']}: not evaluated (python 03_eval.py --ckpt "
+                           f"{records.portable(r['ckpt'] or os.path.join(r['folder'], 'ckpt.pt'))} "
+                           f"--guidance=-1,-0.5,0,0.5 --trials 100)")
             continue
         for g in sorted(evs):
             rows.append({"task": r["task"], "target_domain": r["domain"], "method": r["method"],
@@ -496,7 +597,7 @@ def guidance_table(runs: list) -> tuple:
                          "success": evs[g]["success_rate"], "cell": cell(evs[g])})
     if not any(r["use_label"] for r in runs):
         missing.append("guidance sweep (Fig. 10): no cfg or cfg_adda run ("
-                       + train_cmd("NutAssembly", PAPER_DOMAIN, "cfg_adda") + ")")
+                       + train_cmd(f"NutAssembly/{PAPER_DOMAIN}", "cfg_adda") + ")")
     md = markdown_table(rows, ["task", "target_domain", "method", "mixing_ratio", "guidance", "cell"],
                         {"mixing_ratio": "{:.3g}", "guidance": "{:g}"})
     return rows, md, missing
@@ -509,10 +610,10 @@ def guideline_table(runs: list) -> tuple:
     groups = {}
     for r in runs:
         if r["method"] in ("cotrain",) and r["eval"]:
-            groups.setdefault((r["task"], r["domain"], r["n_target"], r["n_source"]), []).append(r)
-    for (task, dom, n, m), rs in sorted(groups.items()):
+            groups.setdefault((setting(r), r["task"], r["domain"], r["n_target"], r["n_source"]), []).append(r)
+    for (name, task, dom, n, m), rs in sorted(groups.items()):
         if len(rs) < 2:
-            missing.append(f"guideline {task}/{dom} N={n} M={m}: {len(rs)} evaluated cotrain ratio(s), needs 2")
+            missing.append(f"guideline {name} N={n} M={m}: {len(rs)} evaluated cotrain ratio(s), needs 2")
             continue
         w_n, w_q = common.balanced_ratio_range(n, m)
         best = max(rs, key=lambda r: r["eval"]["success_rate"])
@@ -554,8 +655,8 @@ def plot_alignment(rows: list, path: str):
     """Fig. 6 (right) / Fig. 7 form: W and GW of the trunk features against the mixing ratio (the
     ratio sweep as lines, other methods as markers), and success against W."""
     fig, ax = new_figure(1, 3, figsize=(13, 3.8))
-    for name in sorted({f"{r['task']}/{r['target_domain']}" for r in rows}):
-        rs = sorted((r for r in rows if f"{r['task']}/{r['target_domain']}" == name), key=lambda r: r["mixing_ratio"])
+    for name in sorted({r["setting"] for r in rows}):
+        rs = sorted((r for r in rows if r["setting"] == name), key=lambda r: r["mixing_ratio"])
         sweep = [r for r in rs if in_ratio_sweep(r["method"])]
         for i, key in enumerate(("w_trunk", "gw_trunk")):
             line, = ax[i].plot([r["mixing_ratio"] for r in sweep], [r[key] for r in sweep], "o-", label=f"{name} (cotrain)")
@@ -590,17 +691,23 @@ def plot_umap_one(emb: np.ndarray, ax, title: str):
     ax.set_yticks([])
 
 
-def plot_umaps(runs: list, a, out: str) -> list:
-    """Fig. 6 (left): UMAP of source vs target trunk features, one PNG per checkpoint under umap/,
-    and one grid per task x gap setting across the mixing-ratio sweep. Returns the files written."""
+def plot_umaps(runs: list, a, out: str) -> tuple:
+    """Fig. 6 (left): UMAP of source vs target trunk features, one PNG per run under umap/, and
+    one grid per setting across the mixing-ratio sweep. Returns (files written, missing)."""
     from tqdm import tqdm
-    cache = a.cache or os.path.join(a.runs, "analysis_cache")
     os.makedirs(os.path.join(out, "umap"), exist_ok=True)
-    embs, written = {}, []
+    embs, written, missing = {}, [], []
     for r in tqdm(runs, desc="umap"):
-        key = os.path.join(cache, f"{r['run']}_step{r['step']}_n{a.num_samples}_s{a.seed}_umap.npy")
-        emb = np.load(key) if os.path.exists(key) else \
-            umap_embedding(extract_features(r["ckpt"], a.num_samples, a.seed, cache, r["step"]), a.seed, key)
+        key = os.path.join(cache_dir(a), f"{r['run']}_{r['digest']}_n{a.num_samples}_s{a.seed}_umap.npy")
+        if os.path.exists(key):
+            emb = np.load(key)
+        else:
+            feats, where = run_features(r, a)
+            if feats is None:
+                missing.append(f"umap {r['run']}: no features ({where})")
+                continue
+            os.makedirs(cache_dir(a), exist_ok=True)
+            emb = umap_embedding(feats, a.seed, key)
         embs[r["run"]] = emb
         fig, ax = new_figure(figsize=(4, 4))
         plot_umap_one(emb, ax, f"{r['run']}\n{umap_title(r)}")
@@ -609,7 +716,8 @@ def plot_umaps(runs: list, a, out: str) -> list:
         save(fig, os.path.join(out, "umap", f"{r['run']}.png"))
         written.append(f"umap/{r['run']}.png")
     for name in sorted({setting(r) for r in runs}):
-        sweep = sorted((r for r in runs if setting(r) == name and in_ratio_sweep(r["method"])), key=lambda r: r["ratio"])
+        sweep = sorted((r for r in runs if setting(r) == name and in_ratio_sweep(r["method"]) and r["run"] in embs),
+                       key=lambda r: r["ratio"])
         if len(sweep) < 2:
             continue
         fig, axes = new_figure(1, len(sweep), figsize=(3.2 * len(sweep), 3.4), squeeze=False)
@@ -618,10 +726,10 @@ def plot_umaps(runs: list, a, out: str) -> list:
         axes[0][0].legend(fontsize=7, markerscale=4)
         fig.suptitle(f"{name}: trunk features across mixing ratios (Fig. 6)", fontsize=10)
         fig.tight_layout()
-        fname = f"umap_grid_{name.replace('/', '_')}.png"
+        fname = f"umap_grid_{name.replace('/', '_').replace(' (', '_').rstrip(')')}.png"
         save(fig, os.path.join(out, fname))
         written.append(fname)
-    return written
+    return written, missing
 
 
 def umap_title(r: dict) -> str:
@@ -732,7 +840,8 @@ def analyze(a: Args):
                              f"{plain[0]['ckpt']} was trained with {plain[0]['method']}")
     want = set(a.only or PRODUCTS)
     tables, figures, missing = {}, [], [f"still training, skipped: {u}" for u in unfinished]
-    rows = alignment_rows(runs, a) if want & {"alignment", "correlations", "regimes"} else []
+    rows, miss = alignment_rows(runs, a) if want & {"alignment", "correlations", "regimes"} else ([], [])
+    missing += miss
     if "alignment" in want:
         tables["alignment"] = (rows, markdown_table(rows, ALIGN_COLS, ALIGN_FMT))
     if "correlations" in want:
@@ -765,7 +874,9 @@ def analyze(a: Args):
         plot_guideline(runs, tables["guideline"][0], os.path.join(a.out, "guideline.png"))
         figures.append("guideline.png")
     if "umap" in want:
-        figures += plot_umaps(runs, a, a.out)
+        written, miss = plot_umaps(runs, a, a.out)
+        figures += written
+        missing += miss
     common.write_text(os.path.join(a.out, "missing.md"),
                       "".join(f"- {m}\n" for m in missing) or "- nothing: every table has its runs\n")
     for name, (data, md) in tables.items():

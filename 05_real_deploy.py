@@ -511,10 +511,10 @@ def setup(a: Args):
     """Load and check everything before the robot is touched: policy, robot, keys, output."""
     check_args(a)
     policy, cfg, step = diffusion_policy.load_policy(a.ckpt)
-    if common.ACTION_SPACES[cfg["model"].get("action_space", "abs")][1] != "joint":
+    if common.ACTION_SPACES[cfg["model"]["action_space"]][1] != "joint":
         raise UsageError(f"{a.ckpt} predicts OSC commands (--action-space osc); the robots here take "
                          f"joint targets (App. C): deploy a policy trained with --action-space abs or rel")
-    trained = cfg["model"].get("image_size") if cfg["model"]["image_keys"] else None
+    trained = cfg["model"]["image_size"] if cfg["model"]["image_keys"] else None
     if a.image_size and trained and a.image_size != trained:
         raise UsageError(f"--image-size {a.image_size}: {a.ckpt} was trained on {trained}x{trained} frames")
     a.image_size = a.image_size or trained or 84  # checkpoints before image_size: 84 px

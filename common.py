@@ -14,6 +14,7 @@ Sections, in the order of the method:
 The networks and the policy built on these are in diffusion_policy.py.
 """
 import argparse
+import json
 import math
 import os
 import random
@@ -378,6 +379,7 @@ def _convert(raw, default, name, parser):
 #    checkpoints; the resume rule shared by the stages
 # ----------------------------------------------------------------------------------------------
 def write_text(path: str, text: str):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
@@ -385,7 +387,6 @@ def write_text(path: str, text: str):
 
 
 def write_json(path: str, obj):
-    import json
     write_text(path, json.dumps(obj, indent=1))
 
 
@@ -402,8 +403,52 @@ def save_checkpoint(obj: dict, path: str):
     os.replace(tmp, path)
 
 
+# The run config's version (config["version"]; configs written before versions are version 1).
+# A setting added to 02_train.py's Args or to the model config after runs were made gets one line
+# in LATER_SETTINGS with the value those older runs had, and CONFIG_VERSION goes up by one: every
+# reader (--resume, --init-from, 03_eval, 04_analyze, 05_real_deploy) sees the upgraded config.
+CONFIG_VERSION = 2
+LATER_SETTINGS = {  # version 1 -> 2: settings added before versions existed, at their old values
+    "args": {"obs_set": "world", "action_space": "abs", "grl_ramp": 0, "image_suffix": "_img",
+             "vision_pool": "avg"},
+    "model": {"action_space": "abs", "vision_pool": "avg",
+              "image_size": lambda m: 84 if m.get("image_keys") else 0},  # 84 px: the paper's frames
+}
+
+
+def upgrade_config(cfg: dict) -> dict:
+    """A run config (config.json, or a checkpoint's "config") in today's form: settings it predates
+    get the value they had when it was made. Returns a new dict; the input is not changed."""
+    cfg = json.loads(json.dumps(cfg))
+    version = cfg.get("version", 1)
+    if version > CONFIG_VERSION:
+        raise UsageError(f"run config version {version} is newer than this code's ({CONFIG_VERSION}): "
+                         f"update the repository")
+    for part in LATER_SETTINGS:
+        cfg[part] = upgrade_settings(cfg.get(part, {}), part)
+    cfg["version"] = CONFIG_VERSION
+    return cfg
+
+
+def upgrade_settings(d: dict, part: str = "model") -> dict:
+    """One part of a run config ("args" or "model") with the settings it predates added at their
+    old values (LATER_SETTINGS); a new dict."""
+    d = dict(d)
+    for k, v in LATER_SETTINGS[part].items():
+        if k not in d:
+            d[k] = v(d) if callable(v) else v
+    return d
+
+
+def is_final(ck: dict) -> bool:
+    """Whether a checkpoint holds a finished run: decided by the step it reached, so a copy (an
+    EMA-only snapshot committed under results/) counts as finished wherever it lies."""
+    return int(ck["step"]) >= int(ck["config"]["args"]["steps"])
+
+
 def load_checkpoint(path: str, what: str = "a 02_train.py checkpoint") -> dict:
-    """A checkpoint dict, or UsageError (one line) for a missing, truncated or foreign file."""
+    """A checkpoint dict with its config upgraded to today's form (upgrade_config) and "final"
+    set from its step (is_final), or UsageError (one line) for a missing, truncated or foreign file."""
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint not found: {path}")
     try:
@@ -412,6 +457,11 @@ def load_checkpoint(path: str, what: str = "a 02_train.py checkpoint") -> dict:
         raise UsageError(f"{path}: not {what} ({type(e).__name__}: {e})")
     if not isinstance(ck, dict) or "config" not in ck or "step" not in ck:
         raise UsageError(f"{path}: not {what} (no config or step in it)")
+    try:
+        ck["config"] = upgrade_config(ck["config"])
+        ck["final"] = is_final(ck)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{path}: not {what} (its config has no {e})")
     return ck
 
 

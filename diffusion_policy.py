@@ -18,7 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import (NULL_LABEL, NUM_DOMAINS, TARGET, NoiseSchedule, Normalizer, UsageError,
-                    cfg_combine, ddim_sample, ddpm_sample, derive_obs, derived_sources, load_checkpoint)
+                    cfg_combine, ddim_sample, ddpm_sample, derive_obs, derived_sources, load_checkpoint,
+                    upgrade_settings)
 
 # ----------------------------------------------------------------------------------------------
 # 1. networks: ResNet18-GN vision stem, observation encoder, three denoisers (App. C, D.3)
@@ -282,13 +283,13 @@ class DiffusionPolicy(nn.Module):
 
     def __init__(self, cfg: dict):
         super().__init__()
-        self.cfg = dict(cfg)
+        self.cfg = upgrade_settings(cfg, "model")  # settings added later, at their old values
         c = self.cfg
         lowdim = sum(c["lowdim_dims"][k] for k in c["lowdim_keys"])
         self.normalizer = Normalizer({**{k: c["lowdim_dims"][k] for k in c["lowdim_keys"]},
                                       "actions": c["action_dim"]})
         self.encoder = ObsEncoder(c["image_keys"], lowdim, c["d_feat"], c["crop"],
-                                  c["resnet_width"], c["vision_dim"], c.get("vision_pool", "avg"))
+                                  c["resnet_width"], c["vision_dim"], c["vision_pool"])
         d_cond = c["d_feat"] + (NUM_DOMAINS if c["use_label"] else 0)
         if c["arch"] in ("encdec", "dec"):
             self.denoiser = TransformerDenoiser(c["action_dim"], c["horizon"], c["n_obs"], d_cond,
@@ -329,7 +330,7 @@ class DiffusionPolicy(nn.Module):
         history step) on the joint dims and 0 on the gripper, so the policy predicts joint targets
         minus where the arm is now (finer steps after min/max normalization) and adds them back at
         execution."""
-        if self.cfg.get("action_space", "abs") != "rel":
+        if self.cfg["action_space"] != "rel":
             return None
         q = obs["robot0_joint_pos"][:, -1].float()
         return F.pad(q, (0, self.cfg["action_dim"] - q.shape[-1]))
@@ -465,7 +466,7 @@ class PolicyAgent:
     def act(self, obs: dict) -> np.ndarray:
         if self.on_act is not None:
             self.on_act()
-        size = self.cfg.get("image_size")  # trained on size x size frames (checkpoints before it: not checked)
+        size = self.cfg["image_size"]  # trained on size x size frames
         for k in self.cfg["image_keys"] if size else ():
             if np.shape(obs[k])[:2] != (size, size):
                 raise ValueError(f"camera '{k}' gives {np.shape(obs[k])[:2]} frames; the policy was trained on "

@@ -53,7 +53,11 @@ OSC_POS_SCALE, OSC_ROT_SCALE = 0.05, 0.5
 # initial-state seed ranges, disjoint so no evaluation episode starts where a demo did
 # Initial-state seed ranges: seed demos, target demos, MimicGen scenes, evaluation (reported
 # numbers) and validation (choosing recipes, checkpoints, hyperparameters): never shared.
-SEED_BASE = {"seed": 0, "target": 100_000, "generate": 200_000, "eval": 1_000_000, "valid": 2_000_000}
+# Initial-state seed ranges, one per use: seed demos, target demos, MimicGen scenes, evaluation
+# (reported numbers), validation (choosing recipes, checkpoints, hyperparameters) and demo (one-off
+# looks: the README's quick start, diagnostics, videos), so a look never spends evaluation seeds.
+SEED_BASE = {"seed": 0, "target": 100_000, "generate": 200_000, "eval": 1_000_000, "valid": 2_000_000,
+             "demo": 3_000_000}
 
 
 class TaskError(ValueError):

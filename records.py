@@ -1,0 +1,321 @@
+"""Committed run records: the layout of results/, portable names, fixed feature samples.
+
+A study runs over many sessions and machines, and a fresh clone has no data/ and no runs/. So
+every finished run's small outputs are committed under a results folder in one layout, and
+04_analyze.py rebuilds every table and figure from that folder alone:
+
+    results/train/<run>/config.json     02_train.py's run config (dataset paths repo-relative)
+                        metrics.jsonl   its training log
+                        run.json        step reached, finished or not, weights digest, commit
+                        ckpt.pt         the EMA weights at the final step (03_eval, 04, 05 load it)
+                        features.npz    float16 stem and trunk features of the fixed observation
+                                        sets below (App. D.2: W, GW, UMAP, the probes)
+    results/eval/<name>/results.json, episodes.jsonl, settings.json   03_eval.py's outputs
+    results/obs_sets/<task>/<domain>.npz   the fixed observation sets: FEATURE_SAMPLES windows of
+                                        the domain's dataset (stored low-dim keys, 2-step history)
+
+No record holds a machine path: a checkpoint is named by its repo-relative path (or
+<run>/<file> outside the repository) and evaluations are joined to runs by weights digest.
+`python records.py collect RUN_DIR` puts a finished run under results/ (`collect-into DIR RUN_DIR`:
+under DIR); `python records.py check [DIR]` lists machine paths. 04_analyze.py and the study runner (study.py) use the functions below.
+"""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+import common
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+FEATURE_SAMPLES = 2048  # App. D.2: a large batch of features per domain
+OBS_SET_SEED = 0
+OBS_HISTORY = 2  # windows keep 2 steps (App. C: n_obs = 2); a 1-step policy takes the last
+
+
+# ----------------------------------------------------------------------------------------------
+# portable names
+# ----------------------------------------------------------------------------------------------
+def portable(path: str) -> str:
+    """A path as records store it: repo-relative inside the repository, <parent>/<file> outside
+    (a run folder and its checkpoint), never a machine's absolute path."""
+    if not path:
+        return path
+    full = os.path.abspath(path)
+    if full == REPO or full.startswith(REPO + os.sep):
+        return os.path.relpath(full, REPO)
+    return os.path.join(os.path.basename(os.path.dirname(full)), os.path.basename(full))
+
+
+def is_machine_path(s: str) -> bool:
+    return isinstance(s, str) and (s.startswith("/") or (len(s) > 2 and s[1] == ":" and s[2] in "/\\"))
+
+
+def machine_paths(obj, where: str = "") -> list:
+    """Every string in a JSON value that is an absolute path, or holds one (a composite key)."""
+    out = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += [f"{where}: key {k!r}"] if any(is_machine_path(p) for p in str(k).split("|")) else []
+            out += machine_paths(v, f"{where}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out += machine_paths(v, f"{where}[{i}]")
+    elif isinstance(obj, str) and any(is_machine_path(p) for p in obj.split("|")):
+        out.append(f"{where}: {obj!r}")
+    return out
+
+
+def find_machine_paths(root: str) -> list:
+    """Machine paths in every JSON / JSONL / markdown file under root: 'file: where' lines."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(root, "**", "*"), recursive=True)):
+        if path.endswith(".json"):
+            with open(path) as f:
+                out += [f"{path}{w}" for w in machine_paths(json.load(f))]
+        elif path.endswith(".jsonl"):
+            with open(path) as f:
+                for i, line in enumerate(f):
+                    if line.strip():
+                        out += [f"{path}:{i + 1}{w}" for w in machine_paths(json.loads(line))]
+        elif path.endswith(".md"):
+            with open(path) as f:
+                text = f.read()
+            out += [f"{path}: {REPO}" for _ in range(text.count(REPO + "/"))][:1]
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+# ----------------------------------------------------------------------------------------------
+# the fixed observation sets and the feature samples (Sec. 4.1's two feature points)
+# ----------------------------------------------------------------------------------------------
+def obs_set_path(results: str, task: str, domain: str) -> str:
+    return os.path.join(results, "obs_sets", task, f"{domain}.npz")
+
+
+def make_obs_set(dataset: str, n: int = FEATURE_SAMPLES, seed: int = OBS_SET_SEED) -> dict:
+    """n random training windows of a dataset (seeded): every stored low-dim key, (n, 2, d)."""
+    keys = [k for k in common.stored_keys_of(dataset) if not k.endswith(common.IMAGE_SUFFIX)]
+    ds = common.load_demos(dataset, keys, OBS_HISTORY, 1)
+    idx = np.sort(np.random.default_rng(seed).choice(len(ds), n, replace=len(ds) < n))
+    oi = ds.obs_index[idx]
+    return {**{f"obs/{k}": ds.obs[k][oi] for k in keys}, "window": idx,
+            "meta": np.array(json.dumps({"dataset": portable(dataset), "digest": ds.digest, "seed": seed,
+                                         "num_demos": ds.num_demos, "num_windows": len(ds)}))}
+
+
+def save_npz(path: str, arrays: dict):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_obs_set(path: str) -> dict:
+    with np.load(path) as f:
+        return {k[4:]: f[k] for k in f.files if k.startswith("obs/")}
+
+
+def ensure_obs_sets(results: str, cfg: dict) -> dict:
+    """The run's two observation sets ({"target": path, "source": path}), made from its datasets
+    if they are not under results/ yet (needs data/ then; UsageError if neither exists)."""
+    task, domain = cfg["args"]["task"], cfg["args"]["target_domain"]
+    paths = {}
+    for which, dom in (("target", domain), ("source", "source")):
+        path = obs_set_path(results, task, dom)
+        if not os.path.exists(path):
+            dataset = cfg["data"][which]["path"]
+            if not os.path.isfile(dataset):
+                raise common.UsageError(f"no observation set {path} and no dataset {dataset} to make it from "
+                                        f"(make data first)")
+            save_npz(path, make_obs_set(dataset))
+        paths[which] = path
+    return paths
+
+
+def features(policy, obs_set: dict, batch: int = 512) -> dict:
+    """The policy's (eval mode, center crop) stem and trunk features of an observation set,
+    flattened over the history: {"stem": (n, n_obs d_stem), "trunk": (n, n_obs d_feat)}."""
+    import torch
+    c = policy.cfg
+    if c["image_keys"]:
+        raise common.UsageError("feature samples of image policies need image observation sets "
+                                "(not kept under results/; 04_analyze.py reads them from data/)")
+    obs = common.derive_obs(obs_set, c["lowdim_keys"])
+    obs = {k: np.asarray(obs[k], np.float32)[:, OBS_HISTORY - c["n_obs"]:] for k in c["lowdim_keys"]}
+    n = len(next(iter(obs.values())))
+    stems, trunks = [], []
+    with torch.no_grad():
+        for i in range(0, n, batch):
+            stem, z = policy.encode({k: torch.from_numpy(v[i:i + batch]) for k, v in obs.items()})
+            stems.append(stem.flatten(1).numpy())
+            trunks.append(z.flatten(1).numpy())
+    return {"stem": np.concatenate(stems), "trunk": np.concatenate(trunks)}
+
+
+def save_features(path: str, feats: dict, obs_sets: dict):
+    """feats {domain: {point: array}} as float16 (the committed sample), with its sets' names."""
+    arrays = {f"{d}_{p}": v.astype(np.float16) for d, f in feats.items() for p, v in f.items()}
+    arrays["obs_sets"] = np.array(json.dumps({d: portable(p) for d, p in obs_sets.items()}))
+    save_npz(path, arrays)
+
+
+def load_features(path: str) -> dict:
+    """{domain: {"stem", "trunk"}} as float32, from a features.npz."""
+    with np.load(path) as f:
+        return {d: {p: f[f"{d}_{p}"].astype(np.float32) for p in ("stem", "trunk")} for d in ("target", "source")}
+
+
+def run_features(ckpt: str, results: str) -> dict:
+    """The feature sample of a checkpoint on its task's fixed observation sets."""
+    import diffusion_policy
+    policy, cfg, _ = diffusion_policy.load_policy(ckpt)
+    sets = ensure_obs_sets(results, cfg)
+    return {d: features(policy, load_obs_set(p)) for d, p in sets.items()}, sets
+
+
+# ----------------------------------------------------------------------------------------------
+# run and evaluation records
+# ----------------------------------------------------------------------------------------------
+def portable_config(cfg: dict) -> dict:
+    """A run config with its dataset and --init-from paths portable."""
+    cfg = json.loads(json.dumps(cfg))
+    for d in cfg.get("data", {}).values():
+        if isinstance(d, dict) and "path" in d:
+            d["path"] = portable(d["path"])
+    for k in ("init_from", "out", "target_data", "source_data", "data_root"):
+        if cfg.get("args", {}).get(k):
+            cfg["args"][k] = portable(cfg["args"][k])
+    return cfg
+
+
+def portable_key(key: str) -> str:
+    """An evaluation key 'ckpt|domain|guidance=...' with its checkpoint part portable."""
+    head, _, rest = key.partition("|")
+    return f"{portable(head)}|{rest}" if rest else portable(head)
+
+
+def portable_eval_record(ev: dict) -> dict:
+    ev = dict(ev)
+    if "ckpt" in ev:
+        ev["ckpt"] = portable(ev["ckpt"])
+    if "key" in ev:
+        ev["key"] = portable_key(ev["key"])
+    return ev
+
+
+def portable_results(res: dict) -> dict:
+    return {**res, "evaluations": {portable_key(k): portable_eval_record(v) for k, v in res["evaluations"].items()}}
+
+
+def write_jsonl(path: str, rows: list):
+    common.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_jsonl(path: str) -> list:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def collect_eval(eval_dir: str, dest: str, ckpt_moves: dict = None):
+    """An evaluation folder's results, episodes and settings, portable, into dest. ckpt_moves
+    {old portable ckpt path: new one} renames checkpoints that were moved with their run."""
+    moves = ckpt_moves or {}
+
+    def move(ev):
+        ev = portable_eval_record(ev)
+        new = moves.get(ev.get("ckpt"))
+        if new:
+            ev["ckpt"] = new
+        if "key" in ev:
+            head, _, rest = ev["key"].partition("|")
+            ev["key"] = f"{moves.get(head, head)}|{rest}"
+        return ev
+    os.makedirs(dest, exist_ok=True)
+    res_path = os.path.join(eval_dir, "results.json")
+    if os.path.exists(res_path):
+        res = common.read_json(res_path)
+        evs = {}
+        for k, v in res["evaluations"].items():
+            v = move({**v, "key": k})
+            evs[v.pop("key")] = v
+        common.write_json(os.path.join(dest, "results.json"), {**res, "evaluations": evs})
+    ep_path = os.path.join(eval_dir, "episodes.jsonl")
+    if os.path.exists(ep_path):
+        write_jsonl(os.path.join(dest, "episodes.jsonl"), [move(r) for r in read_jsonl(ep_path)])
+    for extra in ("settings.json",):
+        if os.path.exists(os.path.join(eval_dir, extra)) and os.path.abspath(eval_dir) != os.path.abspath(dest):
+            shutil.copyfile(os.path.join(eval_dir, extra), os.path.join(dest, extra))
+
+
+def run_record(ck: dict, digest: str, **extra) -> dict:
+    """run.json: what a committed run is (04_analyze.py reads "profile" from here first: a run
+    made under a profile that was renamed since says so here, its config stays as written)."""
+    args = ck["config"]["args"]
+    return {"step": int(ck["step"]), "steps": int(args["steps"]), "final": bool(ck["final"]),
+            "weights_digest": digest, "profile": args["profile"], "method": args["method"],
+            "commit": git_commit(), **extra}
+
+
+def collect_run(run_dir: str, results: str = "results", checkpoint: bool = True, with_features: bool = True) -> str:
+    """A finished 02_train.py run into <results>/train/<run>/: config (portable), metrics,
+    run.json, the final EMA weights as ckpt.pt (with checkpoint), the feature sample (low-dim
+    policies). Rerunnable: the same run gives the same files. Returns the destination."""
+    import diffusion_policy
+    src = os.path.join(run_dir, "ckpt.pt")
+    ck = common.load_checkpoint(src)
+    if not ck["final"]:
+        raise common.UsageError(f"{src}: step {ck['step']} of {ck['config']['args']['steps']}, not finished")
+    dest = os.path.join(results, "train", os.path.basename(os.path.normpath(run_dir)))
+    os.makedirs(dest, exist_ok=True)
+    policy, cfg, step = diffusion_policy.load_policy(src)
+    digest = diffusion_policy.weights_digest(policy)
+    cfg = portable_config(cfg)
+    common.write_json(os.path.join(dest, "config.json"), cfg)
+    if os.path.exists(os.path.join(run_dir, "metrics.jsonl")) and \
+            os.path.abspath(run_dir) != os.path.abspath(dest):
+        shutil.copyfile(os.path.join(run_dir, "metrics.jsonl"), os.path.join(dest, "metrics.jsonl"))
+    if checkpoint and os.path.abspath(run_dir) != os.path.abspath(dest):
+        common.save_checkpoint({"ema": ck["ema"], "step": step, "config": cfg, "final": True},
+                               os.path.join(dest, "ckpt.pt"))
+    if with_features and not cfg["model"]["image_keys"]:
+        feats, sets = run_features(src, results)
+        save_features(os.path.join(dest, "features.npz"), feats, sets)
+    old = os.path.join(dest, "run.json")
+    keep = {k: v for k, v in (common.read_json(old) if os.path.exists(old) else {}).items()
+            if k in ("profile", "note", "commit")}  # a rerun keeps what the first collect said
+    common.write_json(old, {**run_record(ck, digest), **keep})
+    return dest
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["collect"] and len(argv) >= 2:
+        for run_dir in argv[1:]:
+            print(collect_run(run_dir))
+    elif argv[:1] == ["collect-into"] and len(argv) >= 3:
+        for run_dir in argv[2:]:
+            print(collect_run(run_dir, argv[1]))
+    elif argv[:1] == ["check"]:
+        bad = find_machine_paths(argv[1] if len(argv) > 1 else os.path.join(REPO, "results"))
+        print("\n".join(bad[:50]) or "no machine paths")
+        sys.exit(1 if bad else 0)
+    else:
+        common.die("usage: python records.py collect RUN_DIR [RUN_DIR ...] | collect-into DIR RUN_DIR [...] | check [DIR]")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except common.UsageError as e:
+        common.die(str(e))

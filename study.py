@@ -1,0 +1,313 @@
+"""The study runner: a plan of training runs and their evaluations, run resumably, here or on SLURM.
+
+    python study.py plans/smoke.toml --dry-run          # the expanded plan and its CPU-hours
+    python study.py plans/smoke.toml                    # run it here (local pool)
+    python study.py plans/nut.toml --launcher slurm --slurm-partition gpu --slurm-gpus 1
+
+A plan (TOML) is a table of runs; each [[run]] names 02_train.py's settings (task, method, ratio,
+seed, target_name / source_name for N:M, arch, extra flags) and its evaluations (domain, episodes,
+guidance); a list-valued ratio or seed expands to one run per value; [defaults] fills what a run
+leaves out. Each run is one chain of commands:
+
+    02_train.py ... --out <runs>/train/<run> --resume        (a half-finished run resumes)
+    records.collect_run -> <results>/train/<run>/            (config, metrics, EMA ckpt, features)
+    03_eval.py --ckpt <results>/train/<run>/ckpt.pt --out <results>/eval/<eval>   (episode-resumable)
+
+A finished run (its record under <results>/train with run.json final) is not trained again, an
+evaluation continues with the episodes it lacks, so the same command after a kill, or on a new
+machine after `make data`, picks up where the work stopped; outputs land under results/ as each
+run finishes, ready to commit. Threads follow bench/bench_threads.py (RESULTS "Speed"): on a
+machine of few cores one job at a time with all its threads and OMP_WAIT_POLICY=PASSIVE (spinning
+OpenMP threads stall a step when anything shares the cores); --jobs K runs K chains side by side
+with cores/K threads each. One run on several GPUs stays torchrun's (02_train.py's docstring).
+"""
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+# Cost model of --dry-run (RESULTS "Speed", this 2-core machine, one job alone): training at
+# ~1,100 samples/s on 2 cores (cpu profile), rollouts at ~3.6 s per episode per core.
+TRAIN_SAMPLES_PER_CPU_S = 550.0
+EVAL_CPU_S_PER_EPISODE = 7.2
+PROFILE_STEPS = {"cpu": (20000, 128), "cpu_v1": (15000, 128), "cpu_img": (20000, 64), "smoke": (20, 16),
+                 "paper": (100000, 256)}
+RUN_KEYS = ("profile", "task", "target_domain", "method", "ratio", "seed", "arch", "target_name",
+            "source_name", "steps", "flags", "name", "n_target", "n_source")
+
+
+@dataclass
+class Evaluation:
+    domain: str = ""        # empty: the run's target domain
+    episodes: int = 200
+    guidance: list = field(default_factory=list)
+    name: str = ""          # folder under <results>/eval (default <run>, or <run>_in_<domain>)
+
+
+@dataclass
+class Run:
+    name: str
+    train: list             # the 02_train.py argument list
+    steps: int
+    batch: int
+    evals: list
+    eval_profile: str = "cpu"  # 03_eval.py's profile (smoke: episodes cut at 40 steps)
+
+
+class PlanError(ValueError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# a plan: TOML -> runs
+# ----------------------------------------------------------------------------------------------
+def ratio_of(method: str, ratio, n_target: int, n_source: int) -> float:
+    """The mixing ratio 02_train.py will use (for the run's name): fixed by the method or resolved."""
+    import common
+    fixed = common.METHODS[method].ratio
+    return fixed if fixed is not None else common.resolve_ratio(str(ratio), n_target, n_source)
+
+
+def expand(plan: dict) -> list:
+    """Every [[run]] with its list-valued ratio / seed expanded, [defaults] filled in."""
+    import common
+    defaults = plan.get("defaults", {})
+    runs = []
+    for i, spec in enumerate(plan.get("run", [])):
+        spec = {**defaults, **spec}
+        bad = sorted(set(spec) - set(RUN_KEYS) - {"eval"})
+        if bad:
+            raise PlanError(f"run {i + 1}: unknown field(s) {', '.join(bad)} (known: {', '.join(RUN_KEYS)}, eval)")
+        if spec.get("method") not in common.METHODS:
+            raise PlanError(f"run {i + 1}: unknown method {spec.get('method')!r}")
+        ratios = spec.get("ratio", "auto")
+        seeds = spec.get("seed", 0)
+        for ratio, seed in itertools.product(ratios if isinstance(ratios, list) else [ratios],
+                                             seeds if isinstance(seeds, list) else [seeds]):
+            runs.append(make_run({**spec, "ratio": ratio, "seed": seed}))
+    names = [r.name for r in runs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise PlanError(f"two runs of the plan have the same name: {', '.join(dup)} (give one a name)")
+    return runs
+
+
+def make_run(s: dict) -> Run:
+    profile, task = s.get("profile", "cpu"), s.get("task", "NutAssembly")
+    domain, method, arch = s.get("target_domain", "target_visual_physics"), s["method"], s.get("arch", "encdec")
+    n_t, n_s = int(s.get("n_target", 50)), int(s.get("n_source", 500))
+    try:
+        w = ratio_of(method, s["ratio"], n_t, n_s)
+    except Exception as e:
+        raise PlanError(f"{method}: ratio {s['ratio']!r}: {e}")
+    name = s.get("name") or f"{task}_{domain}_{method}_r{w:.3g}_{arch}_s{s['seed']}"  # as 02_train.run_name
+    steps, batch = PROFILE_STEPS.get(profile, PROFILE_STEPS["cpu"])
+    steps = int(s.get("steps", steps))
+    train = ["--profile", profile, "--task", task, "--target-domain", domain, "--method", method,
+             "--seed", str(s["seed"]), "--arch", arch]
+    if common_ratio(method):
+        train += ["--ratio", str(s["ratio"])]
+    for k in ("target_name", "source_name"):
+        if k in s:
+            train += [f"--{k.replace('_', '-')}", str(s[k])]
+    if "steps" in s:
+        train += ["--steps", str(steps)]
+    train += [str(x) for x in s.get("flags", [])]
+    evals = [Evaluation(**e) for e in s.get("eval", [{}])]
+    for e in evals:
+        e.name = e.name or (name if not e.domain or e.domain == domain else f"{name}_in_{e.domain}")
+    return Run(name=name, train=train, steps=steps, batch=batch, evals=evals,
+               eval_profile=profile if profile in ("smoke", "paper") else "cpu")
+
+
+def common_ratio(method: str) -> bool:
+    import common
+    return common.METHODS[method].ratio is None
+
+
+def load_plan(path: str) -> list:
+    if not os.path.isfile(path):
+        raise PlanError(f"plan not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return expand(tomllib.load(f))
+    except tomllib.TOMLDecodeError as e:
+        raise PlanError(f"{path}: not a TOML plan ({e})")
+
+
+# ----------------------------------------------------------------------------------------------
+# what is done, what it costs
+# ----------------------------------------------------------------------------------------------
+def run_done(run: Run, results: str) -> bool:
+    rec = os.path.join(results, "train", run.name, "run.json")
+    return os.path.exists(rec) and json.load(open(rec)).get("final", False)
+
+
+def train_progress(run: Run, runs_dir: str, results: str) -> int:
+    """Training steps already made (finished: all of them)."""
+    if run_done(run, results):
+        return run.steps
+    m = os.path.join(runs_dir, "train", run.name, "metrics.jsonl")
+    if not os.path.exists(m):
+        return 0
+    with open(m) as f:
+        rows = [json.loads(x) for x in f if x.strip()]
+    return rows[-1]["step"] if rows else 0
+
+
+def episodes_done(ev: Evaluation, results: str) -> int:
+    p = os.path.join(results, "eval", ev.name, "episodes.jsonl")
+    if not os.path.exists(p):
+        return 0
+    with open(p) as f:
+        return sum(1 for x in f if x.strip())
+
+
+def cpu_hours(run: Run, runs_dir: str, results: str) -> tuple:
+    """(CPU-hours left, CPU-hours in all) of one run: training + its evaluations."""
+    left_steps = run.steps - train_progress(run, runs_dir, results)
+    total = run.steps * run.batch / TRAIN_SAMPLES_PER_CPU_S
+    left = left_steps * run.batch / TRAIN_SAMPLES_PER_CPU_S
+    for ev in run.evals:
+        n = ev.episodes * max(1, len(ev.guidance))
+        total += n * EVAL_CPU_S_PER_EPISODE
+        left += max(0, n - episodes_done(ev, results)) * EVAL_CPU_S_PER_EPISODE
+    return left / 3600, total / 3600
+
+
+def print_plan(runs: list, runs_dir: str, results: str, cores: int):
+    tot_left = tot = 0.0
+    print(f"{'run':<70} {'steps':>6} {'evals':<28} {'CPU-h left / all':>16}")
+    for r in runs:
+        left, all_ = cpu_hours(r, runs_dir, results)
+        tot_left, tot = tot_left + left, tot + all_
+        evs = ", ".join(f"{e.domain or 'target'}x{e.episodes}" + (f" g{len(e.guidance)}" if e.guidance else "")
+                        for e in r.evals)
+        print(f"{r.name:<70} {r.steps:>6} {evs:<28} {left:7.2f} / {all_:6.2f}")
+        print(f"    02_train.py {' '.join(r.train)}")
+    print(f"{len(runs)} runs: {tot_left:.1f} of {tot:.1f} CPU-hours left, ~{tot_left / cores:.1f} h on {cores} cores")
+
+
+# ----------------------------------------------------------------------------------------------
+# one run's chain: train -> collect -> evaluate (each step skips what is done)
+# ----------------------------------------------------------------------------------------------
+def thread_env(threads: int) -> dict:
+    """A job's environment: its torch / OpenMP threads, and OpenMP threads that sleep instead of
+    spinning when they wait (bench/bench_threads.py: spinning stalls steps on shared cores)."""
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE",
+               MPLBACKEND="Agg")
+    return env
+
+
+def sh(cmd: list, env: dict, log):
+    log.write(f"$ {' '.join(cmd)}\n")
+    log.flush()
+    r = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if r.returncode:
+        raise RuntimeError(f"exit {r.returncode}: {' '.join(cmd)} (log: {log.name})")
+
+
+def run_chain(run: Run, runs_dir: str, results: str, data_root: str, threads: int, workers: int,
+              python: str = sys.executable) -> str:
+    """Train (resuming), collect into results/, evaluate (resuming). Returns the run's name."""
+    env = thread_env(threads)
+    os.makedirs(os.path.join(runs_dir, "logs"), exist_ok=True)
+    with open(os.path.join(runs_dir, "logs", f"{run.name}.log"), "a") as log:
+        out = os.path.join(runs_dir, "train", run.name)
+        if not run_done(run, results):
+            sh([python, "02_train.py", *run.train, "--data-root", data_root, "--out", out, "--resume"], env, log)
+            sh([python, "records.py", "collect-into", results, out], env, log)
+        ckpt = os.path.join(results, "train", run.name, "ckpt.pt")
+        for ev in run.evals:
+            cmd = [python, "03_eval.py", "--profile", run.eval_profile, "--ckpt", ckpt, "--trials", str(ev.episodes),
+                   "--workers", str(workers),
+                   "--out", os.path.join(results, "eval", ev.name)]
+            cmd += ["--domain", ev.domain] if ev.domain else []
+            cmd += [f"--guidance={','.join(str(g) for g in ev.guidance)}"] if ev.guidance else []
+            sh(cmd, env, log)
+    return run.name
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------------
+def launch_local(runs: list, a, cores: int):
+    """A pool of --jobs chains on this machine, cores split among them."""
+    from concurrent.futures import ThreadPoolExecutor
+    threads = max(1, cores // a.jobs)
+    workers = max(1, cores // a.jobs)
+    with ThreadPoolExecutor(a.jobs) as pool:
+        futs = [pool.submit(run_chain, r, a.runs_dir, a.results, a.data_root, threads, workers) for r in runs]
+        for f in futs:
+            print(f"done: {f.result()}", flush=True)
+
+
+def launch_submitit(runs: list, a):
+    """One SLURM job per run through submitit (or its local executor, --launcher submitit-local)."""
+    import submitit
+    folder = os.path.join(a.runs_dir, "submitit")
+    if a.launcher == "slurm":
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        ex.update_parameters(timeout_min=a.slurm_minutes, cpus_per_task=a.slurm_cpus, slurm_partition=a.slurm_partition,
+                             gpus_per_node=a.slurm_gpus, name="cotrain-study")
+    else:
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=a.slurm_minutes)
+    threads = a.slurm_cpus if a.launcher == "slurm" else max(1, (os.cpu_count() or 2) // a.jobs)
+    jobs = []
+    for i in range(0, len(runs), a.jobs):  # the local executor: --jobs at a time
+        batch = [ex.submit(run_chain, r, os.path.abspath(a.runs_dir), os.path.abspath(a.results),
+                           os.path.abspath(a.data_root), threads, threads) for r in runs[i:i + a.jobs]]
+        jobs += batch
+        if a.launcher != "slurm":
+            for j in batch:
+                print(f"done: {j.result()}", flush=True)
+    if a.launcher == "slurm":
+        print(f"submitted {len(jobs)} jobs: {', '.join(j.job_id for j in jobs)} (logs under {folder}); "
+              f"rerun this command after they end to check, or to resume what a time limit cut")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("plan", help="the plan file (TOML; plans/*.toml)")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded plan and its CPU-hours, run nothing")
+    p.add_argument("--only", default="", help="run only the runs whose name contains this")
+    p.add_argument("--launcher", default="local", choices=["local", "submitit-local", "slurm"])
+    p.add_argument("--jobs", type=int, default=1, help="chains side by side (default 1: one job with every core)")
+    p.add_argument("--runs-dir", default="runs", help="where training runs and logs go")
+    p.add_argument("--results", default="results", help="where finished runs and evaluations are collected")
+    p.add_argument("--data-root", default="data", help="the dataset set (make data)")
+    p.add_argument("--slurm-partition", default="", help="SLURM partition")
+    p.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per job")
+    p.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per job (its torch threads and rollout workers)")
+    p.add_argument("--slurm-minutes", type=int, default=240, help="time limit per job")
+    a = p.parse_args(argv)
+    try:
+        runs = [r for r in load_plan(a.plan) if a.only in r.name]
+        if a.jobs < 1:
+            raise PlanError(f"--jobs must be at least 1, got {a.jobs}")
+    except PlanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    cores = os.cpu_count() or 2
+    print_plan(runs, a.runs_dir, a.results, cores)
+    if a.dry_run:
+        return
+    t0 = time.time()
+    if a.launcher == "local":
+        launch_local(runs, a, cores)
+    else:
+        launch_submitit(runs, a)
+    print(f"study: {len(runs)} runs in {(time.time() - t0) / 60:.1f} min; outputs under {a.results}/ (commit them)")
+
+
+if __name__ == "__main__":
+    main()

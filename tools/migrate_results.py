@@ -1,0 +1,181 @@
+"""Bring results/ into the layout of records.py (rerunnable: a second run changes nothing).
+
+    python tools/migrate_results.py            # needs data/ only for the feature samples
+
+What it does, and why each step keeps every number:
+  1. The committed EMA checkpoints move from results/checkpoints/<run>/ckpt.pt to their run's
+     results/train/<run>/ckpt.pt (same bytes), and results/checkpoints/README.md to results/train/.
+  2. Every evaluation record (results.json, episodes.jsonl anywhere under results/) names its
+     checkpoint portably: the machine's absolute path becomes the repo-relative one, the moved
+     checkpoints their new path; weights digests, seeds, successes are copied as they are.
+  3. Each committed run gets run.json (step reached, finished, weights digest) and, for low-dim
+     policies, features.npz: its checkpoint's stem and trunk features on the task's fixed
+     observation sets, results/obs_sets/<task>/<domain>.npz (made from data/ once, then committed).
+  4. The cpu_v1 study (RESULTS "Training" .. "Representation alignment"; its checkpoints were not
+     kept): its analysis moves to results/cpu_v1/analysis/, each of its runs gets run.json (profile
+     cpu_v1: the recipe was called cpu when it ran; digest from its evaluations) and
+     alignment.json (its row of the committed alignment table, with the settings it was made with).
+"""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
+import records  # noqa: E402
+
+R = os.path.join(records.REPO, "results")
+OLD_REPOS = ("/work/main/",)  # where the records were written before they were portable
+
+
+def rel(path: str) -> str:
+    """An old absolute path -> repo-relative (the records were written from the repository root)."""
+    for root in OLD_REPOS + (records.REPO + "/",):
+        if path.startswith(root):
+            return path[len(root):]
+    return records.portable(path)
+
+
+def git_mv(src: str, dst: str):
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if subprocess.run(["git", "-C", records.REPO, "mv", src, dst], capture_output=True).returncode:
+        shutil.move(src, dst)
+
+
+def move_checkpoints() -> dict:
+    moves = {}
+    for ck in sorted(glob.glob(os.path.join(R, "checkpoints", "*", "ckpt.pt"))):
+        run = os.path.basename(os.path.dirname(ck))
+        dst = os.path.join(R, "train", run, "ckpt.pt")
+        git_mv(ck, dst)
+        moves[f"results/checkpoints/{run}/ckpt.pt"] = f"results/train/{run}/ckpt.pt"
+    readme = os.path.join(R, "checkpoints", "README.md")
+    if os.path.exists(readme):
+        git_mv(readme, os.path.join(R, "train", "README.md"))
+    for ck in glob.glob(os.path.join(R, "train", "*", "ckpt.pt")):  # rerun: the moves done before
+        run = os.path.basename(os.path.dirname(ck))
+        moves[f"results/checkpoints/{run}/ckpt.pt"] = f"results/train/{run}/ckpt.pt"
+    return moves
+
+
+def fix_record(ev: dict, moves: dict, digests: dict) -> dict:
+    """One evaluation record (results.json entry or episodes.jsonl line) with portable names."""
+    ev = dict(ev)
+    if "ckpt" in ev:
+        ev["ckpt"] = fix_path(ev["ckpt"], moves, ev.get("digest"), digests)
+    if "key" in ev:
+        head, _, rest = ev["key"].partition("|")
+        ev["key"] = f"{fix_path(head, moves, ev.get('digest'), digests)}|{rest}"
+    return ev
+
+
+def fix_path(path: str, moves: dict, digest, digests: dict) -> str:
+    p = rel(path)
+    p = moves.get(p, p)
+    # a runs/train/<run>/ckpt.pt whose weights are committed as results/train/<run>/ckpt.pt
+    if p.startswith("runs/train/") and p.endswith("/ckpt.pt"):
+        run = p.split("/")[2]
+        if digest is not None and digests.get(run) == digest:
+            p = f"results/train/{run}/ckpt.pt"
+    return p
+
+
+def fix_evaluations(moves: dict, digests: dict) -> int:
+    n = 0
+    for path in sorted(glob.glob(os.path.join(R, "**", "results.json"), recursive=True)):
+        res = common.read_json(path)
+        evs = {}
+        for k, v in res["evaluations"].items():
+            v = fix_record({**v, "key": k}, moves, digests)
+            evs[v.pop("key")] = v
+        new = {**res, "evaluations": evs}
+        if new != res:
+            common.write_json(path, new)
+            n += 1
+    for path in sorted(glob.glob(os.path.join(R, "**", "episodes.jsonl"), recursive=True)):
+        rows = records.read_jsonl(path)
+        new = [fix_record(r, moves, digests) for r in rows]
+        if new != rows:
+            records.write_jsonl(path, new)
+            n += 1
+    return n
+
+
+def committed_runs(moves: dict) -> dict:
+    """{run: weights digest} of every run under results/train with a checkpoint; writes run.json,
+    a portable config.json and (low-dim policies, if the observation sets can be had) features."""
+    import diffusion_policy
+    digests = {}
+    for ck_path in sorted(glob.glob(os.path.join(R, "train", "*", "ckpt.pt"))):
+        folder = os.path.dirname(ck_path)
+        ck = common.load_checkpoint(ck_path)
+        policy = diffusion_policy.load_policy(ck_path)[0]
+        digest = diffusion_policy.weights_digest(policy)
+        digests[os.path.basename(folder)] = digest
+        # the config.json as written (not upgraded: it is the run's own record), portable paths
+        cfg_path = os.path.join(folder, "config.json")
+        cfg = common.read_json(cfg_path) if os.path.exists(cfg_path) else ck["config"]
+        common.write_json(cfg_path, records.portable_config(cfg))
+        old = os.path.join(folder, "run.json")
+        keep = common.read_json(old) if os.path.exists(old) else {}
+        rec = {**records.run_record(ck, digest), "commit": keep.get("commit", ""),
+               **{k: keep[k] for k in ("note",) if k in keep}}
+        common.write_json(old, rec)
+        feat = os.path.join(folder, "features.npz")
+        if not ck["config"]["model"]["image_keys"] and not os.path.exists(feat):
+            try:
+                feats, sets = records.run_features(ck_path, R)
+                records.save_features(feat, feats, sets)
+            except common.UsageError as e:
+                print(f"  no features for {os.path.basename(folder)}: {e}")
+    return digests
+
+
+def cpu_v1_study():
+    """results/cpu_v1: analysis moved in, run.json and alignment.json per run."""
+    v1 = os.path.join(R, "cpu_v1")
+    if os.path.isdir(os.path.join(R, "analysis")) and not os.path.isdir(os.path.join(v1, "analysis")):
+        git_mv(os.path.join(R, "analysis"), os.path.join(v1, "analysis"))
+    digests = {}
+    for path in glob.glob(os.path.join(v1, "eval", "*", "results.json")):
+        for ev in common.read_json(path)["evaluations"].values():
+            digests[ev["ckpt"].split("/")[-2]] = ev["digest"]
+    align = {}
+    apath = os.path.join(v1, "analysis", "alignment.json")
+    if os.path.exists(apath):
+        align = {r["run"]: r for r in common.read_json(apath)}
+    for cfg_path in sorted(glob.glob(os.path.join(v1, "train", "*", "config.json"))):
+        folder = os.path.dirname(cfg_path)
+        run = os.path.basename(folder)
+        cfg = common.read_json(cfg_path)
+        common.write_json(cfg_path, records.portable_config(cfg))
+        with open(os.path.join(folder, "metrics.jsonl")) as f:
+            last = [json.loads(x) for x in f if x.strip()][-1]["step"]
+        steps = cfg["args"]["steps"]
+        common.write_json(os.path.join(folder, "run.json"), {
+            "step": last, "steps": steps, "final": last >= steps, "weights_digest": digests.get(run),
+            "profile": "cpu_v1", "method": cfg["args"]["method"], "commit": "",
+            "note": "made when this recipe was the cpu profile (today's cpu_v1); weights not kept"})
+        if run in align:
+            keys = ("w_stem", "w_trunk", "gw_stem", "gw_trunk", "probe_trunk")
+            common.write_json(os.path.join(folder, "alignment.json"), {
+                "num_samples": 2048, "seed": 0, "gw_method": "exact",  # 04_analyze.py's defaults then
+                "metrics": {k: align[run][k] for k in keys},
+                "note": "measured by 04_analyze.py from the checkpoint on data/ before its weights were dropped"})
+
+
+def main():
+    moves = move_checkpoints()
+    digests = committed_runs(moves)
+    n = fix_evaluations(moves, digests)
+    cpu_v1_study()
+    print(f"{len(moves)} checkpoints under results/train, {len(digests)} committed runs, {n} evaluation files rewritten")
+    bad = records.find_machine_paths(R)
+    print("\n".join(bad[:20]) or "no machine paths left under results/")
+
+
+if __name__ == "__main__":
+    main()
