@@ -39,6 +39,7 @@ a killed and resumed run ends with the same weights as an uninterrupted one), ck
 import copy
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -215,8 +216,9 @@ def load_data(a: Args):
     tgt_path, src_path = data_paths(a)
     for p in (tgt_path, src_path):
         if not os.path.isfile(p):
-            raise UsageError(f"dataset not found: {p} (make it with `make data` or "
-                             f"01_generate_data.py; or name it with --target-data/--source-data)")
+            make = (f"01_generate_data.py --profile {a.profile} --workers 2 writes the image copies "
+                    f"(*{a.image_suffix}.hdf5)" if a.images else "make it with `make data` or 01_generate_data.py")
+            raise UsageError(f"dataset not found: {p} ({make}; or name it with --target-data/--source-data)")
     lowdim_keys = a.obs_keys or (common.PROPRIO_KEYS if a.images else common.lowdim_keys_of(tgt_path, a.obs_set))
     image_keys = a.image_keys if a.images else []
     for p in (tgt_path, src_path):  # every stored key the observation needs, derived keys resolved
@@ -521,8 +523,18 @@ def train(a: Args):
     target, source, lowdim_keys, image_keys = load_data(a)
     w = mixing_ratio(a, target, source)
     config = run_config(a, w, target, source, lowdim_keys, image_keys)
+    config["device"] = str(device)
     out = a.out or os.path.join("runs", "train", run_name(a, w))
     ckpt_path = os.path.join(out, "ckpt.pt")
+    if main_proc:
+        print(f"{out}: profile {a.profile}, {a.method} w={w:.3g}, {a.steps} steps x {a.batch_size}, "
+              f"{a.arch} d_model {a.d_model} x {a.n_layers} layers, "
+              f"{'images ' + ','.join(image_keys) if image_keys else 'low-dim ' + a.obs_set} obs, {a.action_space} "
+              f"actions, device {device}, {torch.get_num_threads()} torch threads (--print-config: all settings)")
+        if a.images and device.type == "cpu" and a.profile == "paper":
+            print("warning: --profile paper is the GPU setting (2 cameras at 84 px, ResNet18 per camera, batch "
+                  "256): ~75 s a step and ~6 GB on a 2-core CPU, ~550 MB checkpoints; on a CPU use --profile cpu "
+                  "(low-dim) or cpu_img (one 64-px camera)", file=sys.stderr)
 
     # resume or refuse; --init-from
     resume_ck = checkpoint_to_resume(a, out, config, world)
@@ -597,7 +609,7 @@ def train(a: Args):
 
 
 def main(argv=None):
-    a = common.parse_args(Args, PROFILES, argv, description=__doc__)
+    a = common.parse_args(Args, PROFILES, argv, description=__doc__, check=check_args)
     try:
         train(a)
     except UsageError as e:

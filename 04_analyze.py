@@ -888,7 +888,7 @@ def analyze(a: Args):
 
 
 def main(argv=None):
-    a = common.parse_args(Args, PROFILES, argv, description=__doc__)
+    a = common.parse_args(Args, PROFILES, argv, description=__doc__, check=check_args)
     try:
         analyze(a)
     except UsageError as e:

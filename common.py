@@ -315,29 +315,34 @@ def arg(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
-def parse_args(args_cls, profiles: dict, argv=None, description: str = "", presets: dict = None):
+def parse_args(args_cls, profiles: dict, argv=None, description: str = "", presets: dict = None,
+               check=None):
     """Build an argparse parser from a dataclass (each field: --flag-name, its help text), apply
     the chosen profile's defaults, then the flags given on the command line. Lists are given as
     comma-separated values. Bad values exit with one line and code 2.
     `presets` = {field: {value: defaults}}: a second table of defaults chosen by a field's value
-    (00_toy.py's --design); precedence: command line > profile > preset > the dataclass default."""
-    from dataclasses import fields, MISSING
+    (00_toy.py's --design); precedence: command line > profile > preset > the dataclass default.
+    --print-config prints the resolved settings as JSON (after `check`, if given) and exits."""
+    from dataclasses import asdict, fields, MISSING
     p = ArgumentParser(description=description,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="cpu", choices=sorted(profiles),
-                   help="preset of defaults, flags override it; the defaults shown are "
-                        "the base values, a profile may change them (default: cpu)")
+                   help="preset of defaults, flags override it; each flag's help names the "
+                        "profiles that change its default (default: cpu)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved settings (profile + flags) as JSON and exit without running")
     for f in fields(args_cls):
         if f.name == "profile":
             continue
         default = f.default if f.default is not MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
+        by_profile = "".join(f"; {name}: {fmt_value(prof[f.name])}" for name, prof in profiles.items()
+                             if f.name in prof and prof[f.name] != default)
+        text = f.metadata.get("help", "") + f" (default: {fmt_value(default)}{by_profile})"
         if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=f.metadata.get("help", "") + f" (default: {default})")
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            p.add_argument(flag, type=str, default=None,
-                           help=f.metadata.get("help", "") + f" (default: {default})")
+            p.add_argument(flag, type=str, default=None, help=text)
     ns = p.parse_args(argv)
     values = {}
     for f in fields(args_cls):
@@ -356,7 +361,21 @@ def parse_args(args_cls, profiles: dict, argv=None, description: str = "", prese
         for name, v in table[values[key]].items():
             if getattr(ns, name) is None and name not in profiles[ns.profile]:
                 values[name] = v
-    return args_cls(profile=ns.profile, **values)
+    a = args_cls(profile=ns.profile, **values)
+    if ns.print_config:
+        if check is not None:
+            try:
+                check(a)
+            except UsageError as e:
+                die(str(e))
+        print(json.dumps(asdict(a), indent=1))
+        sys.exit(0)
+    return a
+
+
+def fmt_value(v) -> str:
+    """A default as typed on the command line (lists comma-separated)."""
+    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
 
 
 def _convert(raw, default, name, parser):

@@ -1,4 +1,5 @@
 """04_analyze.py: alignment metrics and the domain probe on point clouds with known answers."""
+import os
 import numpy as np
 import pytest
 
@@ -102,7 +103,7 @@ def test_smoke_end_to_end_tables_and_bad_input(tmp_path):
     gl = json.loads((out / "guideline.json").read_text())
     assert len(gl) == 1 and gl[0]["N"] == 3 and gl[0]["M"] == 4 and gl[0]["ratios"] == [0.3, 0.6]
     for f in ("alignment.md", "alignment_vs_ratio.png", "regimes.png", "methods_vs_ratio.png",
-              "guidance_sweep.png", "guideline.png", "umap/cotrain.png", "umap_grid_NutAssembly_target_visual_physics.png"):
+              "guidance_sweep.png", "guideline.png", "umap/cotrain.png", "umap_grid_NutAssembly_target_visual_physics_smoke.png"):
         assert (out / f).stat().st_size > 0, f
     missing = (out / "missing.md").read_text()
     assert "Table 3" in missing and "pretrain_ft" in missing and "still training" in missing
@@ -142,3 +143,55 @@ def test_every_method_of_the_table_has_a_place(an, monkeypatch):
     monkeypatch.setitem(common.METHODS, "twin", common.Method(marker="h"))  # pretrain_ft's
     with pytest.raises(ValueError, match="apart"):
         an.check_placement()
+
+
+def test_tables_rebuild_from_committed_results_in_a_clone_without_runs_or_data(tmp_path):
+    """04_analyze.py --runs <committed results> needs nothing but the repository: the tracked files
+    copied to another folder (no runs/, no data/) rebuild the fixture's committed tables."""
+    import shutil
+    import subprocess
+    import sys
+    from conftest import ROOT
+    clone = tmp_path / "clone"
+    files = subprocess.run(["git", "-C", ROOT, "ls-files", "-co", "--exclude-standard"], capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if os.path.isfile(os.path.join(ROOT, f)):
+            os.makedirs(clone / os.path.dirname(f), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, f), clone / f)
+    assert not (clone / "runs").exists() and not (clone / "data").exists()
+    fixture = "tests/fixtures/results_smoke"
+    r = subprocess.run([sys.executable, "04_analyze.py", "--profile", "smoke", "--runs", fixture, "--out",
+                        str(tmp_path / "out")], cwd=clone, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, MPLBACKEND="Agg"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in ("alignment", "methods", "guidance", "table1", "table3", "guideline", "correlations"):
+        assert (tmp_path / "out" / f"{name}.md").read_text() == (clone / fixture / "analysis" / f"{name}.md").read_text(), name
+    assert (tmp_path / "out" / "missing.md").read_text() == (clone / fixture / "analysis" / "missing.md").read_text()
+    for f in ("alignment_vs_ratio.png", "methods_vs_ratio.png", "guidance_sweep.png", "umap_grid_NutAssembly_target_visual_physics_smoke.png"):
+        assert (tmp_path / "out" / f).stat().st_size > 0, f
+    assert not (clone / "runs").exists() and not (clone / "data").exists()  # nothing written beside
+
+
+def test_no_committed_record_holds_a_machine_path():
+    import records
+    from conftest import ROOT
+    for root in ("results", "tests/fixtures"):
+        assert records.find_machine_paths(os.path.join(ROOT, root)) == [], root
+
+
+def test_commands_that_missing_md_suggests_are_valid(an, tmp_path):
+    """Every 02_train.py command a generated missing.md suggests parses and passes 02's checks
+    (--print-config resolves the settings and runs nothing)."""
+    import shlex
+    from conftest import ROOT, run_stage
+    cmds = []
+    for path in [os.path.join(ROOT, "tests/fixtures/results_smoke/analysis/missing.md")]:
+        for line in open(path):
+            for part in line.split("python 02_train.py")[1:]:
+                cmds.append(part.split(")")[0].split(", then")[0].split(";")[0])
+    cmds.append(an.train_cmd("NutAssembly/target_visual_physics", "pretrain_ft").split(", then python 02_train.py")[1])
+    assert len(cmds) > 5
+    for c in cmds:
+        r = run_stage("02_train.py", *shlex.split(c), "--print-config")
+        assert r.returncode == 0, (c, r.stderr)

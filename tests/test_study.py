@@ -1,0 +1,117 @@
+"""study.py: a plan expands to the runs it names; the local pool and submitit's local executor run
+a 3-run smoke plan to the same outputs, and a run killed half way resumes to them too."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, run_stage
+
+import study
+
+
+def test_smoke_plan_expands_to_its_runs():
+    runs = study.load_plan(os.path.join(ROOT, "plans", "smoke.toml"))
+    assert [r.name for r in runs] == ["NutAssembly_target_visual_physics_cotrain_r0.3_encdec_s0",
+                                      "NutAssembly_target_visual_physics_cfg_adda_r0.3_encdec_s0",
+                                      "NutAssembly_target_visual_physics_real_only_r1_encdec_s0"]
+    assert runs[0].train[:8] == ["--profile", "smoke", "--task", "NutAssembly", "--target-domain",
+                                 "target_visual_physics", "--method", "cotrain"]
+    assert "--ratio" not in runs[2].train  # real_only: w = 1 by its method
+    assert runs[1].evals[0].guidance == [-0.5, 0] and runs[1].evals[0].episodes == 2
+
+
+def test_list_values_expand_and_names_follow_02_train(tmp_path):
+    plan = tmp_path / "p.toml"
+    plan.write_text('[[run]]\nmethod = "cotrain"\nratio = [0.03, "natural", "auto"]\nseed = [0, 1]\n'
+                    '[[run]]\nmethod = "sim_only"\neval = [{domain = "source", episodes = 10}, {}]\n')
+    runs = study.load_plan(str(plan))
+    names = [r.name for r in runs]
+    assert names[:2] == ["NutAssembly_target_visual_physics_cotrain_r0.03_encdec_s0",
+                         "NutAssembly_target_visual_physics_cotrain_r0.03_encdec_s1"]
+    assert "NutAssembly_target_visual_physics_cotrain_r0.0909_encdec_s0" in names  # N/(N+M) = 50/550
+    assert "NutAssembly_target_visual_physics_cotrain_r0.17_encdec_s0" in names    # auto
+    sim = runs[-1]
+    assert [e.name for e in sim.evals] == [sim.name + "_in_source", sim.name]
+    left, total = study.cpu_hours(sim, str(tmp_path / "runs"), str(tmp_path / "results"))
+    assert left == total > 1.0  # 20k steps x 128 + 210 episodes on this machine's measured rates
+
+
+def test_bad_plans_stop_with_one_line(tmp_path):
+    cases = {"x.toml": None, "bad.toml": "[[run]\n", "field.toml": '[[run]]\nmethod = "cotrain"\nlr = 3\n',
+             "method.toml": '[[run]]\nmethod = "cotrian"\n',
+             "dup.toml": '[[run]]\nmethod = "real_only"\n[[run]]\nmethod = "real_only"\n'}
+    for name, text in cases.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        r = run_stage("study.py", str(tmp_path / name), "--dry-run")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error:"), (name, r.stderr)
+
+
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke_data")
+    r = run_stage("01_generate_data.py", "--profile", "smoke", "--workers", "1", "--root", str(root))
+    assert r.returncode == 0, r.stderr
+    return str(root)
+
+
+def run_plan(tmp, data, *extra):
+    return subprocess.run([sys.executable, "study.py", "plans/smoke.toml", "--runs-dir", str(tmp / "runs"),
+                           "--results", str(tmp / "results"), "--data-root", data, *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def outputs(results) -> dict:
+    """What a study leaves under results/: every run's record and every evaluation's episodes."""
+    out = {}
+    for dirpath, _, files in os.walk(results):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            rel = os.path.relpath(p, results)
+            if f == "run.json":
+                rec = json.load(open(p))
+                out[rel] = (rec["step"], rec["final"], rec["weights_digest"])
+            elif f == "episodes.jsonl":
+                out[rel] = sorted((r["seed"], r["success"], r["length"], r["digest"], r["final_joint_pos"][0])
+                                  for r in map(json.loads, open(p)))
+            elif f in ("ckpt.pt", "features.npz", "config.json", "results.json"):
+                out[rel] = True
+    return out
+
+
+def test_local_pool_submitit_and_a_kill_give_the_same_outputs(tmp_path, smoke_data):
+    a = run_plan(tmp_path / "a", smoke_data)
+    assert a.returncode == 0, a.stderr[-2000:]
+    ref = outputs(tmp_path / "a" / "results")
+    assert len([k for k in ref if k.endswith("run.json")]) == 3 and len([k for k in ref if k.endswith("episodes.jsonl")]) == 3
+    log = tmp_path / "a" / "runs" / "logs" / "NutAssembly_target_visual_physics_real_only_r1_encdec_s0.log"
+    trained = log.read_text().count("02_train.py")
+    again = run_plan(tmp_path / "a", smoke_data)  # everything done: no run trains again
+    assert again.returncode == 0 and log.read_text().count("02_train.py") == trained == 1
+    assert "0 to run, 2 done before" in log.read_text().split("$")[-1]
+    assert outputs(tmp_path / "a" / "results") == ref
+
+    # killed in the middle (once the second run has started training), then run again
+    b = tmp_path / "b"
+    p = subprocess.Popen([sys.executable, "study.py", "plans/smoke.toml", "--runs-dir", str(b / "runs"),
+                          "--results", str(b / "results"), "--data-root", smoke_data], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    second = b / "runs" / "train" / "NutAssembly_target_visual_physics_cfg_adda_r0.3_encdec_s0" / "metrics.jsonl"
+    t0 = time.time()
+    while not second.exists() and p.poll() is None and time.time() - t0 < 600:
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (b / "results" / "train" / "NutAssembly_target_visual_physics_real_only_r1_encdec_s0").exists()
+    r = run_plan(b, smoke_data)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert outputs(b / "results") == ref
+
+    c = run_plan(tmp_path / "c", smoke_data, "--launcher", "submitit-local")
+    assert c.returncode == 0, c.stderr[-2000:]
+    assert outputs(tmp_path / "c" / "results") == ref
