@@ -584,7 +584,7 @@ def summary_markdown(rows: list, anovas: list, a: Args, ws: list) -> str:
 
 # ----------------------------------------------------------------------------------------------
 def main(argv=None):
-    a = common.parse_args(Args, PROFILES, argv, description=__doc__, presets={"design": DESIGNS})
+    a = common.parse_args(Args, PROFILES, argv, description=__doc__, presets={"design": DESIGNS}, check=check_args)
     try:
         ws = check_args(a)
     except common.UsageError as e:

@@ -45,8 +45,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-import common
-from common import arg, die
+import cli
+from cli import arg, die  # cli, not common: no torch in the generation workers (bench_generate.py)
 
 # ----------------------------------------------------------------------------------------------
 # arguments: every default visible here; a profile overrides some (table below)
@@ -263,6 +263,8 @@ _W = {}  # the worker's env and seed demos, built once per process
 def _init_worker(a: Args):
     from experts import use_nut_expert
     from tasks import make_env
+    if a.workers > 1:
+        cli.exit_with_parent()  # a killed run leaves no worker behind
     _W.clear()
     use_nut_expert(a.nut_expert)
     cams = a.cameras if a.images else ()
@@ -333,33 +335,33 @@ def write_demo(g, ep: dict):
 def _open_h5(path: str):
     import h5py
     if not os.path.isfile(path):
-        raise common.UsageError(f"{path}: file not found")
+        raise cli.UsageError(f"{path}: file not found")
     try:
         return h5py.File(path, "r")
     except OSError as e:
-        raise common.UsageError(f"{path}: not a readable HDF5 file ({e})")
+        raise cli.UsageError(f"{path}: not a readable HDF5 file ({e})")
 
 
 def list_demos(path: str) -> list:
     """Demo names of a robomimic-format file, in numeric order, after checking the layout."""
     with _open_h5(path) as f:
         if "data" not in f:
-            raise common.UsageError(f"{path}: no 'data' group (not a robomimic-format dataset)")
+            raise cli.UsageError(f"{path}: no 'data' group (not a robomimic-format dataset)")
         names = [n for n in f["data"] if n.startswith("demo_")]
         if not names:
-            raise common.UsageError(f"{path}: 'data' holds no demo_K groups")
+            raise cli.UsageError(f"{path}: 'data' holds no demo_K groups")
         try:
             names.sort(key=lambda n: int(n.split("_")[1]))
         except ValueError:
-            raise common.UsageError(f"{path}: demo group names must be demo_<integer>")
+            raise cli.UsageError(f"{path}: demo group names must be demo_<integer>")
         for n in names:
             g = f["data"][n]
             for key in ("actions", "states"):
                 if key not in g:
-                    raise common.UsageError(f"{path}: data/{n} has no '{key}' dataset")
+                    raise cli.UsageError(f"{path}: data/{n} has no '{key}' dataset")
             T = len(g["actions"])
             if len(g["states"]) != T or T == 0:
-                raise common.UsageError(f"{path}: data/{n} has {T} actions and {len(g['states'])} states")
+                raise cli.UsageError(f"{path}: data/{n} has {T} actions and {len(g['states'])} states")
     return names
 
 
@@ -372,17 +374,17 @@ def check_seed_file(path: str, task: str):
     with _open_h5(path) as f:
         file_task = f["data"].attrs.get("task")
         if file_task is not None and file_task != task:
-            raise common.UsageError(f"{path}: seed demos are for task {file_task}, not {task}")
+            raise cli.UsageError(f"{path}: seed demos are for task {file_task}, not {task}")
         for n in names:
             g = f["data"][n]
             if g["actions"].shape[1:] != (7,):
-                raise common.UsageError(f"{path}: data/{n}/actions must be 7-D OSC_POSE deltas, "
+                raise cli.UsageError(f"{path}: data/{n}/actions must be 7-D OSC_POSE deltas, "
                                         f"got shape {g['actions'].shape}")
             missing = [k for k in need_obs if k not in g.get("obs", {})]
             missing += [f"subtask_signals/{s}" for s, _ in TASK_CLASSES[task].subtasks
                         if s not in g.get("subtask_signals", {})]
             if missing:
-                raise common.UsageError(f"{path}: data/{n} lacks {', '.join(sorted(missing))} "
+                raise cli.UsageError(f"{path}: data/{n} lacks {', '.join(sorted(missing))} "
                                         f"(make seed demos with --mode expert or --mode import)")
     return names
 
@@ -398,13 +400,13 @@ def check_import_file(path: str, task: str, domain: str):
             s = f["data"][n]["states"]
             a = f["data"][n]["actions"]
             if s.ndim != 2 or s.shape[1] != dim:
-                raise common.UsageError(f"{path}: data/{n}/states have shape {s.shape}, {task} needs "
+                raise cli.UsageError(f"{path}: data/{n}/states have shape {s.shape}, {task} needs "
                                         f"(T, {dim}): recorded in a different scene?")
             if a.ndim != 2 or a.shape[1] != 7:
-                raise common.UsageError(f"{path}: data/{n}/actions have shape {a.shape}, need (T, 7) "
+                raise cli.UsageError(f"{path}: data/{n}/actions have shape {a.shape}, need (T, 7) "
                                         "OSC_POSE deltas")
             if not (np.isfinite(s[()]).all() and np.isfinite(a[()]).all()):
-                raise common.UsageError(f"{path}: data/{n} holds NaN or inf")
+                raise cli.UsageError(f"{path}: data/{n} holds NaN or inf")
     return names
 
 
@@ -509,12 +511,12 @@ def run_job(a: Args, out: str, desc: str = ""):
     cfg_path = os.path.join(parts, "config.json")
     if os.path.exists(cfg_path):
         try:
-            common.check_same_settings(common.read_json(cfg_path), cfg, f"{parts} (an interrupted run)",
+            cli.check_same_settings(cli.read_json(cfg_path), cfg, f"{parts} (an interrupted run)",
                                        hint="rerun with those, or --overwrite")
-        except common.UsageError as e:
+        except cli.UsageError as e:
             die(str(e))
     else:
-        common.write_json(cfg_path, cfg)
+        cli.write_json(cfg_path, cfg)
     done = _read_parts(parts)
     n_total = len(list_demos(a.input)) if a.mode == "import" else None
     n_goal = min(a.num_demos, n_total) if n_total is not None else a.num_demos
@@ -536,7 +538,7 @@ def run_job(a: Args, out: str, desc: str = ""):
         _write_part(parts, ep)
         done[ep["attempt"]] = bool(ep.get("keep", ep["success"]))
         sessions[-1] = time.time() - t_start   # this run's wall time so far, kept across a kill
-        common.write_json(sessions_path, sessions)
+        cli.write_json(sessions_path, sessions)
         n_ok = sum(done.values())
         bar.n = min(n_ok, n_goal)
         bar.set_postfix(attempts=len(done), rate=f"{n_ok / max(len(done), 1):.2f}", refresh=False)
@@ -555,7 +557,7 @@ def run_job(a: Args, out: str, desc: str = ""):
     bar.close()
     kept = _kept(done, n_goal)
     sessions[-1] = time.time() - t_start
-    common.write_json(sessions_path, sessions)
+    cli.write_json(sessions_path, sessions)
     if kept is None:
         die(f"{desc}: only {sum(done.values())} successes in {len(done)} attempts (limit {max_attempts}); "
             f"raise --max-attempts and rerun to continue", code=1)
@@ -664,7 +666,7 @@ def verify(path: str, workers: int, max_demos: int = 0) -> float:
     with _open_h5(path) as f:
         task, domain = f["data"].attrs.get("task"), f["data"].attrs.get("domain")
         if task is None or "joint_actions" not in f["data"][names[0]]:
-            raise common.UsageError(f"{path}: not written by this project (no task attr or joint_actions); "
+            raise cli.UsageError(f"{path}: not written by this project (no task attr or joint_actions); "
                                     "import it first (--mode import)")
     if workers == 1:
         _verify_init(path, task, domain)
@@ -687,7 +689,7 @@ def report(root: str) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".hdf5"))
     if not paths:
-        raise common.UsageError(f"no .hdf5 files under {root}")
+        raise cli.UsageError(f"no .hdf5 files under {root}")
     total_demos, total_sec = 0, 0.0
     for p in paths:
         with _open_h5(p) as f:
@@ -712,42 +714,42 @@ def default_out(a: Args, root: str = "data") -> str:
 def check_args(a: Args):
     from tasks import DOMAIN_NAMES, SEED_BASE, TASK_NAMES, TaskError, get_domain
     if a.mode not in ("set", "expert", "generate", "import"):
-        raise common.UsageError(f"unknown --mode {a.mode!r}; choose set, expert, generate or import")
+        raise cli.UsageError(f"unknown --mode {a.mode!r}; choose set, expert, generate or import")
     for t in ([a.task] if a.task else []) + (a.set_tasks if a.mode == "set" else []):
         try:
             get_domain(t, a.domain)
         except TaskError as e:
-            raise common.UsageError(str(e))
+            raise cli.UsageError(str(e))
     if a.mode != "set" and not a.task:
-        raise common.UsageError(f"--mode {a.mode} needs --task ({', '.join(TASK_NAMES)})")
+        raise cli.UsageError(f"--mode {a.mode} needs --task ({', '.join(TASK_NAMES)})")
     if a.domain not in DOMAIN_NAMES:
-        raise common.UsageError(f"unknown domain {a.domain!r}")
+        raise cli.UsageError(f"unknown domain {a.domain!r}")
     for name in ("num_demos", "workers", "image_size", "nn_k", "interp_speed", "set_seeds", "set_source", "set_target"):
         if getattr(a, name) <= 0:
-            raise common.UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
+            raise cli.UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
     from experts import NUT_EXPERTS
     if a.nut_expert not in NUT_EXPERTS:
-        raise common.UsageError(f"unknown --nut-expert {a.nut_expert!r}; choose from {', '.join(NUT_EXPERTS)}")
+        raise cli.UsageError(f"unknown --nut-expert {a.nut_expert!r}; choose from {', '.join(NUT_EXPERTS)}")
     if a.selection not in ("nearest", "random"):
-        raise common.UsageError(f"unknown --selection {a.selection!r}; choose nearest or random")
+        raise cli.UsageError(f"unknown --selection {a.selection!r}; choose nearest or random")
     if len(a.term_offset) != 2 or not 0 <= a.term_offset[0] <= a.term_offset[1]:
-        raise common.UsageError(f"--term-offset must be two integers 0 <= lo <= hi, got {a.term_offset}")
+        raise cli.UsageError(f"--term-offset must be two integers 0 <= lo <= hi, got {a.term_offset}")
     if not 0 <= a.valid_fraction < 1 or a.action_noise < 0:
-        raise common.UsageError("--valid-fraction must be in [0, 1) and --action-noise >= 0")
+        raise cli.UsageError("--valid-fraction must be in [0, 1) and --action-noise >= 0")
     if a.resume and a.overwrite:
-        raise common.UsageError("--resume and --overwrite exclude each other")
+        raise cli.UsageError("--resume and --overwrite exclude each other")
     if a.mode == "generate":
         if not a.seed_data:
-            raise common.UsageError("--mode generate needs --seed-data (a file of seed demos)")
+            raise cli.UsageError("--mode generate needs --seed-data (a file of seed demos)")
         check_seed_file(a.seed_data, a.task)
     if a.mode == "import":
         if not a.input:
-            raise common.UsageError("--mode import needs --input (a robomimic-format HDF5)")
+            raise cli.UsageError("--mode import needs --input (a robomimic-format HDF5)")
         check_import_file(a.input, a.task, a.domain)
     if a.first_seed < 0 and a.mode in ("expert", "generate"):
         a.first_seed = SEED_BASE["generate" if a.mode == "generate" else "seed" if a.domain == "source" else "target"]
     if a.mode not in ("set", "import") and a.first_seed < 0:
-        raise common.UsageError("--first-seed must be >= 0")
+        raise cli.UsageError("--first-seed must be >= 0")
 
 
 def check_out(out: str, a: Args) -> bool:
@@ -757,7 +759,7 @@ def check_out(out: str, a: Args) -> bool:
             print(f"{out} exists, kept (--resume)")
             return False
         if not a.overwrite:
-            raise common.UsageError(f"{out} exists; pass --resume to keep it or --overwrite to replace it")
+            raise cli.UsageError(f"{out} exists; pass --resume to keep it or --overwrite to replace it")
     if a.overwrite and os.path.isdir(out + ".parts"):
         shutil.rmtree(out + ".parts")
     return True
@@ -787,14 +789,14 @@ def dataset_set(a: Args) -> list:
 
 
 def main(argv=None):
-    a = common.parse_args(Args, PROFILES, argv, description=__doc__)
+    a = cli.parse_args(Args, PROFILES, argv, description=__doc__)
     try:
         if a.report:
             print(report(a.report))
             return
         if a.verify:
             if a.workers <= 0:
-                raise common.UsageError(f"--workers must be positive, got {a.workers}")
+                raise cli.UsageError(f"--workers must be positive, got {a.workers}")
             verify(a.verify, a.workers, a.verify_demos)
             return
         check_args(a)
@@ -804,7 +806,7 @@ def main(argv=None):
                 run_job(a, out, desc=f"{a.task}/{a.domain} {a.mode}")
             return
         if a.out:
-            raise common.UsageError("set mode writes under --root; --out is for a single file")
+            raise cli.UsageError("set mode writes under --root; --out is for a single file")
         t0 = time.time()
         for job, out in dataset_set(a):
             if os.path.exists(out):  # set mode: finished files are kept, unfinished ones resume
@@ -813,7 +815,7 @@ def main(argv=None):
             check_args(job)
             run_job(job, out, desc=f"{job.task}/{job.domain} {job.mode}")
         print(f"dataset set under {a.root}/ complete ({time.time() - t0:.0f} s this run)")
-    except common.UsageError as e:
+    except cli.UsageError as e:
         die(str(e))
 
 

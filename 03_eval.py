@@ -170,6 +170,8 @@ _WORKER = None
 
 def _init_worker(threads):
     global _WORKER
+    if threads:  # a pool worker: a killed evaluation leaves no worker behind
+        common.exit_with_parent()
     os.environ.setdefault("MUJOCO_GL", "egl")
     _WORKER = Worker(threads)
 

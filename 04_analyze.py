@@ -295,6 +295,12 @@ def read_run(folder: str) -> dict:
     return None
 
 
+def join_key(digest, ckpt: str) -> str:
+    """How an evaluation finds its run: the weights digest; records made before digests existed
+    (the cpu_v1 study) by the run folder of their checkpoint."""
+    return digest or f"run:{os.path.basename(os.path.dirname(ckpt))}"
+
+
 def read_evaluations(runs_dir: str) -> dict:
     """Every evaluation under <runs>/eval/*/results.json made as trained (the checkpoint's own
     label and execution), keyed by (weights digest, evaluated domain), then guidance."""
@@ -304,7 +310,8 @@ def read_evaluations(runs_dir: str) -> dict:
         for ev in common.read_json(path)["evaluations"].values():
             if ev.get("as_trained") is False:  # another label or execution (03 --label / --n-action)
                 continue
-            evals.setdefault((ev["digest"], ev["domain"]), {})[ev["guidance"]] = {**ev, "where": os.path.dirname(path)}
+            evals.setdefault((join_key(ev.get("digest"), ev["ckpt"]), ev["domain"]), {})[ev["guidance"]] = \
+                {**ev, "where": os.path.dirname(path)}
     return evals
 
 
@@ -338,7 +345,7 @@ def discover(runs_dir: str, only_ckpts: list = None) -> tuple:
         if not rec["final"]:
             unfinished.append(f"{name} (step {rec['step']} of {args['steps']})")
             continue
-        by_g = {g: ev for g, ev in evals.get((rec["digest"], args["target_domain"]), {}).items()}
+        by_g = dict(evals.get((join_key(rec["digest"], os.path.join(folder, "ckpt.pt")), args["target_domain"]), {}))
         runs.append({"ckpt": rec["ckpt"], "folder": folder, "run": name, "cfg": cfg, "step": rec["step"],
                      "digest": rec["digest"], "profile": rec["profile"],
                      "task": args["task"], "domain": args["target_domain"], "method": method_of(cfg),
@@ -397,7 +404,7 @@ def train_cmd(name: str, method: str, ratio=None) -> str:
 PAPER_TABLE1 = {"NutAssembly": (0.85, 0.79), "MugCleanup": (0.44, 0.415), "MugHang": (0.27, 0.215)}
 PAPER_TABLE3 = {"NutAssembly": (0.77, 0.925), "MugCleanup": (0.215, 0.495), "MugHang": (0.225, 0.26)}
 PAPER_DOMAIN = "target_visual_physics"  # Table 1: visual-physics sim-and-sim (Sec. 4)
-PAPER_CORRELATION = "0.6-0.8 (negative possible for the physics-only gap)"
+PAPER_CORRELATION = "+0.6 to +0.8 (alignment vs success; negative for the physics-only gap, Sec. 4.2)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -478,8 +485,12 @@ ALIGN_FMT = {"mixing_ratio": "{:.3g}", "success": "{:.3f}", "w_stem": "{:.3f}", 
 
 
 def correlations(rows: list) -> tuple:
-    """Fig. 7: log W (trunk) vs success across the mixing-ratio sweep's evaluated checkpoints,
-    per task x gap setting (the paper's correlations are over co-training checkpoints)."""
+    """Fig. 7: alignment vs success across the mixing-ratio sweep's evaluated checkpoints, per
+    setting (the paper's correlations are over co-training checkpoints). Sign convention: W is a
+    distance, so we correlate log W (trunk) with success ("pearson", "spearman": negative when the
+    better aligned policies succeed more) and print the paper's direction beside it, alignment =
+    -log W ("pearson_alignment", "spearman_alignment": positive when alignment goes with success,
+    as the paper's 0.6-0.8)."""
     groups, out, missing = {}, {}, []
     for r in rows:
         if r["success"] is not None and in_ratio_sweep(r["method"]):
@@ -488,11 +499,16 @@ def correlations(rows: list) -> tuple:
         if len(rs) < 3:
             missing.append(f"correlation {name}: {len(rs)} evaluated checkpoint(s) of the ratio sweep, needs 3")
             continue
-        out[name] = {**correlation(np.log([r["w_trunk"] for r in rs]), [r["success"] for r in rs]),
+        c = correlation(np.log([r["w_trunk"] for r in rs]), [r["success"] for r in rs])
+        out[name] = {**c, "pearson_alignment": -c["pearson"], "spearman_alignment": -c["spearman"],
                      "ratios": [r["mixing_ratio"] for r in rs], "paper": PAPER_CORRELATION}
     md = markdown_table([{"setting": k, **v} for k, v in out.items()],
-                        ["setting", "n", "pearson", "pearson_p", "spearman", "spearman_p", "paper"],
-                        {"pearson": "{:.2f}", "pearson_p": "{:.2g}", "spearman": "{:.2f}", "spearman_p": "{:.2g}"})
+                        ["setting", "n", "pearson_alignment", "spearman_alignment", "pearson", "pearson_p",
+                         "spearman", "spearman_p", "paper"],
+                        {"pearson": "{:.2f}", "pearson_p": "{:.2g}", "spearman": "{:.2f}", "spearman_p": "{:.2g}",
+                         "pearson_alignment": "{:+.2f}", "spearman_alignment": "{:+.2f}"})
+    md += ("\n\n*_alignment: correlation of alignment (-log W, trunk) with success, the paper's direction "
+           "(Fig. 7: positive); pearson / spearman: of log W itself (a distance), with two-sided p-values.*")
     return out, md, missing
 
 

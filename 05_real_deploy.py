@@ -433,7 +433,9 @@ class Args:
     robot: str = arg("sim", "sim | franka")
     episodes: int = arg(30, "episodes in this session's tally (Table 2: 30); a rerun continues")
     domain: str = arg("", "sim: the domain that plays the robot (default: the run's target domain)")
-    first_seed: int = arg(-1, "sim: first initial-state seed (-1 = tasks.SEED_BASE['eval'], as 03_eval.py)")
+    split: str = arg("demo", "sim: initial-state seeds: demo (a stand-in robot's looks; no reported number "
+                             "spends them), eval or valid (03_eval.py's ranges)")
+    first_seed: int = arg(-1, "sim: first initial-state seed instead of --split's range (-1 = tasks.SEED_BASE[--split])")
     hz: float = arg(20.0, "control rate (the data's: tasks.CONTROL_FREQ = 20 Hz)")
     realtime: bool = arg(False, "sim: pace the loop at --hz (always on for franka)")
     inference: str = arg("sync", "sync (predict when a chunk runs out) | async (predict ahead in a thread)")
@@ -462,6 +464,10 @@ EXIT_SAFETY, EXIT_INTERRUPT = 3, 130
 
 
 def check_args(a: Args):
+    if a.split not in ("demo", "eval", "valid"):
+        raise UsageError(f"--split must be demo, eval or valid, got {a.split!r}")
+    if a.first_seed >= 0 and a.split != "demo":
+        raise UsageError(f"--first-seed and --split {a.split} both choose the seeds: give one of them")
     if not a.ckpt:
         raise UsageError("--ckpt is required (a checkpoint from 02_train.py)")
     if a.robot not in ("sim", "franka"):
@@ -538,7 +544,7 @@ def setup(a: Args):
     settings = {"ckpt": os.path.abspath(a.ckpt), "step": step, "robot": a.robot, "task": task,
                 "domain": domain if a.robot == "sim" else "real", "hz": a.hz, "inference": a.inference,
                 "guidance": guidance, "sample_steps": steps, "dry_run": a.dry_run,
-                "first_seed": a.first_seed, "max_steps": a.max_steps}
+                "first_seed": a.first_seed, "split": a.split, "max_steps": a.max_steps}
     old = os.path.join(out, "settings.json")
     if os.path.exists(old) and not a.overwrite:
         common.check_same_settings(common.read_json(old), settings, out)
@@ -574,7 +580,7 @@ def deploy(a: Args, robot=None, make_agent=None) -> int:
     period = 1.0 / a.hz
     realtime = a.realtime or a.robot == "franka"
     keys = sorted(need | {"robot0_joint_pos", "robot0_gripper_qpos"})
-    first = a.first_seed if a.first_seed >= 0 else tasks.SEED_BASE["eval"]
+    first = a.first_seed if a.first_seed >= 0 else tasks.SEED_BASE[a.split]
     lead = a.lead
     if a.inference == "async" and lead < 0:  # measure: a few warm-up predictions on a first observation
         robot.reset(first)
@@ -655,7 +661,7 @@ def _sigterm(*_):
 
 
 def main(argv=None):
-    a = common.parse_args(Args, PROFILES, argv, description=__doc__)
+    a = common.parse_args(Args, PROFILES, argv, description=__doc__, check=check_args)
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         code = deploy(a)

@@ -1,24 +1,21 @@
 """Learning code shared by the stage scripts (paper: Lei et al. 2026).
 
 Sections, in the order of the method:
-  1. seeding and command-line errors
+  1. seeding (command-line errors, dataclass arguments, atomic files: cli.py, re-exported here)
   2. diffusion core: noise schedule, DDPM loss, DDPM and DDIM samplers (Chi et al. Diffusion Policy)
   3. classifier-free guidance combination (Sec. 5.1, App. C)
   4. mixing ratio: batch sampler (Eq. 1) and the ratio guideline (App. B.3, D.5)
   5. statistics: two-factor ANOVA (Sec. 3, Finding 2)
-  6. command line: dataclass arguments with profiles
-  7. files written atomically, checkpoints, the resume rule
+  6-7. checkpoints, run config versions and their upgrade
   8. datasets: robomimic-format HDF5 in memory, co-training batches, normalization, domain labels
   9. co-training methods: the method table (one row per method), ADDA discriminator + gradient
      reversal, OT, CFG label drop, LR schedule
 The networks and the policy built on these are in diffusion_policy.py.
 """
-import argparse
 import json
 import math
 import os
 import random
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,9 +23,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# command line and files (cli.py, torch-free), re-exported: common.arg, common.die, ...
+from cli import (ArgumentParser, UsageError, arg, check_same_settings, die, exit_with_parent,  # noqa: F401
+                 fmt_value, parse_args, read_json, write_json, write_text)
+
 
 # ----------------------------------------------------------------------------------------------
-# 1. seeding and command-line errors
+# 1. seeding
 # ----------------------------------------------------------------------------------------------
 def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     """Seed python, numpy and torch; on CPU also ask torch for deterministic kernels.
@@ -40,29 +41,6 @@ def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     return torch.Generator().manual_seed(seed)
-
-
-class UsageError(Exception):
-    """Bad input from the user: the stage prints one line and exits with code 2."""
-
-
-def die(msg: str, code: int = 2):
-    """Print one clear line to stderr and exit (code 2 = bad input, as argparse does)."""
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(code)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports bad input in one line (no usage dump) and exits with code 2, and
-    takes comma lists that start with a negative number as values (`--guidance -1,-0.5,0`)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        import re
-        self._negative_number_matcher = re.compile(r"^-\d*\.?\d+(,-?\d*\.?\d+)*$")
-
-    def error(self, message):
-        die(f"{self.prog}: {message}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,116 +283,9 @@ def two_way_anova(y: np.ndarray) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. command line: a dataclass of arguments with one-line docs, defaults set by a profile
+# 6-7. checkpoints (written atomically) and run config versions; the command line, files and the
+#      resume rule are in cli.py
 # ----------------------------------------------------------------------------------------------
-def arg(default, help: str):
-    """A dataclass field whose help text shows in `--help` (CleanRL-style documented Args)."""
-    from dataclasses import field
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
-def parse_args(args_cls, profiles: dict, argv=None, description: str = "", presets: dict = None,
-               check=None):
-    """Build an argparse parser from a dataclass (each field: --flag-name, its help text), apply
-    the chosen profile's defaults, then the flags given on the command line. Lists are given as
-    comma-separated values. Bad values exit with one line and code 2.
-    `presets` = {field: {value: defaults}}: a second table of defaults chosen by a field's value
-    (00_toy.py's --design); precedence: command line > profile > preset > the dataclass default.
-    --print-config prints the resolved settings as JSON (after `check`, if given) and exits."""
-    from dataclasses import asdict, fields, MISSING
-    p = ArgumentParser(description=description,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", default="cpu", choices=sorted(profiles),
-                   help="preset of defaults, flags override it; each flag's help names the "
-                        "profiles that change its default (default: cpu)")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved settings (profile + flags) as JSON and exit without running")
-    for f in fields(args_cls):
-        if f.name == "profile":
-            continue
-        default = f.default if f.default is not MISSING else f.default_factory()
-        flag = "--" + f.name.replace("_", "-")
-        by_profile = "".join(f"; {name}: {fmt_value(prof[f.name])}" for name, prof in profiles.items()
-                             if f.name in prof and prof[f.name] != default)
-        text = f.metadata.get("help", "") + f" (default: {fmt_value(default)}{by_profile})"
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-        else:
-            p.add_argument(flag, type=str, default=None, help=text)
-    ns = p.parse_args(argv)
-    values = {}
-    for f in fields(args_cls):
-        if f.name == "profile":
-            continue
-        default = f.default if f.default is not MISSING else f.default_factory()
-        raw = getattr(ns, f.name)
-        if raw is None:
-            values[f.name] = profiles[ns.profile].get(f.name, default)
-            continue
-        values[f.name] = _convert(raw, default, f.name, p)
-    for key, table in (presets or {}).items():
-        if values[key] not in table:
-            p.error(f"argument --{key.replace('_', '-')}: invalid choice {values[key]!r} "
-                    f"(choose from {', '.join(map(str, table))})")
-        for name, v in table[values[key]].items():
-            if getattr(ns, name) is None and name not in profiles[ns.profile]:
-                values[name] = v
-    a = args_cls(profile=ns.profile, **values)
-    if ns.print_config:
-        if check is not None:
-            try:
-                check(a)
-            except UsageError as e:
-                die(str(e))
-        print(json.dumps(asdict(a), indent=1))
-        sys.exit(0)
-    return a
-
-
-def fmt_value(v) -> str:
-    """A default as typed on the command line (lists comma-separated)."""
-    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
-
-
-def _convert(raw, default, name, parser):
-    if isinstance(default, bool):
-        return raw
-    flag = "--" + name.replace("_", "-")
-    try:
-        if isinstance(default, list):
-            elem = type(default[0]) if default else str
-            return [elem(v) for v in str(raw).split(",") if v.strip() != ""]
-        if default is None:
-            return raw
-        return type(default)(raw)
-    except ValueError:
-        parser.error(f"argument {flag}: invalid value {raw!r}")
-
-
-# ----------------------------------------------------------------------------------------------
-# 7. files: write to a temporary file, then rename (nothing is ever left half-written);
-#    checkpoints; the resume rule shared by the stages
-# ----------------------------------------------------------------------------------------------
-def write_text(path: str, text: str):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: str, obj):
-    write_text(path, json.dumps(obj, indent=1))
-
-
-def read_json(path: str):
-    import json
-    with open(path) as f:
-        return json.load(f)
-
-
 def save_checkpoint(obj: dict, path: str):
     """torch.save to a temporary file, then rename: a kill never leaves a truncated checkpoint."""
     tmp = f"{path}.tmp{os.getpid()}"
@@ -482,19 +353,6 @@ def load_checkpoint(path: str, what: str = "a 02_train.py checkpoint") -> dict:
     except (KeyError, TypeError, ValueError) as e:
         raise UsageError(f"{path}: not {what} (its config has no {e})")
     return ck
-
-
-def check_same_settings(old: dict, new: dict, where: str, free=(),
-                        hint: str = "--overwrite to start over or another --out"):
-    """The resume rule of every stage: what an output folder already holds was made with the
-    settings `old`; continuing it with `new` is refused (UsageError) if any setting other than
-    the `free` ones differs (compared as stored in JSON)."""
-    import json
-    new = json.loads(json.dumps(new))
-    diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
-    if diff:
-        raise UsageError(f"{where} holds a run with a different config (different settings: "
-                         f"{', '.join(diff)}); {hint}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,10 +16,13 @@ leaves out. Each run is one chain of commands:
 A finished run (its record under <results>/train with run.json final) is not trained again, an
 evaluation continues with the episodes it lacks, so the same command after a kill, or on a new
 machine after `make data`, picks up where the work stopped; outputs land under results/ as each
-run finishes, ready to commit. Threads follow bench/bench_threads.py (RESULTS "Speed"): on a
-machine of few cores one job at a time with all its threads and OMP_WAIT_POLICY=PASSIVE (spinning
-OpenMP threads stall a step when anything shares the cores); --jobs K runs K chains side by side
-with cores/K threads each. One run on several GPUs stays torchrun's (02_train.py's docstring).
+run finishes, ready to commit. Scheduling follows bench/bench_threads.py (RESULTS "Speed", this
+2-core machine): two 1-thread runs side by side train 1.29x the samples of one 2-thread run
+alone, a 2-thread run beside rollouts stalls (under 25 steps in 75 s) unless OpenMP threads sleep
+when they wait, and a 1-thread run beside rollouts keeps 0.67x. So by default two chains run side
+by side (--jobs 2) with cores/2 threads each and OMP_WAIT_POLICY=PASSIVE in every job; --jobs 1
+gives one run all cores (it finishes sooner, the study later). One run on several GPUs stays
+torchrun's (02_train.py's docstring).
 """
 import argparse
 import itertools
@@ -33,9 +36,10 @@ from dataclasses import asdict, dataclass, field
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
-# Cost model of --dry-run (RESULTS "Speed", this 2-core machine, one job alone): training at
-# ~1,100 samples/s on 2 cores (cpu profile), rollouts at ~3.6 s per episode per core.
-TRAIN_SAMPLES_PER_CPU_S = 550.0
+# Cost model of --dry-run (RESULTS "Speed", this 2-core machine): a 1-thread cpu-profile training
+# run beside another job trains ~745 samples/s (bench/bench_threads.py: two side by side, 1,491
+# in all); rollouts take ~3.6 s per episode per core (200 episodes in ~12 min on 2 workers).
+TRAIN_SAMPLES_PER_CPU_S = 745.0
 EVAL_CPU_S_PER_EPISODE = 7.2
 PROFILE_STEPS = {"cpu": (20000, 128), "cpu_v1": (15000, 128), "cpu_img": (20000, 64), "smoke": (20, 16),
                  "paper": (100000, 256)}
@@ -163,11 +167,21 @@ def train_progress(run: Run, runs_dir: str, results: str) -> int:
 
 
 def episodes_done(ev: Evaluation, results: str) -> int:
+    """Episodes of this evaluation already run: episodes.jsonl's lines, or, for an evaluation
+    committed with its results.json only (older records), the trials it reports."""
     p = os.path.join(results, "eval", ev.name, "episodes.jsonl")
-    if not os.path.exists(p):
-        return 0
-    with open(p) as f:
-        return sum(1 for x in f if x.strip())
+    if os.path.exists(p):
+        with open(p) as f:
+            return sum(1 for x in f if x.strip())
+    r = os.path.join(results, "eval", ev.name, "results.json")
+    if os.path.exists(r):
+        with open(r) as f:
+            return sum(e["trials"] for e in json.load(f)["evaluations"].values() if e.get("as_trained", True))
+    return 0
+
+
+def eval_done(ev: Evaluation, results: str) -> bool:
+    return episodes_done(ev, results) >= ev.episodes * max(1, len(ev.guidance))
 
 
 def cpu_hours(run: Run, runs_dir: str, results: str) -> tuple:
@@ -227,6 +241,8 @@ def run_chain(run: Run, runs_dir: str, results: str, data_root: str, threads: in
             sh([python, "records.py", "collect-into", results, out], env, log)
         ckpt = os.path.join(results, "train", run.name, "ckpt.pt")
         for ev in run.evals:
+            if eval_done(ev, results):
+                continue
             cmd = [python, "03_eval.py", "--profile", run.eval_profile, "--ckpt", ckpt, "--trials", str(ev.episodes),
                    "--workers", str(workers),
                    "--out", os.path.join(results, "eval", ev.name)]
@@ -281,7 +297,8 @@ def main(argv=None):
     p.add_argument("--dry-run", action="store_true", help="print the expanded plan and its CPU-hours, run nothing")
     p.add_argument("--only", default="", help="run only the runs whose name contains this")
     p.add_argument("--launcher", default="local", choices=["local", "submitit-local", "slurm"])
-    p.add_argument("--jobs", type=int, default=1, help="chains side by side (default 1: one job with every core)")
+    p.add_argument("--jobs", type=int, default=2, help="chains side by side, cores/jobs threads each (default 2: "
+                   "the most training per CPU-hour on 2 cores, bench/bench_threads.py)")
     p.add_argument("--runs-dir", default="runs", help="where training runs and logs go")
     p.add_argument("--results", default="results", help="where finished runs and evaluations are collected")
     p.add_argument("--data-root", default="data", help="the dataset set (make data)")

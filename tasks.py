@@ -726,8 +726,8 @@ def save_frames(task_names, out_dir: str, seed: int = 0, size: int = 256):
 
 
 def main(argv=None):
-    import common
-    p = common.ArgumentParser(description="Check the scripted experts or save domain pictures.")
+    import cli  # torch-free command-line helpers
+    p = cli.ArgumentParser(description="Check the scripted experts or save domain pictures.")
     p.add_argument("command", choices=["experts", "replay", "frames"],
                    help="experts: expert success; replay: expert episodes replayed through joint "
                         "targets; frames: one agentview picture per task x domain")
@@ -760,13 +760,13 @@ def main(argv=None):
             for d in domains:
                 get_domain(t, d)
     except TaskError as e:
-        common.die(str(e))
+        cli.die(str(e))
     if a.episodes <= 0:
-        common.die(f"--episodes must be positive, got {a.episodes}")
+        cli.die(f"--episodes must be positive, got {a.episodes}")
     if a.nut_lift_wait is not None and a.nut_lift_wait < 0:
-        common.die(f"--nut-lift-wait must be >= 0, got {a.nut_lift_wait}")
+        cli.die(f"--nut-lift-wait must be >= 0, got {a.nut_lift_wait}")
     if a.nut_dwell is not None and a.nut_dwell < 0:
-        common.die(f"--nut-dwell must be >= 0, got {a.nut_dwell}")
+        cli.die(f"--nut-dwell must be >= 0, got {a.nut_dwell}")
     experts.use_nut_expert(a.nut_expert)
     if a.nut_lift_wait is not None:
         experts.NutAssemblyExpert.lift_wait = a.nut_lift_wait or None
@@ -786,7 +786,7 @@ def main(argv=None):
                         f"{r['mean_tracking_error_rad']:.4f} rad" for r in rows))
         if a.out:
             os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-            common.write_json(a.out, rows)
+            cli.write_json(a.out, rows)
         return
     rows = check_experts(task_names, domains, a.episodes, a.first_seed)
     lines = ["| task | domain | success | mean length (successes) | close: height / offset / speed (mm, mm/step) "
@@ -798,7 +798,7 @@ def main(argv=None):
     print("\n".join(lines))
     if a.out:
         os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-        common.write_json(a.out, rows)
+        cli.write_json(a.out, rows)
 
 
 if __name__ == "__main__":

@@ -423,3 +423,54 @@ def test_normalizer_maps_union_to_unit_box_and_back():
     assert y[:, :3].min().item() == pytest.approx(-1) and y[:, :3].max().item() == pytest.approx(1)
     assert torch.allclose(y[:, 3], torch.zeros(500))
     assert torch.allclose(norm.inverse("k", y), torch.from_numpy(x), atol=1e-5)
+
+
+def test_old_run_configs_upgrade_to_todays_form(tmp_path):
+    """A config written before a setting existed gets that setting's old value (common.LATER_SETTINGS),
+    in one place that resume, --init-from, 03, 04 and 05 all go through (load_checkpoint)."""
+    v1 = {"args": {"method": "cotrain", "steps": 100}, "model": {"image_keys": ["agentview_image"]}}
+    up = common.upgrade_config(v1)
+    assert up["version"] == common.CONFIG_VERSION and "version" not in v1  # the input is not changed
+    assert up["args"]["obs_set"] == "world" and up["args"]["action_space"] == "abs" and up["args"]["grl_ramp"] == 0
+    assert up["model"]["vision_pool"] == "avg" and up["model"]["image_size"] == 84  # the paper's frames then
+    assert common.upgrade_config({"args": {}, "model": {"image_keys": []}})["model"]["image_size"] == 0
+    kept = common.upgrade_config({"args": {"obs_set": "rel"}, "model": {"image_keys": [], "image_size": 64}})
+    assert kept["args"]["obs_set"] == "rel" and kept["model"]["image_size"] == 64  # set values are kept
+    with pytest.raises(common.UsageError, match="newer"):
+        common.upgrade_config({"version": common.CONFIG_VERSION + 1, "args": {}, "model": {}})
+    # "finished" is the step reached, whatever file the weights were copied to
+    for step, final in ((100, True), (50, False)):
+        path = str(tmp_path / f"ck{step}.pt")
+        torch.save({"ema": {}, "step": step, "config": v1, "final": not final}, path)
+        ck = common.load_checkpoint(path)
+        assert ck["final"] is final and ck["config"]["args"]["obs_set"] == "world"
+
+
+def test_a_pool_worker_exits_when_its_parent_is_killed():
+    """cli.exit_with_parent: the generation and rollout workers do not run on as orphans."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    child = ("import cli, time; cli.exit_with_parent(0.05); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
+                               "print(p.pid, flush=True); time.sleep(60)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+    time.sleep(0.5)
+    assert os.path.exists(f"/proc/{pid}")
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    t0 = time.time()
+    while time.time() - t0 < 10:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split()[2] == "Z":  # exited, not yet reaped by init
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError("the orphaned worker kept running")

@@ -200,7 +200,7 @@ def test_velocity_clamp_and_dry_run(dep, ckpt, tmp_path):
 
 def test_sim_backend_reproduces_03_eval_records_and_resumes(ckpt, tmp_path):
     ev = run_stage("03_eval.py", "--profile", "smoke", "--ckpt", ckpt, "--trials", "2", "--max-steps", "30",
-                   "--out", str(tmp_path / "eval"))
+                   "--split", "demo", "--out", str(tmp_path / "eval"))  # 05's sim robot starts from the demo seeds
     assert ev.returncode == 0, ev.stderr
     out = tmp_path / "dep"
     r = run_stage("05_real_deploy.py", "--profile", "smoke", "--ckpt", ckpt, "--robot", "sim", "--episodes", "2",

@@ -1,6 +1,7 @@
 """Bring results/ into the layout of records.py (rerunnable: a second run changes nothing).
 
     python tools/migrate_results.py            # needs data/ only for the feature samples
+    python tools/migrate_results.py --check-against 0dc25e9   # every number as at that commit
 
 What it does, and why each step keeps every number:
   1. The committed EMA checkpoints move from results/checkpoints/<run>/ckpt.pt to their run's
@@ -13,8 +14,11 @@ What it does, and why each step keeps every number:
      observation sets, results/obs_sets/<task>/<domain>.npz (made from data/ once, then committed).
   4. The cpu_v1 study (RESULTS "Training" .. "Representation alignment"; its checkpoints were not
      kept): its analysis moves to results/cpu_v1/analysis/, each of its runs gets run.json (profile
-     cpu_v1: the recipe was called cpu when it ran; digest from its evaluations) and
-     alignment.json (its row of the committed alignment table, with the settings it was made with).
+     cpu_v1: the recipe was called cpu when it ran; no digest: its evaluations predate digests and
+     are joined by run name) and alignment.json (its row of the committed alignment table, with the
+     settings it was made with).
+  5. The image policy's metrics (results/analysis_img/alignment.json) go into its run folder the
+     same way.
 """
 import glob
 import json
@@ -85,8 +89,10 @@ def fix_path(path: str, moves: dict, digest, digests: dict) -> str:
 
 def fix_evaluations(moves: dict, digests: dict) -> int:
     n = 0
-    for path in sorted(glob.glob(os.path.join(R, "**", "results.json"), recursive=True)):
+    for path in sorted(glob.glob(os.path.join(R, "**", "*.json"), recursive=True)):
         res = common.read_json(path)
+        if not isinstance(res, dict) or not isinstance(res.get("evaluations"), dict):
+            continue  # not an evaluation record (any file name: results.json, r05.json, ...)
         evs = {}
         for k, v in res["evaluations"].items():
             v = fix_record({**v, "key": k}, moves, digests)
@@ -95,8 +101,10 @@ def fix_evaluations(moves: dict, digests: dict) -> int:
         if new != res:
             common.write_json(path, new)
             n += 1
-    for path in sorted(glob.glob(os.path.join(R, "**", "episodes.jsonl"), recursive=True)):
+    for path in sorted(glob.glob(os.path.join(R, "**", "*.jsonl"), recursive=True)):
         rows = records.read_jsonl(path)
+        if not rows or "key" not in rows[0]:
+            continue  # not an episodes file (metrics.jsonl, ...)
         new = [fix_record(r, moves, digests) for r in rows]
         if new != rows:
             records.write_jsonl(path, new)
@@ -139,14 +147,12 @@ def cpu_v1_study():
     v1 = os.path.join(R, "cpu_v1")
     if os.path.isdir(os.path.join(R, "analysis")) and not os.path.isdir(os.path.join(v1, "analysis")):
         git_mv(os.path.join(R, "analysis"), os.path.join(v1, "analysis"))
-    digests = {}
+    digests = {}  # none: these evaluations predate weights digests (04_analyze joins them by run name)
     for path in glob.glob(os.path.join(v1, "eval", "*", "results.json")):
         for ev in common.read_json(path)["evaluations"].values():
-            digests[ev["ckpt"].split("/")[-2]] = ev["digest"]
-    align = {}
+            if ev.get("digest"):
+                digests[ev["ckpt"].split("/")[-2]] = ev["digest"]
     apath = os.path.join(v1, "analysis", "alignment.json")
-    if os.path.exists(apath):
-        align = {r["run"]: r for r in common.read_json(apath)}
     for cfg_path in sorted(glob.glob(os.path.join(v1, "train", "*", "config.json"))):
         folder = os.path.dirname(cfg_path)
         run = os.path.basename(folder)
@@ -159,19 +165,68 @@ def cpu_v1_study():
             "step": last, "steps": steps, "final": last >= steps, "weights_digest": digests.get(run),
             "profile": "cpu_v1", "method": cfg["args"]["method"], "commit": "",
             "note": "made when this recipe was the cpu profile (today's cpu_v1); weights not kept"})
-        if run in align:
-            keys = ("w_stem", "w_trunk", "gw_stem", "gw_trunk", "probe_trunk")
+    kept_alignment(apath, os.path.join(v1, "train"),
+                   "measured by 04_analyze.py from the checkpoint on data/ before its weights were dropped")
+
+
+def without_names(o):
+    """A record with its checkpoint names (ckpt fields, keys' path part) taken out."""
+    if isinstance(o, dict):
+        return sorted((k.split("|", 1)[1] if "|" in k else k, without_names(v))
+                      for k, v in o.items() if k not in ("ckpt", "key"))
+    if isinstance(o, list):
+        return [without_names(x) for x in o]
+    return o
+
+
+def check_against(rev: str) -> int:
+    """Every evaluation file changed since `rev` holds the same numbers once names are set aside."""
+    out = subprocess.run(["git", "-C", records.REPO, "diff", "--name-only", rev, "--", "results"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    bad = n = 0
+    for f in out:
+        if not f.endswith((".json", ".jsonl")) or not os.path.exists(os.path.join(records.REPO, f)):
+            continue
+        old = subprocess.run(["git", "-C", records.REPO, "show", f"{rev}:{f}"], capture_output=True, text=True)
+        if old.returncode:
+            continue  # a file the migration added
+        with open(os.path.join(records.REPO, f)) as fh:
+            new = fh.read()
+        load = (lambda t: [json.loads(x) for x in t.splitlines() if x.strip()]) if f.endswith(".jsonl") else json.loads
+        n += 1
+        if without_names(load(old.stdout)) != without_names(load(new)):
+            bad += 1
+            print(f"numbers differ: {f}")
+    print(f"{n} record files changed since {rev}: {n - bad} hold the same numbers, {bad} differ")
+    return bad
+
+
+def kept_alignment(table: str, train: str, note: str):
+    """Each row of a committed alignment table -> <train>/<run>/alignment.json, with the settings
+    04_analyze.py used then (its defaults: 2048 samples per domain, seed 0, exact GW)."""
+    if not os.path.exists(table):
+        return
+    keys = ("w_stem", "w_trunk", "gw_stem", "gw_trunk", "probe_trunk")
+    for row in common.read_json(table):
+        folder = os.path.join(train, row["run"])
+        if os.path.isdir(folder):
             common.write_json(os.path.join(folder, "alignment.json"), {
-                "num_samples": 2048, "seed": 0, "gw_method": "exact",  # 04_analyze.py's defaults then
-                "metrics": {k: align[run][k] for k in keys},
-                "note": "measured by 04_analyze.py from the checkpoint on data/ before its weights were dropped"})
+                "num_samples": 2048, "seed": 0, "gw_method": "exact",
+                "metrics": {k: row[k] for k in keys}, "note": note})
 
 
 def main():
+    if sys.argv[1:2] == ["--check-against"]:
+        sys.exit(1 if check_against(sys.argv[2]) else 0)
     moves = move_checkpoints()
     digests = committed_runs(moves)
     n = fix_evaluations(moves, digests)
     cpu_v1_study()
+    # 5. the image policy's metrics (results/analysis_img/, measured on its image training windows
+    #    from data/; image observation sets are not kept): into its run folder, so the rebuilt
+    #    tables carry them
+    kept_alignment(os.path.join(R, "analysis_img", "alignment.json"), os.path.join(R, "train"),
+                   "measured by 04_analyze.py on the image policy's training windows from data/ (RESULTS 'Image policies')")
     print(f"{len(moves)} checkpoints under results/train, {len(digests)} committed runs, {n} evaluation files rewritten")
     bad = records.find_machine_paths(R)
     print("\n".join(bad[:20]) or "no machine paths left under results/")

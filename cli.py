@@ -1,0 +1,161 @@
+"""Command line and files for every stage, without torch (01_generate_data.py's workers and
+tasks.py import only this): one-line errors, dataclass arguments with profiles, files written
+atomically, the resume rule. common.py re-exports all of it."""
+import argparse
+import json
+import os
+import sys
+
+
+class UsageError(Exception):
+    """Bad input from the user: the stage prints one line and exits with code 2."""
+
+
+def die(msg: str, code: int = 2):
+    """Print one clear line to stderr and exit (code 2 = bad input, as argparse does)."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports bad input in one line (no usage dump) and exits with code 2, and
+    takes comma lists that start with a negative number as values (`--guidance -1,-0.5,0`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        import re
+        self._negative_number_matcher = re.compile(r"^-\d*\.?\d+(,-?\d*\.?\d+)*$")
+
+    def error(self, message):
+        die(f"{self.prog}: {message}")
+
+
+def arg(default, help: str):
+    """A dataclass field whose help text shows in `--help` (CleanRL-style documented Args)."""
+    from dataclasses import field
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def parse_args(args_cls, profiles: dict, argv=None, description: str = "", presets: dict = None,
+               check=None):
+    """Build an argparse parser from a dataclass (each field: --flag-name, its help text), apply
+    the chosen profile's defaults, then the flags given on the command line. Lists are given as
+    comma-separated values. Bad values exit with one line and code 2.
+    `presets` = {field: {value: defaults}}: a second table of defaults chosen by a field's value
+    (00_toy.py's --design); precedence: command line > profile > preset > the dataclass default.
+    --print-config prints the resolved settings as JSON (after `check`, if given) and exits."""
+    from dataclasses import asdict, fields, MISSING
+    p = ArgumentParser(description=description,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="cpu", choices=sorted(profiles),
+                   help="preset of defaults, flags override it; each flag's help names the "
+                        "profiles that change its default (default: cpu)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved settings (profile + flags) as JSON and exit without running")
+    for f in fields(args_cls):
+        if f.name == "profile":
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        by_profile = "".join(f"; {name}: {fmt_value(prof[f.name])}" for name, prof in profiles.items()
+                             if f.name in prof and prof[f.name] != default)
+        text = f.metadata.get("help", "") + f" (default: {fmt_value(default)}{by_profile})"
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            p.add_argument(flag, type=str, default=None, help=text)
+    ns = p.parse_args(argv)
+    values = {}
+    for f in fields(args_cls):
+        if f.name == "profile":
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()
+        raw = getattr(ns, f.name)
+        if raw is None:
+            values[f.name] = profiles[ns.profile].get(f.name, default)
+            continue
+        values[f.name] = _convert(raw, default, f.name, p)
+    for key, table in (presets or {}).items():
+        if values[key] not in table:
+            p.error(f"argument --{key.replace('_', '-')}: invalid choice {values[key]!r} "
+                    f"(choose from {', '.join(map(str, table))})")
+        for name, v in table[values[key]].items():
+            if getattr(ns, name) is None and name not in profiles[ns.profile]:
+                values[name] = v
+    a = args_cls(profile=ns.profile, **values)
+    if ns.print_config:
+        if check is not None:
+            try:
+                check(a)
+            except UsageError as e:
+                die(str(e))
+        print(json.dumps(asdict(a), indent=1))
+        sys.exit(0)
+    return a
+
+
+def fmt_value(v) -> str:
+    """A default as typed on the command line (lists comma-separated)."""
+    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+
+
+def _convert(raw, default, name, parser):
+    if isinstance(default, bool):
+        return raw
+    flag = "--" + name.replace("_", "-")
+    try:
+        if isinstance(default, list):
+            elem = type(default[0]) if default else str
+            return [elem(v) for v in str(raw).split(",") if v.strip() != ""]
+        if default is None:
+            return raw
+        return type(default)(raw)
+    except ValueError:
+        parser.error(f"argument {flag}: invalid value {raw!r}")
+
+
+def write_text(path: str, text: str):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj):
+    write_text(path, json.dumps(obj, indent=1))
+
+
+def read_json(path: str):
+    import json
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_same_settings(old: dict, new: dict, where: str, free=(),
+                        hint: str = "--overwrite to start over or another --out"):
+    """The resume rule of every stage: what an output folder already holds was made with the
+    settings `old`; continuing it with `new` is refused (UsageError) if any setting other than
+    the `free` ones differs (compared as stored in JSON)."""
+    import json
+    new = json.loads(json.dumps(new))
+    diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
+    if diff:
+        raise UsageError(f"{where} holds a run with a different config (different settings: "
+                         f"{', '.join(diff)}); {hint}")
+
+
+def exit_with_parent(poll_s: float = 1.0):
+    """In a pool worker: exit when the process that started it is gone (killed), instead of
+    running on as an orphan that takes a core from whatever runs next."""
+    import threading
+    import time
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
