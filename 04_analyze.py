@@ -528,7 +528,7 @@ def methods_table(runs: list) -> tuple:
         md.append(f"**{name}** (success rate, successes/trials, Wilson 95%)\n\n"
                   + markdown_table([{"method": m, **grid[m]} for m in methods],
                                    ["method"] + [f"{w:.3g}" for w in ratios]))
-        for m in method_order():
+        for m in METHODS:  # pretrain_ft is Table 3's, not a column here
             if m not in methods:
                 missing.append(f"methods x ratios {name}: no evaluated {m} run ({train_cmd(name, m)})")
     if not by:

@@ -37,8 +37,8 @@ test: $(STAMP)
 # The main CPU job (README "make reproduce"): the toy model of Sec. 3 (both designs), the low-dim
 # dataset set, the cpu-profile runs of plans/cpu.toml with their 200-episode evaluations, and the
 # analysis rebuilt from what is committed. On a clone with results/ as committed the runs and
-# episodes are done, so it is the toy (~30 min), the data (~75 min) and the analysis (~10 min);
-# from nothing (RESULTS=elsewhere) the runs add ~6.5 h on 2 cores. Every step resumes after a
+# episodes are done, so it is the toy (~30 min), the data (~1 h) and the analysis (~10 min);
+# from nothing (RESULTS=elsewhere) the runs add ~4.6 h on 2 cores (study.py --dry-run). Every step resumes after a
 # kill and keeps what is finished; it writes results/toy*, results/analysis and, for runs it
 # makes, results/train + results/eval (git diff shows any change). The earlier cpu_v1 study keeps
 # its own folder (make analysis-cpu-v1 rebuilds its tables from its records).
@@ -50,7 +50,7 @@ toy: $(STAMP)
 	MPLBACKEND=Agg $(PY) 00_toy.py --out results/toy
 
 # The low-dim dataset set (01_generate_data.py --profile cpu): per task 50 source seed demos ->
-# 500 MimicGen source demos, 50 expert demos per target domain (~75 min on 2 cores; measured in
+# 500 MimicGen source demos, 50 expert demos per target domain (~1 h on 2 cores: 54 min of wall time in
 # RESULTS "Datasets"). Resumable: a rerun after a kill continues; finished files are kept.
 # data-img: NutAssembly's image copies (2 cameras at 84 px, ~70 min; the paper profile's layout).
 data: $(STAMP)

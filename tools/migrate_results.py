@@ -17,7 +17,9 @@ What it does, and why each step keeps every number:
      cpu_v1: the recipe was called cpu when it ran; no digest: its evaluations predate digests and
      are joined by run name) and alignment.json (its row of the committed alignment table, with the
      settings it was made with).
-  5. The image policy's metrics (results/analysis_img/alignment.json) go into its run folder the
+  5. An evaluation folder whose record was committed under another name (r05.json) gets
+     results.json, the name 04_analyze.py reads.
+  6. The image policy's metrics (results/analysis_img/alignment.json) go into its run folder the
      same way.
 """
 import glob
@@ -85,6 +87,18 @@ def fix_path(path: str, moves: dict, digest, digests: dict) -> str:
         if digest is not None and digests.get(run) == digest:
             p = f"results/train/{run}/ckpt.pt"
     return p
+
+
+def one_name_per_evaluation():
+    """An evaluation folder of a study (results/eval, results/cpu_v1/eval) holds results.json: one
+    whose record was committed under another name (r05.json) gets the name 04_analyze.py reads."""
+    for folder in sorted(glob.glob(os.path.join(R, "eval", "*")) + glob.glob(os.path.join(R, "cpu_v1", "eval", "*"))):
+        if os.path.exists(os.path.join(folder, "results.json")):
+            continue
+        named = [f for f in glob.glob(os.path.join(folder, "*.json")) if f.endswith(".json")
+                 and isinstance(common.read_json(f), dict) and "evaluations" in common.read_json(f)]
+        if len(named) == 1:
+            git_mv(named[0], os.path.join(folder, "results.json"))
 
 
 def fix_evaluations(moves: dict, digests: dict) -> int:
@@ -220,6 +234,7 @@ def main():
         sys.exit(1 if check_against(sys.argv[2]) else 0)
     moves = move_checkpoints()
     digests = committed_runs(moves)
+    one_name_per_evaluation()
     n = fix_evaluations(moves, digests)
     cpu_v1_study()
     # 5. the image policy's metrics (results/analysis_img/, measured on its image training windows
