@@ -586,6 +586,9 @@ def _run_pool(a: Args, todo, done: dict, n_goal: int, on_result):
                 on_result(fut.result())
         for fut in flying:
             fut.cancel()
+        if flying:  # attempts still running are past the kept set: stop their workers instead of
+            for proc in list(pool._processes.values()):  # waiting ~1-2 attempts (bench_generate.py)
+                proc.terminate()
 
 
 def _assemble(a: Args, out: str, parts: str, kept: list, attempts: int, seconds: float):

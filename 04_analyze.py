@@ -478,7 +478,7 @@ def alignment_rows(runs: list, a) -> tuple:
     return rows, missing
 
 
-ALIGN_COLS = ["task", "target_domain", "method", "mixing_ratio", "success", "trials", "w_stem", "w_trunk",
+ALIGN_COLS = ["setting", "method", "mixing_ratio", "success", "trials", "w_stem", "w_trunk",
               "gw_stem", "gw_trunk", "probe_trunk"]
 ALIGN_FMT = {"mixing_ratio": "{:.3g}", "success": "{:.3f}", "w_stem": "{:.3f}", "w_trunk": "{:.3f}",
              "gw_stem": "{:.4f}", "gw_trunk": "{:.4f}", "probe_trunk": "{:.3f}"}
