@@ -224,7 +224,7 @@ def test_sim_backend_reproduces_03_eval_records_and_resumes(ckpt, tmp_path):
                   "--max-steps", "30", "--out", str(out))
     assert r.returncode == 0 and "2 episode(s) already recorded" in r.stdout
     with h5py.File(out / "episodes.hdf5", "r") as f:
-        assert [f[f"data/demo_{i}"].attrs["seed"] for i in range(3)] == [1000000, 1000001, 1000002]
+        assert [f[f"data/demo_{i}"].attrs["seed"] for i in range(3)] == [3000000, 3000001, 3000002]
 
 
 def test_bad_input_exits_2_and_writes_nothing(dep, ckpt, tmp_path):
