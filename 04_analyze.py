@@ -431,8 +431,9 @@ def run_features(r: dict, a) -> tuple:
                                                    for d in (r["domain"], "source"))), cache_dir(a))
             try:
                 f, sets = records.run_features(r["ckpt"], root)
-            except UsageError as e:
-                return None, str(e)
+            except UsageError:
+                return None, (f"no observation sets results/obs_sets/{r['task']}/ and no dataset under data/ "
+                              f"to make them from (make data, then python tools/migrate_results.py)")
             records.save_features(cache, f, sets)
         feats, where = records.load_features(cache), "checkpoint on the fixed observation sets"
     elif r["ckpt"]:
