@@ -1,0 +1,96 @@
+"""Alignment metrics of App. D.2 and the probe of Sec. 4.2, on two point clouds of features
+(split from 04_analyze.py by concept; 04 re-exports them): each domain standardized on its own,
+2-Wasserstein between the clouds, Gromov-Wasserstein between their distance matrices (pooled-mean
+normalized), a 2-layer MLP domain probe, Pearson / Spearman correlations."""
+import numpy as np
+
+from cli import UsageError
+
+
+def standardize(x: np.ndarray) -> np.ndarray:
+    """Each domain normalized on its own (App. D.2): zero mean, unit variance per dimension."""
+    x = np.asarray(x, dtype=np.float64)
+    return (x - x.mean(0)) / (x.std(0) + 1e-8)
+
+
+def wasserstein(xs: np.ndarray, xt: np.ndarray, method: str = "exact", reg: float = 0.05) -> float:
+    """2-Wasserstein distance between two point clouds with uniform weights.
+    exact: network simplex (ot.emd2); sinkhorn: entropic OT with reg x the mean squared cost
+    (ot.sinkhorn2, log-domain), an upper bound that converges to the exact value as reg -> 0."""
+    import ot
+    M = ot.dist(xs, xt, metric="sqeuclidean")
+    a, b = ot.unif(len(xs)), ot.unif(len(xt))
+    if method == "exact":
+        w2 = ot.emd2(a, b, M, numItermax=10_000_000)
+    elif method == "sinkhorn":
+        scale = M.mean()
+        w2 = scale * ot.sinkhorn2(a, b, M / scale, reg, method="sinkhorn_log", numItermax=2000)
+    else:
+        raise ValueError(f"unknown Wasserstein method {method!r}")
+    return float(np.sqrt(max(float(w2), 0.0)))
+
+
+def gromov_wasserstein(xs: np.ndarray, xt: np.ndarray, method: str = "exact", subsample: int = 512,
+                       repeats: int = 4, seed: int = 0) -> float:
+    """Gromov-Wasserstein discrepancy (square loss) between the two clouds' Euclidean distance
+    matrices, each divided by the pooled mean distance of both (App. D.2), so policies with
+    different feature scales compare. exact: POT's conditional-gradient solver on all points (a
+    local optimum, started from the product plan); subsample: the mean of `repeats` exact solves
+    on random subsets of `subsample` points per domain (POT's entropic GW was far slower here)."""
+    import ot
+    Cs, Ct = ot.dist(xs, xs, metric="euclidean"), ot.dist(xt, xt, metric="euclidean")
+    pooled = np.concatenate([Cs.ravel(), Ct.ravel()]).mean()
+    Cs, Ct = Cs / pooled, Ct / pooled
+    if method == "exact":
+        return _gw(Cs, Ct)
+    if method == "subsample":  # mean of exact GW over random subsets (same pooled normalization)
+        rng = np.random.default_rng(seed)
+        vals = []
+        for _ in range(repeats):
+            i = rng.choice(len(xs), min(subsample, len(xs)), replace=False)
+            j = rng.choice(len(xt), min(subsample, len(xt)), replace=False)
+            vals.append(_gw(Cs[np.ix_(i, i)], Ct[np.ix_(j, j)]))
+        return float(np.mean(vals))
+    raise ValueError(f"unknown Gromov-Wasserstein method {method!r}")
+
+
+def _gw(Cs, Ct) -> float:
+    import ot
+    return float(ot.gromov.gromov_wasserstein2(Cs, Ct, ot.unif(len(Cs)), ot.unif(len(Ct)),
+                                               "square_loss", max_iter=1000))
+
+
+def domain_probe(zs: np.ndarray, zt: np.ndarray, seed: int = 0, hidden: int = 64,
+                 steps: int = 500, holdout: float = 0.3) -> float:
+    """Discernibility (Sec. 4.2): held-out accuracy of a 2-layer MLP that tells the domains apart
+    from (standardized, pooled) features; 0.5 = indiscernible, 1.0 = fully discernible."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    x = np.concatenate([zs, zt]).astype(np.float32)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    y = np.concatenate([np.zeros(len(zs)), np.ones(len(zt))]).astype(np.float32)
+    perm = torch.randperm(len(x), generator=g).numpy()
+    n_test = int(holdout * len(x))
+    test, train = perm[:n_test], perm[n_test:]
+    X, Y = torch.from_numpy(x), torch.from_numpy(y)
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(steps):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(X[train]).squeeze(-1), Y[train])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float(((net(X[test]).squeeze(-1) > 0).float() == Y[test]).float().mean())
+
+
+def correlation(x, y) -> dict:
+    """Pearson and Spearman correlation with two-sided p-values (Fig. 7)."""
+    from scipy import stats
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3:
+        raise UsageError(f"a correlation needs at least 3 checkpoints, got {len(x)}")
+    pr, sr = stats.pearsonr(x, y), stats.spearmanr(x, y)
+    return {"n": len(x), "pearson": float(pr.statistic), "pearson_p": float(pr.pvalue),
+            "spearman": float(sr.statistic), "spearman_p": float(sr.pvalue)}
