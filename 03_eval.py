@@ -29,7 +29,7 @@ import numpy as np
 import common
 import diffusion_policy
 import records
-from common import arg, die, UsageError
+from common import arg, die, UsageError, wilson_interval
 
 # ----------------------------------------------------------------------------------------------
 # arguments: every default visible here; a profile overrides some (table below)
@@ -67,17 +67,6 @@ PROFILES = {
     "cpu": dict(trials=50),
     "smoke": dict(trials=2, max_steps=40, video_size=64),
 }
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple:
-    """95% Wilson score interval for k successes in n trials (Wilson 1927)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
 
 
 # ----------------------------------------------------------------------------------------------

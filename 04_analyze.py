@@ -11,9 +11,12 @@ markdown (for RESULTS.md) and JSON, with PNG figures:
   umap          UMAP of source vs target trunk features per checkpoint, grid across ratios (Fig. 6)
   correlations  Pearson / Spearman of log W vs success over the ratio sweep (Fig. 7)
   regimes       alignment (W) vs discernibility (probe) coloured by success (Fig. 16)
-  methods       success per method x mixing ratio (Fig. 9 / Table 2 form)
+  methods       success per method x mixing ratio (Fig. 9 / Table 2 form), and the domain
+                discriminator's accuracy over training of every adversarial run (discriminator.png)
   table1        co-training vs +discrimination (Table 1), the paper's numbers beside
+  table2        every method at one mixing ratio (Table 2's form), the paper's sim-and-real numbers beside
   table3        sim pre-training + real fine-tuning vs co-training (Table 3, App. D.4)
+  comparisons   the paper's claimed differences, each a Fisher exact test on the episodes
   guidance      success against the guidance scale lambda (Fig. 10)
   guideline     the ratio guideline's range vs the best measured ratio (Fig. 15, App. D.5)
 and missing.md: which table lacks which runs, with the command that makes them.
@@ -43,7 +46,8 @@ from common import METHODS, UsageError, arg, die
 # ----------------------------------------------------------------------------------------------
 # arguments
 # ----------------------------------------------------------------------------------------------
-PRODUCTS = ["alignment", "umap", "correlations", "regimes", "methods", "table1", "table3", "guidance", "guideline"]
+PRODUCTS = ["alignment", "umap", "correlations", "regimes", "methods", "table1", "table2", "table3", "comparisons",
+            "guidance", "guideline"]
 
 
 @dataclass
@@ -213,16 +217,31 @@ def join_key(digest, ckpt: str) -> str:
 
 def read_evaluations(runs_dir: str) -> dict:
     """Every evaluation under <runs>/eval/*/results.json made as trained (the checkpoint's own
-    label and execution), keyed by (weights digest, evaluated domain), then guidance."""
+    label and execution), keyed by (weights digest, evaluated domain), then folder, then guidance."""
     import glob
     evals = {}
     for path in sorted(glob.glob(os.path.join(runs_dir, "eval", "*", "results.json"))):
         for ev in common.read_json(path)["evaluations"].values():
             if ev.get("as_trained") is False:  # another label or execution (03 --label / --n-action)
                 continue
-            evals.setdefault((join_key(ev.get("digest"), ev["ckpt"]), ev["domain"]), {})[ev["guidance"]] = \
-                {**ev, "where": os.path.dirname(path)}
+            where = os.path.dirname(path)
+            evals.setdefault((join_key(ev.get("digest"), ev["ckpt"]), ev["domain"]), {}) \
+                .setdefault(where, {})[ev["guidance"]] = {**ev, "where": where}
     return evals
+
+
+def by_guidance(folders: dict) -> tuple:
+    """A run's evaluations in one domain ({folder: {guidance: ev}}) as (each guidance value with its
+    largest evaluation: a 200-episode evaluation beats a 100-episode sweep on its first seeds; the
+    folder with the most guidance values, Fig. 10's sweep: every value on the same seeds)."""
+    best, sweep = {}, {}
+    for where in sorted(folders):
+        for g, ev in folders[where].items():
+            if g not in best or ev["trials"] > best[g]["trials"]:
+                best[g] = ev
+        if len(folders[where]) > len(sweep):
+            sweep = folders[where]
+    return best, dict(sweep)
 
 
 def discover(runs_dir: str, only_ckpts: list = None) -> tuple:
@@ -255,14 +274,33 @@ def discover(runs_dir: str, only_ckpts: list = None) -> tuple:
         if not rec["final"]:
             unfinished.append(f"{name} (step {rec['step']} of {args['steps']})")
             continue
-        by_g = dict(evals.get((join_key(rec["digest"], os.path.join(folder, "ckpt.pt")), args["target_domain"]), {}))
+        by_g, sweep = by_guidance(evals.get((join_key(rec["digest"], os.path.join(folder, "ckpt.pt")),
+                                             args["target_domain"]), {}))
         runs.append({"ckpt": rec["ckpt"], "folder": folder, "run": name, "cfg": cfg, "step": rec["step"],
                      "digest": rec["digest"], "profile": rec["profile"],
                      "task": args["task"], "domain": args["target_domain"], "method": method_of(cfg),
                      "arch": args["arch"], "ratio": cfg["mixing_ratio"], "use_label": cfg["model"]["use_label"],
                      "n_target": cfg["data"]["target"]["num_demos"], "n_source": cfg["data"]["source"]["num_demos"],
-                     "evals": by_g, "eval": by_g.get(cfg.get("guidance_scale"))})
-    return runs, unfinished
+                     "evals": by_g, "sweep": sweep, "eval": by_g.get(cfg.get("guidance_scale"))})
+    return mark_superseded(runs), unfinished
+
+
+def mark_superseded(runs: list) -> list:
+    """Runs that differ only in their step budget (the study's real_only at 20k beside the earlier
+    15k one) compare through the one trained longest; the others get superseded=True and stay in
+    the alignment table only."""
+    def key(r):
+        a = r["cfg"]["args"]
+        return (setting(r), r["method"], round(r["ratio"], 6), r["arch"], r["n_target"], r["n_source"], a["seed"],
+                a.get("disc_weight"), r["cfg"].get("guidance_scale"), a.get("init_from", ""))
+    longest = {}
+    for r in runs:
+        k = key(r)
+        if k not in longest or r["step"] > longest[k]["step"]:
+            longest[k] = r
+    for r in runs:
+        r["superseded"] = longest[key(r)] is not r
+    return runs
 
 
 def setting(r: dict) -> str:
@@ -303,7 +341,7 @@ def train_cmd(name: str, method: str, ratio=None) -> str:
     if method == PRETRAIN_FT:
         pre = f"runs/train/{task}_{domain}_sim_only_r0_encdec_s0"
         return (f"{base} --method sim_only, then {base} --method real_only --init-from {pre}/ckpt.pt "
-                f"--steps 5000 --warmup 200 --out runs/train/{task}_{domain}_pretrain_ft_r1_encdec_s0")
+                f"--out runs/train/{task}_{domain}_pretrain_ft_r1_encdec_s0")  # plans/nut_study.toml's C8
     r = f" --ratio {ratio:.3g}" if ratio is not None and METHODS[method].ratio is None else ""
     return f"{base} --method {method}{r}"
 
@@ -313,6 +351,9 @@ def train_cmd(name: str, method: str, ratio=None) -> str:
 # ----------------------------------------------------------------------------------------------
 PAPER_TABLE1 = {"NutAssembly": (0.85, 0.79), "MugCleanup": (0.44, 0.415), "MugHang": (0.27, 0.215)}
 PAPER_TABLE3 = {"NutAssembly": (0.77, 0.925), "MugCleanup": (0.215, 0.495), "MugHang": (0.225, 0.26)}
+# Table 2 (sim-and-real NutAssembly, successes of 30 real trials; the paper's ratio for all methods)
+PAPER_TABLE2 = {"real_only": 8.6 / 30, "cotrain": 15.3 / 30, "ot": 14.3 / 30, "adda": 14.3 / 30, "cfg": 15.3 / 30,
+                "cfg_adda@0": 18.6 / 30, "cfg_adda": 21 / 30}
 PAPER_DOMAIN = "target_visual_physics"  # Table 1: visual-physics sim-and-sim (Sec. 4)
 PAPER_CORRELATION = "+0.6 to +0.8 (alignment vs success; negative for the physics-only gap, Sec. 4.2)"
 
@@ -382,14 +423,15 @@ def alignment_rows(runs: list, a) -> tuple:
             common.write_json(key, metrics)
         ev = r["eval"]
         rows.append({"run": r["run"], "setting": setting(r), "task": r["task"], "target_domain": r["domain"],
-                     "method": r["method"], "arch": r["arch"], "mixing_ratio": r["ratio"],
+                     "method": r["method"], "arch": r["arch"], "mixing_ratio": r["ratio"], "steps": r["step"],
+                     "superseded": r.get("superseded", False),
                      "disc_weight": r["cfg"]["args"]["disc_weight"] if METHODS[r["cfg"]["args"]["method"]].disc else None,
                      "success": ev["success_rate"] if ev else None, "trials": ev["trials"] if ev else None,
                      **metrics})
     return rows, missing
 
 
-ALIGN_COLS = ["setting", "method", "mixing_ratio", "success", "trials", "w_stem", "w_trunk",
+ALIGN_COLS = ["setting", "method", "mixing_ratio", "steps", "success", "trials", "w_stem", "w_trunk",
               "gw_stem", "gw_trunk", "probe_trunk"]
 ALIGN_FMT = {"mixing_ratio": "{:.3g}", "success": "{:.3f}", "w_stem": "{:.3f}", "w_trunk": "{:.3f}",
              "gw_stem": "{:.4f}", "gw_trunk": "{:.4f}", "probe_trunk": "{:.3f}"}
@@ -404,7 +446,7 @@ def correlations(rows: list) -> tuple:
     as the paper's 0.6-0.8)."""
     groups, out, missing = {}, {}, []
     for r in rows:
-        if r["success"] is not None and in_ratio_sweep(r["method"]):
+        if r["success"] is not None and in_ratio_sweep(r["method"]) and not r["superseded"]:
             groups.setdefault(r["setting"], []).append(r)
     for name, rs in sorted(groups.items()):
         if len(rs) < 3:
@@ -505,6 +547,126 @@ def table3(runs: list) -> tuple:
     return rows, md, missing
 
 
+def shared_ratio(rs: list):
+    """The mixing ratio at which the most methods of a setting were evaluated (the study's auto =
+    sqrt(w_n w_q)): Table 2's column and the comparisons' reference; None without a mixing method."""
+    counts = {}
+    for r in rs:
+        if METHODS.get(r["method"]) is not None and METHODS[r["method"]].ratio is None and r["eval"]:
+            counts.setdefault(round(r["ratio"], 6), set()).add(r["method"])
+    return max(counts, key=lambda w: (len(counts[w]), w)) if counts else None
+
+
+def find(rs: list, method: str, ratio=None):
+    """The evaluated run of a method (at a ratio; methods with a fixed ratio ignore it), or None."""
+    fixed = METHODS[method].ratio is not None if method in METHODS else True
+    return next((r for r in rs if r["method"] == method and r["eval"]
+                 and (fixed or ratio is None or abs(r["ratio"] - ratio) < 1e-6)), None)
+
+
+def by_setting(runs: list) -> dict:
+    """{(setting, N, M): runs}: a comparison never mixes profiles, tasks, gaps or dataset sizes."""
+    out = {}
+    for r in runs:
+        out.setdefault((setting(r), r["n_target"], r["n_source"]), []).append(r)
+    return out
+
+
+def table2(runs: list) -> tuple:
+    """Table 2's form: every method at one mixing ratio (shared_ratio), CFG-ADDA also at lambda = 0
+    (its guidance sweep), the paper's sim-and-real NutAssembly numbers (x/30) beside."""
+    rows, missing = [], []
+    for (name, n, m), rs in sorted(by_setting(runs).items()):
+        w = shared_ratio(rs)
+        if w is None:
+            continue
+        task, dom, _ = split_setting(name)
+        for method in method_order():
+            r = find(rs, method, w) if method != PRETRAIN_FT else None
+            variants = [(method, r["eval"] if r else None)]
+            if method == "cfg_adda" and r is not None and 0.0 in r["evals"] and r["cfg"].get("guidance_scale") != 0.0:
+                variants.append(("cfg_adda@0", r["evals"][0.0]))
+            for label, ev in variants:
+                if method == PRETRAIN_FT or ev is None:
+                    continue
+                rows.append({"setting": name, "task": task, "target_domain": dom, "N": n, "M": m,
+                             "method": label, "mixing_ratio": r["ratio"],
+                             "guidance": ev["guidance"], "success": ev["success_rate"], "cell": cell(ev),
+                             "paper_sim_and_real": PAPER_TABLE2.get(label) if task == "NutAssembly" else None})
+        for method in METHODS:
+            if method != "sim_only" and find(rs, method, w) is None:
+                missing.append(f"Table 2 {name}: no evaluated {method} run at w = {w:.3g} ({train_cmd(name, method, w)})")
+    md = markdown_table(rows, ["setting", "method", "mixing_ratio", "guidance", "cell", "paper_sim_and_real"],
+                        {"mixing_ratio": "{:.3g}", "guidance": "{:g}", "paper_sim_and_real": "{:.3f}"})
+    md += ("\n\n*paper_sim_and_real: Table 2 of the paper (sim-and-real NutAssembly, successes of 30 real "
+           "trials, as a fraction); ours is sim-and-sim: another gap, 200 simulated episodes.*")
+    return rows, md, missing
+
+
+def fisher_exact(k_a: int, n_a: int, k_b: int, n_b: int) -> dict:
+    """Fisher's exact test on two success counts: two-sided p, and one-sided p for a > b."""
+    from scipy import stats
+    table = [[k_a, n_a - k_a], [k_b, n_b - k_b]]
+    return {"p_two_sided": float(stats.fisher_exact(table).pvalue),
+            "p_a_greater": float(stats.fisher_exact(table, alternative="greater").pvalue)}
+
+
+def comparisons(runs: list) -> tuple:
+    """The paper's claimed differences, each as a (a > b) Fisher exact test on the evaluation
+    episodes, per setting at its shared ratio: C2 co-training > real-only; C6 CFG-ADDA > co-training
+    and each method vs co-training, CFG-ADDA's lambda = -0.5 > lambda = 0 (its guidance sweep, the
+    same seeds); C7 co-training > +discrimination; C8 co-training > pre-train + fine-tune; C3 the
+    ratios inside [w_n, w_q] (pooled) > those outside (pooled, 0 < w < 1). p-values are per test,
+    not corrected for the number of tests (listed in the table)."""
+    rows = []
+
+    def add(name, claim, a_label, ev_a, b_label, ev_b):
+        if ev_a is None or ev_b is None:  # Tables 1-3, the guidance and guideline tables say which run is missing
+            return
+        f = fisher_exact(ev_a["successes"], ev_a["trials"], ev_b["successes"], ev_b["trials"])
+        diff = ev_a["successes"] / ev_a["trials"] - ev_b["successes"] / ev_b["trials"]
+        rows.append({"setting": name, "claim": claim, "a": a_label, "b": b_label, "a_cell": cell(ev_a),
+                     "b_cell": cell(ev_b), "difference": diff, **f,
+                     "outcome": ("a > b" if diff > 0 else "a < b") if f["p_two_sided"] < 0.05 else "no difference detected"})
+
+    def ev_of(r):
+        return r["eval"] if r else None
+
+    for (name, n, m), rs in sorted(by_setting(runs).items()):
+        w = shared_ratio(rs)
+        if w is None:
+            continue
+        at = f"w={w:.3g}"
+        co = find(rs, "cotrain", w)
+        add(name, "C2 co-training > real-only", f"cotrain {at}", ev_of(co), "real_only", ev_of(find(rs, "real_only")))
+        for method in [x for x in METHODS if METHODS[x].ratio is None and x not in ("cotrain", "discriminate")]:
+            add(name, f"C6 {method} > co-training", f"{method} {at}", ev_of(find(rs, method, w)), f"cotrain {at}", ev_of(co))
+        ca = find(rs, "cfg_adda", w)
+        if ca is not None:
+            add(name, "C6 CFG-ADDA lambda = -0.5 > lambda = 0", "cfg_adda lambda=-0.5", ca["sweep"].get(-0.5),
+                "cfg_adda lambda=0", ca["sweep"].get(0.0))
+        add(name, "C7 co-training > +discrimination", f"cotrain {at}", ev_of(co), f"discriminate {at}",
+            ev_of(find(rs, "discriminate", w)))
+        add(name, "C8 co-training > pre-train + fine-tune", f"cotrain {at}", ev_of(co), PRETRAIN_FT,
+            ev_of(find(rs, PRETRAIN_FT)))
+        w_n, w_q = common.balanced_ratio_range(n, m)
+        sweep = [r for r in rs if r["method"] == "cotrain" and r["eval"]]
+        inside = [r["eval"] for r in sweep if w_n - 1e-6 <= r["ratio"] <= w_q + 1e-6]
+        outside = [r["eval"] for r in sweep if not w_n - 1e-6 <= r["ratio"] <= w_q + 1e-6]
+        pool = lambda evs: ({"successes": sum(e["successes"] for e in evs), "trials": sum(e["trials"] for e in evs),  # noqa: E731
+                             "success_rate": sum(e["successes"] for e in evs) / sum(e["trials"] for e in evs),
+                             "wilson95": common.wilson_interval(sum(e["successes"] for e in evs), sum(e["trials"] for e in evs))}
+                            if evs else None)
+        add(name, f"C3 co-training inside [w_n, w_q] = [{w_n:.3g}, {w_q:.3g}] > outside",
+            f"cotrain inside ({len(inside)} ratios)", pool(inside), f"cotrain outside ({len(outside)} ratios)", pool(outside))
+    md = markdown_table(rows, ["setting", "claim", "a_cell", "b_cell", "difference", "p_a_greater", "p_two_sided",
+                               "outcome"], {"difference": "{:+.3f}", "p_a_greater": "{:.2g}", "p_two_sided": "{:.2g}"})
+    md += (f"\n\n*{len(rows)} tests; Fisher's exact test on the episodes (a_cell vs b_cell: success rate, "
+           "successes/trials, Wilson 95%); p_a_greater: one-sided, in the paper's direction; outcome at "
+           "two-sided p < 0.05, not corrected for the number of tests.*")
+    return rows, md, []
+
+
 def guidance_table(runs: list) -> tuple:
     """Fig. 10: success against the guidance scale lambda (eps = (1 + lambda) eps_c - lambda eps_null)
     for every evaluated label-conditioned (cfg, cfg_adda) checkpoint."""
@@ -512,7 +674,7 @@ def guidance_table(runs: list) -> tuple:
     for r in runs:
         if not r["use_label"]:
             continue
-        evs = {g: ev for g, ev in r["evals"].items() if g is not None}
+        evs = {g: ev for g, ev in r["sweep"].items() if g is not None}
         if not evs:
             missing.append(f"guidance sweep {r['run']}: not evaluated (python 03_eval.py --ckpt "
                            f"{records.portable(r['ckpt'] or os.path.join(r['folder'], 'ckpt.pt'))} "
@@ -716,6 +878,45 @@ def plot_success(ax, runs: list, marker: str, label: str):
                 linestyle="-" if len(pts) > 1 else "none", label=label)
 
 
+def disc_curves(runs: list) -> dict:
+    """{run: (steps, balanced discriminator accuracy)} from metrics.jsonl, for every run with a
+    domain discriminator (adda, cfg_adda, discriminate): 0.5 = it cannot tell the domains apart
+    (features aligned, or a collapsed discriminator), 1.0 = it always can."""
+    out = {}
+    for r in runs:
+        path = os.path.join(r["folder"], "metrics.jsonl")
+        if not METHODS.get(r["cfg"]["args"]["method"], METHODS["cotrain"]).disc or not os.path.exists(path):
+            continue
+        with open(path) as f:
+            rows = [json.loads(x) for x in f if x.strip()]
+        pts = [(x["step"], x["disc_acc"]) for x in rows if x.get("disc_acc") is not None]
+        if pts:
+            out[r["run"]] = tuple(map(list, zip(*pts)))
+    return out
+
+
+def plot_discriminator(curves: dict, runs: list, path: str):
+    """The discriminator's balanced accuracy over training (App. C: alone for --disc-warmup steps,
+    then gradient reversal for adda / cfg_adda); smoothed over 10 logged points."""
+    fig, ax = new_figure(figsize=(6, 4))
+    for name, (steps, acc) in sorted(curves.items()):
+        r = next(x for x in runs if x["run"] == name)
+        k = min(10, len(acc))
+        sm = np.convolve(acc, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], sm, label=f"{r['method']} w={r['ratio']:.3g} ({setting(r)})", lw=1)
+        warm = r["cfg"]["args"].get("disc_warmup")
+        if warm:
+            ax.axvline(warm, color="gray", ls=":", lw=0.8)
+    ax.axhline(0.5, color="k", lw=0.6)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("discriminator balanced accuracy")
+    ax.set_title("domain discriminator over training (dotted: end of its warm-up)", fontsize=9)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    save(fig, path)
+
+
 def plot_guidance(rows: list, path: str):
     """Fig. 10 form: success against the guidance scale lambda, one line per checkpoint."""
     fig, ax = new_figure(figsize=(5.5, 4))
@@ -775,10 +976,11 @@ def analyze(a: Args):
         corr, md, miss = correlations(rows)
         tables["correlations"] = (corr, md)
         missing += miss
-    for name, build in (("methods", methods_table), ("table1", table1), ("table3", table3),
-                        ("guidance", guidance_table), ("guideline", guideline_table)):
+    headline = [r for r in runs if not r["superseded"]]  # one run per comparison cell
+    for name, build in (("methods", methods_table), ("table1", table1), ("table2", table2), ("table3", table3),
+                        ("comparisons", comparisons), ("guidance", guidance_table), ("guideline", guideline_table)):
         if name in want:
-            data, md, miss = build(runs)
+            data, md, miss = build(headline)
             tables[name] = (data, md)
             missing += miss
     os.makedirs(a.out, exist_ok=True)  # every check has passed: now write
@@ -786,22 +988,27 @@ def analyze(a: Args):
         common.write_json(os.path.join(a.out, f"{name}.json"), data)
         common.write_text(os.path.join(a.out, f"{name}.md"), md + "\n")
     if "alignment" in want:
-        plot_alignment(rows, os.path.join(a.out, "alignment_vs_ratio.png"))
+        plot_alignment([r for r in rows if not r["superseded"]], os.path.join(a.out, "alignment_vs_ratio.png"))
         figures.append("alignment_vs_ratio.png")
     if "regimes" in want:
-        plot_regimes(rows, os.path.join(a.out, "regimes.png"))
+        plot_regimes([r for r in rows if not r["superseded"]], os.path.join(a.out, "regimes.png"))
         figures.append("regimes.png")
     if "methods" in want and tables["methods"][0]:
-        plot_methods(runs, os.path.join(a.out, "methods_vs_ratio.png"))
+        plot_methods(headline, os.path.join(a.out, "methods_vs_ratio.png"))
         figures.append("methods_vs_ratio.png")
     if "guidance" in want and tables["guidance"][0]:
         plot_guidance(tables["guidance"][0], os.path.join(a.out, "guidance_sweep.png"))
         figures.append("guidance_sweep.png")
+    if "methods" in want:
+        curves = disc_curves(headline)
+        if curves:
+            plot_discriminator(curves, headline, os.path.join(a.out, "discriminator.png"))
+            figures.append("discriminator.png")
     if "guideline" in want and tables["guideline"][0]:
-        plot_guideline(runs, tables["guideline"][0], os.path.join(a.out, "guideline.png"))
+        plot_guideline(headline, tables["guideline"][0], os.path.join(a.out, "guideline.png"))
         figures.append("guideline.png")
     if "umap" in want:
-        written, miss = plot_umaps(runs, a, a.out)
+        written, miss = plot_umaps(headline, a, a.out)
         figures += written
         missing += miss
     common.write_text(os.path.join(a.out, "missing.md"),

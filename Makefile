@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test reproduce toy data data-img study nut-img analysis analysis-cpu-v1 venv clean-venv
+.PHONY: demo test reproduce toy data data-img study nut-study nut-img analysis analysis-cpu-v1 venv clean-venv
 
 venv: $(STAMP)
 
@@ -43,7 +43,7 @@ test: $(STAMP)
 # makes, results/train + results/eval (git diff shows any change). The earlier cpu_v1 study keeps
 # its own folder (make analysis-cpu-v1 rebuilds its tables from its records).
 RESULTS ?= results
-reproduce: toy data study analysis
+reproduce: toy data study nut-study analysis
 
 toy: $(STAMP)
 	MPLBACKEND=Agg $(PY) 00_toy.py --design paper --out results/toy_paper
@@ -65,6 +65,11 @@ data-img: data
 PLAN ?= plans/cpu.toml
 study: data
 	$(PY) study.py $(PLAN) --results $(RESULTS)
+
+# The NutAssembly study (plans/nut_study.toml, RESULTS "The NutAssembly study"): every robot-level
+# claim once with the cpu profile; resumable, committed runs and episodes are skipped.
+nut-study: data
+	$(PY) study.py plans/nut_study.toml --results $(RESULTS)
 
 # Image policies on this CPU (RESULTS.md "Image policies", --profile cpu_img): the NutAssembly
 # low-dim files if missing, their image copies (one agentview camera at 64 px, ~35 min), sim_only

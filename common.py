@@ -249,6 +249,17 @@ def resolve_ratio(spec, n_target: int, n_source: int) -> float:
 # ----------------------------------------------------------------------------------------------
 # 5. statistics
 # ----------------------------------------------------------------------------------------------
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple:
+    """95% Wilson score interval for k successes in n trials (Wilson 1927)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, mid - half), min(1.0, mid + half))
+
+
 def two_way_anova(y: np.ndarray) -> dict:
     """Two-factor ANOVA with replication on a balanced design (Fisher; Sec. 3, Finding 2).
     y has shape (a, b, n): levels of factor A x levels of factor B x n replicates (n >= 2).

@@ -5,9 +5,9 @@
     python study.py plans/nut.toml --launcher slurm --slurm-partition gpu --slurm-gpus 1
 
 A plan (TOML) is a table of runs; each [[run]] names 02_train.py's settings (task, method, ratio,
-seed, target_name / source_name for N:M, arch, extra flags) and its evaluations (domain, episodes,
-guidance); a list-valued ratio or seed expands to one run per value; [defaults] fills what a run
-leaves out. Each run is one chain of commands:
+seed, target_name / source_name for N:M, arch, extra flags, where "{results}" stands for --results)
+and its evaluations (domain, episodes, guidance); a list-valued method, ratio or seed expands to one
+run per value; [defaults] fills what a run leaves out. Each run is one chain of commands:
 
     02_train.py ... --out <runs>/train/<run> --resume        (a half-finished run resumes)
     records.collect_run -> <results>/train/<run>/            (config, metrics, EMA ckpt, features)
@@ -28,6 +28,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -80,7 +81,7 @@ def ratio_of(method: str, ratio, n_target: int, n_source: int) -> float:
 
 
 def expand(plan: dict) -> list:
-    """Every [[run]] with its list-valued ratio / seed expanded, [defaults] filled in."""
+    """Every [[run]] with its list-valued method / ratio / seed expanded, [defaults] filled in."""
     import common
     defaults = plan.get("defaults", {})
     runs = []
@@ -89,17 +90,19 @@ def expand(plan: dict) -> list:
         bad = sorted(set(spec) - set(RUN_KEYS) - {"eval"})
         if bad:
             raise PlanError(f"run {i + 1}: unknown field(s) {', '.join(bad)} (known: {', '.join(RUN_KEYS)}, eval)")
-        if spec.get("method") not in common.METHODS:
-            raise PlanError(f"run {i + 1}: unknown method {spec.get('method')!r}")
-        ratios = spec.get("ratio", "auto")
-        seeds = spec.get("seed", 0)
-        for ratio, seed in itertools.product(ratios if isinstance(ratios, list) else [ratios],
-                                             seeds if isinstance(seeds, list) else [seeds]):
-            runs.append(make_run({**spec, "ratio": ratio, "seed": seed}))
-    names = [r.name for r in runs]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise PlanError(f"two runs of the plan have the same name: {', '.join(dup)} (give one a name)")
+        methods, ratios, seeds = (v if isinstance(v, list) else [v] for v in
+                                  (spec.get("method"), spec.get("ratio", "auto"), spec.get("seed", 0)))
+        for method in methods:
+            if method not in common.METHODS:
+                raise PlanError(f"run {i + 1}: unknown method {method!r}")
+        if len(methods) * len(ratios) * len(seeds) > 1 and spec.get("name"):
+            raise PlanError(f"run {i + 1}: a name given to a list of runs (name one run, or let names follow 02_train.py)")
+        for method, ratio, seed in itertools.product(methods, ratios, seeds):
+            runs.append(make_run({**spec, "method": method, "ratio": ratio, "seed": seed}))
+    for what, names in (("runs", [r.name for r in runs]), ("evaluations", [e.name for r in runs for e in r.evals])):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise PlanError(f"two {what} of the plan have the same name: {', '.join(dup)} (give one a name)")
     return runs
 
 
@@ -144,6 +147,31 @@ def load_plan(path: str) -> list:
             return expand(tomllib.load(f))
     except tomllib.TOMLDecodeError as e:
         raise PlanError(f"{path}: not a TOML plan ({e})")
+
+
+def needs(run: Run) -> list:
+    """The runs whose collected outputs this run's training reads ("{results}/train/<name>/", e.g.
+    --init-from a pre-trained checkpoint: App. D.4's fine-tuning)."""
+    return sorted({m for x in run.train for m in re.findall(r"\{results\}/train/([^/]+)/", x)})
+
+
+def waves(runs: list, results: str = "") -> list:
+    """The plan in waves: a run goes after every run of the plan it needs that is not finished
+    under results/ yet (PlanError on a cycle)."""
+    names = {r.name for r in runs if not (results and run_done(r, results))}
+    level = {}
+
+    def depth(r, seen=()):
+        if r.name in seen:
+            raise PlanError(f"runs that need each other: {' -> '.join(seen + (r.name,))}")
+        if r.name not in level:
+            deps = [d for d in needs(r) if d in names]
+            level[r.name] = 1 + max((depth(next(x for x in runs if x.name == d), seen + (r.name,)) for d in deps),
+                                    default=-1)
+        return level[r.name]
+    for r in runs:
+        depth(r)
+    return [[r for r in runs if level[r.name] == k] for k in range(max(level.values(), default=-1) + 1)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,7 +265,8 @@ def run_chain(run: Run, runs_dir: str, results: str, data_root: str, threads: in
     with open(os.path.join(runs_dir, "logs", f"{run.name}.log"), "a") as log:
         out = os.path.join(runs_dir, "train", run.name)
         if not run_done(run, results):
-            sh([python, "02_train.py", *run.train, "--data-root", data_root, "--out", out, "--resume"], env, log)
+            train = [x.replace("{results}", results) for x in run.train]  # e.g. --init-from {results}/train/...
+            sh([python, "02_train.py", *train, "--data-root", data_root, "--out", out, "--resume"], env, log)
             sh([python, "records.py", "collect-into", results, out], env, log)
         ckpt = os.path.join(results, "train", run.name, "ckpt.pt")
         for ev in run.evals:
@@ -256,14 +285,16 @@ def run_chain(run: Run, runs_dir: str, results: str, data_root: str, threads: in
 # launchers
 # ----------------------------------------------------------------------------------------------
 def launch_local(runs: list, a, cores: int):
-    """A pool of --jobs chains on this machine, cores split among them."""
+    """A pool of --jobs chains on this machine, cores split among them; a run that needs another
+    (waves) starts after it."""
     from concurrent.futures import ThreadPoolExecutor
     threads = max(1, cores // a.jobs)
     workers = max(1, cores // a.jobs)
-    with ThreadPoolExecutor(a.jobs) as pool:
-        futs = [pool.submit(run_chain, r, a.runs_dir, a.results, a.data_root, threads, workers) for r in runs]
-        for f in futs:
-            print(f"done: {f.result()}", flush=True)
+    for wave in waves(runs, a.results):
+        with ThreadPoolExecutor(a.jobs) as pool:
+            futs = [pool.submit(run_chain, r, a.runs_dir, a.results, a.data_root, threads, workers) for r in wave]
+            for f in futs:
+                print(f"done: {f.result()}", flush=True)
 
 
 def launch_submitit(runs: list, a):
@@ -278,14 +309,22 @@ def launch_submitit(runs: list, a):
         ex = submitit.LocalExecutor(folder=folder)
         ex.update_parameters(timeout_min=a.slurm_minutes)
     threads = a.slurm_cpus if a.launcher == "slurm" else max(1, (os.cpu_count() or 2) // a.jobs)
-    jobs = []
-    for i in range(0, len(runs), a.jobs):  # the local executor: --jobs at a time
-        batch = [ex.submit(run_chain, r, os.path.abspath(a.runs_dir), os.path.abspath(a.results),
-                           os.path.abspath(a.data_root), threads, threads) for r in runs[i:i + a.jobs]]
-        jobs += batch
-        if a.launcher != "slurm":
-            for j in batch:
-                print(f"done: {j.result()}", flush=True)
+    jobs, ids = [], {}
+    for wave in waves(runs, a.results):
+        for i in range(0, len(wave), a.jobs if a.launcher != "slurm" else len(wave)):  # local: --jobs at a time
+            batch = []
+            for r in wave[i:i + a.jobs] if a.launcher != "slurm" else wave:
+                after = [ids[d] for d in needs(r) if d in ids]
+                if a.launcher == "slurm":  # a run that needs another starts when that job has ended well
+                    ex.update_parameters(slurm_additional_parameters={"dependency": "afterok:" + ":".join(after)}
+                                         if after else {})
+                batch.append(ex.submit(run_chain, r, os.path.abspath(a.runs_dir), os.path.abspath(a.results),
+                                       os.path.abspath(a.data_root), threads, threads))
+                ids[r.name] = batch[-1].job_id
+            jobs += batch
+            if a.launcher != "slurm":
+                for j in batch:
+                    print(f"done: {j.result()}", flush=True)
     if a.launcher == "slurm":
         print(f"submitted {len(jobs)} jobs: {', '.join(j.job_id for j in jobs)} (logs under {folder}); "
               f"rerun this command after they end to check, or to resume what a time limit cut")
@@ -309,6 +348,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     try:
         runs = [r for r in load_plan(a.plan) if a.only in r.name]
+        waves(runs)
         if a.jobs < 1:
             raise PlanError(f"--jobs must be at least 1, got {a.jobs}")
     except PlanError as e:

@@ -165,12 +165,56 @@ def test_tables_rebuild_from_committed_results_in_a_clone_without_runs_or_data(t
                         str(tmp_path / "out")], cwd=clone, capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, MPLBACKEND="Agg"))
     assert r.returncode == 0, r.stderr[-2000:]
-    for name in ("alignment", "methods", "guidance", "table1", "table3", "guideline", "correlations"):
+    for name in ("alignment", "methods", "guidance", "table1", "table2", "table3", "comparisons", "guideline",
+                 "correlations"):
         assert (tmp_path / "out" / f"{name}.md").read_text() == (clone / fixture / "analysis" / f"{name}.md").read_text(), name
     assert (tmp_path / "out" / "missing.md").read_text() == (clone / fixture / "analysis" / "missing.md").read_text()
     for f in ("alignment_vs_ratio.png", "methods_vs_ratio.png", "guidance_sweep.png", "umap_grid_NutAssembly_target_visual_physics_smoke.png"):
         assert (tmp_path / "out" / f).stat().st_size > 0, f
     assert not (clone / "runs").exists() and not (clone / "data").exists()  # nothing written beside
+
+
+def test_paper_tables_from_the_smoke_study_fixture(an):
+    """Tables 1-3, the comparisons and Fig. 9's builders on the committed smoke study
+    (plans/smoke_study.toml: N = 1, M = 2, auto = 0.471; 2 episodes per evaluation)."""
+    from conftest import ROOT
+    runs, unfinished = an.discover(os.path.join(ROOT, "tests/fixtures/results_smoke"))
+    assert not unfinished and len(runs) == 8 and not any(r["superseded"] for r in runs)
+    auto = common.resolve_ratio("auto", 1, 2)
+    t1, _, _ = an.table1(runs)
+    assert [(r["mixing_ratio"], r["cotrain_cell"] != "-", r["paper_cotrain"]) for r in t1] == [(auto, True, 0.85)]
+    t2, md2, miss2 = an.table2(runs)
+    assert [r["method"] for r in t2] == ["real_only", "sim_only", "cotrain", "discriminate", "cfg_adda", "cfg_adda@0"]
+    assert all(r["mixing_ratio"] == pytest.approx(auto) for r in t2 if r["method"] not in ("real_only", "sim_only"))
+    assert [r["guidance"] for r in t2 if r["method"].startswith("cfg_adda")] == [-0.5, 0.0]
+    assert {r["method"]: r["paper_sim_and_real"] for r in t2}["cfg_adda"] == pytest.approx(0.7)  # 21/30
+    assert sorted(m.split(" no evaluated ")[1].split(" run")[0] for m in miss2) == ["adda", "cfg", "ot"]
+    t3, _, _ = an.table3(runs)
+    assert len(t3) == 1 and t3[0]["paper_pretrain_ft"] == 0.77
+    comp, md, _ = an.comparisons(runs)
+    claims = [r["claim"].split(" ")[0] for r in comp]
+    assert claims == ["C2", "C6", "C6", "C7", "C8", "C3"]  # ot / adda / cfg not run: no test
+    assert all(0 <= r["p_two_sided"] <= 1 and 0 <= r["p_a_greater"] <= 1 for r in comp)
+    c3 = comp[-1]
+    assert "1 ratios" in c3["a"] and "2 ratios" in c3["b"]  # 0.471 inside [0.333, 0.667]; 0.1, 0.9 outside
+    out, _, _ = an.methods_table(runs)
+    grid = out["NutAssembly/target_visual_physics (smoke)"]
+    assert sorted(grid["cotrain"]) == sorted(f"{w:.3g}" for w in (0.1, auto, 0.9))
+    assert "pretrain_ft" not in grid and set(grid) >= {"real_only", "sim_only", "cotrain", "discriminate", "cfg_adda"}
+    assert set(an.disc_curves(runs)) == {r["run"] for r in runs if r["method"] in ("discriminate", "cfg_adda")}
+
+
+def test_fisher_and_superseded_runs(an):
+    f = an.fisher_exact(125, 200, 95, 200)  # the cpu recipe's cotrain vs real_only (RESULTS)
+    assert f["p_two_sided"] == pytest.approx(0.0035, abs=5e-4) and f["p_a_greater"] < f["p_two_sided"]
+    assert an.fisher_exact(3, 10, 3, 10)["p_two_sided"] == pytest.approx(1.0)
+    base = {"task": "NutAssembly", "domain": "target_visual_physics", "profile": "cpu", "method": "real_only",
+            "ratio": 1.0, "arch": "encdec", "n_target": 50, "n_source": 500}
+    cfg = {"args": {"seed": 0, "disc_weight": 0.1}, "guidance_scale": None}
+    short, long_ = {**base, "step": 15000, "cfg": cfg}, {**base, "step": 20000, "cfg": cfg}
+    other = {**base, "step": 15000, "cfg": {"args": {"seed": 1, "disc_weight": 0.1}, "guidance_scale": None}}
+    an.mark_superseded([short, long_, other])
+    assert short["superseded"] and not long_["superseded"] and not other["superseded"]
 
 
 def test_no_committed_record_holds_a_machine_path():

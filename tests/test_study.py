@@ -41,6 +41,54 @@ def test_list_values_expand_and_names_follow_02_train(tmp_path):
     assert left == total > 1.0  # 20k steps x 128 + 210 episodes on this machine's measured rates
 
 
+NUT = "NutAssembly_target_visual_physics_"
+
+
+def test_nut_study_plan_expands_to_exactly_the_issues_runs():
+    """plans/nut_study.toml: every run of the NutAssembly study, its flags and evaluations."""
+    runs = study.load_plan(os.path.join(ROOT, "plans", "nut_study.toml"))
+    by = {r.name[len(NUT):]: r for r in runs}
+    assert sorted(by) == sorted(
+        ["real_only_r1_encdec_s0_20k",                                               # C2
+         "cfg_adda_r0.17_encdec_s0", "ot_r0.17_encdec_s0", "adda_r0.17_encdec_s0",  # C6
+         "cfg_r0.17_encdec_s0", "discriminate_r0.17_encdec_s0",                     # C6, C7
+         *[f"cotrain_r{w}_encdec_s0" for w in ("0.03", "0.0909", "0.17", "0.316", "0.5", "0.8")],  # C3
+         "sim_only_r0_encdec_s0", "pretrain_ft_r1_encdec_s0"])                       # C3, C8
+    for name, r in by.items():
+        assert r.train[:6] == ["--profile", "cpu", "--task", "NutAssembly", "--target-domain", "target_visual_physics"]
+        assert r.steps == 20000 and r.batch == 128 and "--steps" not in r.train, name  # the profile's full budget
+        assert [(e.domain, e.episodes, e.guidance) for e in r.evals][-1][:2] == ("", 200) or name.startswith("cfg_adda")
+    method = {n: r.train[r.train.index("--method") + 1] for n, r in by.items()}
+    assert method["real_only_r1_encdec_s0_20k"] == method["pretrain_ft_r1_encdec_s0"] == "real_only"
+    ratio = {n: r.train[r.train.index("--ratio") + 1] for n, r in by.items() if "--ratio" in r.train}
+    assert ratio["cotrain_r0.0909_encdec_s0"] == "natural" and ratio["cfg_adda_r0.17_encdec_s0"] == "auto"
+    assert all(ratio[f"{m}_r0.17_encdec_s0"] == "auto" for m in ("ot", "adda", "cfg", "discriminate", "cotrain"))
+    ft = by["pretrain_ft_r1_encdec_s0"]
+    assert ft.train[-2:] == ["--init-from", "{results}/train/" + NUT + "sim_only_r0_encdec_s0/ckpt.pt"]
+    assert study.needs(ft) == [NUT + "sim_only_r0_encdec_s0"]
+    assert [(e.name[len(NUT):], e.episodes, e.guidance) for e in by["cfg_adda_r0.17_encdec_s0"].evals] == [
+        ("cfg_adda_r0.17_encdec_s0", 200, []),
+        ("cfg_adda_r0.17_encdec_s0_guidance", 100, [-1, -0.5, 0, 0.5, 1])]            # Fig. 10
+    assert [(e.domain, e.name[len(NUT):]) for e in by["sim_only_r0_encdec_s0"].evals] == [
+        ("source", "sim_only_r0_encdec_s0_in_source"), ("", "sim_only_r0_encdec_s0")]
+    waves = study.waves(runs)  # nothing finished: the fine-tuning waits for its pre-training
+    assert [r.name for r in waves[1]] == [NUT + "pretrain_ft_r1_encdec_s0"]
+
+
+def test_a_run_that_needs_another_waits_for_it(tmp_path):
+    plan = tmp_path / "p.toml"
+    plan.write_text('[[run]]\nmethod = "real_only"\nname = "ft"\nflags = ["--init-from", "{results}/train/pre/ckpt.pt"]\n'
+                    '[[run]]\nmethod = "sim_only"\nname = "pre"\n')
+    runs = study.load_plan(str(plan))
+    assert [[r.name for r in w] for w in study.waves(runs)] == [["pre"], ["ft"]]
+    os.makedirs(tmp_path / "res" / "train" / "pre")
+    (tmp_path / "res" / "train" / "pre" / "run.json").write_text('{"final": true}')
+    assert [[r.name for r in w] for w in study.waves(runs, str(tmp_path / "res"))] == [["ft", "pre"]]
+    plan.write_text('[[run]]\nmethod = ["cotrain", "ot"]\nname = "x"\n')
+    with pytest.raises(study.PlanError, match="name"):
+        study.load_plan(str(plan))
+
+
 def test_bad_plans_stop_with_one_line(tmp_path):
     cases = {"x.toml": None, "bad.toml": "[[run]\n", "field.toml": '[[run]]\nmethod = "cotrain"\nlr = 3\n',
              "method.toml": '[[run]]\nmethod = "cotrian"\n',
