@@ -7,7 +7,8 @@
 Reads runs/train/*/ckpt.pt (02_train.py) and runs/eval/*/results.json (03_eval.py); writes, each as
 markdown (for RESULTS.md) and JSON, with PNG figures:
   alignment     W and GW between source and target features at the two feature points (after the
-                vision stem; trunk output), domain-probe accuracy, success  (Fig. 6 right, Fig. 17)
+                vision stem; trunk output), domain-probe accuracy (2-layer MLP and linear), success
+                (Fig. 6 right, Fig. 17)
   umap          UMAP of source vs target trunk features per checkpoint, grid across ratios (Fig. 6)
   correlations  Pearson / Spearman of log W vs success over the ratio sweep (Fig. 7)
   regimes       alignment (W) vs discernibility (probe) coloured by success (Fig. 16)
@@ -119,14 +120,19 @@ def extract_features(ckpt: str, num_samples: int, seed: int = 0, cache_dir: str 
 
 
 def alignment_row(feats: dict, gw_method: str = "exact", seed: int = 0) -> dict:
-    """W and GW between source and target at both feature points, and the probe on the trunk."""
+    """W and GW between source and target at both feature points, and the probes on the trunk."""
     row = {}
     for point in ("stem", "trunk"):
         xs, xt = standardize(feats["source"][point]), standardize(feats["target"][point])
         row[f"w_{point}"] = wasserstein(xs, xt)
         row[f"gw_{point}"] = gromov_wasserstein(xs, xt, gw_method, seed=seed)
-    row["probe_trunk"] = domain_probe(feats["source"]["trunk"], feats["target"]["trunk"], seed=seed)
-    return row
+    return {**row, **probe_row(feats, seed)}
+
+
+def probe_row(feats: dict, seed: int = 0) -> dict:
+    """Sec. 4.2's discernibility on the trunk features: the 2-layer MLP probe and a linear one."""
+    zs, zt = feats["source"]["trunk"], feats["target"]["trunk"]
+    return {"probe_trunk": domain_probe(zs, zt, seed=seed), "probe_trunk_linear": domain_probe(zs, zt, seed=seed, hidden=0)}
 
 
 def umap_embedding(feats: dict, seed: int = 0, cache: str = "") -> np.ndarray:
@@ -411,6 +417,11 @@ def alignment_rows(runs: list, a) -> tuple:
         settings = {"num_samples": a.num_samples, "seed": a.seed, "gw_method": a.gw_method}
         if os.path.exists(key):
             metrics = common.read_json(key)
+            if "probe_trunk_linear" not in metrics:  # cached before the linear probe: add it (GW kept)
+                feats, _ = run_features(r, a)
+                if feats is not None:
+                    metrics = {**metrics, **probe_row(feats, a.seed)}
+                    common.write_json(key, metrics)
         elif os.path.exists(kept) and not os.path.exists(os.path.join(r["folder"], "features.npz")) \
                 and all(common.read_json(kept).get(k) == v for k, v in settings.items()):
             metrics = common.read_json(kept)["metrics"]
@@ -432,9 +443,10 @@ def alignment_rows(runs: list, a) -> tuple:
 
 
 ALIGN_COLS = ["setting", "method", "mixing_ratio", "steps", "success", "trials", "w_stem", "w_trunk",
-              "gw_stem", "gw_trunk", "probe_trunk"]
+              "gw_stem", "gw_trunk", "probe_trunk", "probe_trunk_linear"]
 ALIGN_FMT = {"mixing_ratio": "{:.3g}", "success": "{:.3f}", "w_stem": "{:.3f}", "w_trunk": "{:.3f}",
-             "gw_stem": "{:.4f}", "gw_trunk": "{:.4f}", "probe_trunk": "{:.3f}"}
+             "gw_stem": "{:.4f}", "gw_trunk": "{:.4f}", "probe_trunk": "{:.3f}",
+             "probe_trunk_linear": "{:.3f}"}
 
 
 def correlations(rows: list) -> tuple:

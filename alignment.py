@@ -63,7 +63,8 @@ def _gw(Cs, Ct) -> float:
 def domain_probe(zs: np.ndarray, zt: np.ndarray, seed: int = 0, hidden: int = 64,
                  steps: int = 500, holdout: float = 0.3) -> float:
     """Discernibility (Sec. 4.2): held-out accuracy of a 2-layer MLP that tells the domains apart
-    from (standardized, pooled) features; 0.5 = indiscernible, 1.0 = fully discernible."""
+    from (standardized, pooled) features; 0.5 = indiscernible, 1.0 = fully discernible.
+    hidden = 0: a linear probe (logistic regression), which sees only linearly separable domains."""
     import torch
     g = torch.Generator().manual_seed(seed)
     x = np.concatenate([zs, zt]).astype(np.float32)
@@ -74,7 +75,8 @@ def domain_probe(zs: np.ndarray, zt: np.ndarray, seed: int = 0, hidden: int = 64
     test, train = perm[:n_test], perm[n_test:]
     X, Y = torch.from_numpy(x), torch.from_numpy(y)
     torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    net = (torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+           if hidden else torch.nn.Linear(x.shape[1], 1))
     opt = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-4)
     for _ in range(steps):
         loss = torch.nn.functional.binary_cross_entropy_with_logits(net(X[train]).squeeze(-1), Y[train])

@@ -49,6 +49,9 @@ def test_probe_separates_shifted_gaussians_not_identical_distributions(an):
     a, b = rng.normal(size=(300, 8)), rng.normal(size=(300, 8))
     assert an.domain_probe(a, b + 1.5, steps=300) > 0.95
     assert 0.35 < an.domain_probe(a, b, steps=300) < 0.65
+    assert an.domain_probe(a, b + 1.5, steps=300, hidden=0) > 0.95  # linear: a shift it sees
+    ring = b / np.linalg.norm(b, axis=1, keepdims=True) * 6.0          # same mean, another radius
+    assert an.domain_probe(a, ring, steps=300) > 0.9 and an.domain_probe(a, ring, steps=300, hidden=0) < 0.7
 
 
 def test_correlation_hand_example(an):
