@@ -35,13 +35,15 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # The main CPU job (README "make reproduce"): the toy model of Sec. 3 (both designs), the low-dim
-# dataset set, the cpu-profile runs of plans/cpu.toml with their 200-episode evaluations, and the
-# analysis rebuilt from what is committed. On a clone with results/ as committed the runs and
-# episodes are done, so it is the toy (~30 min), the data (~1 h) and the analysis (~10 min);
-# from nothing (RESULTS=elsewhere) the runs add ~4.6 h on 2 cores (study.py --dry-run). Every step resumes after a
-# kill and keeps what is finished; it writes results/toy*, results/analysis and, for runs it
-# makes, results/train + results/eval (git diff shows any change). The earlier cpu_v1 study keeps
-# its own folder (make analysis-cpu-v1 rebuilds its tables from its records).
+# dataset set, the cpu-profile runs of plans/cpu.toml and the NutAssembly study of
+# plans/nut_study.toml with their 200-episode evaluations, and the analysis rebuilt from what is
+# committed. Runs and episodes already under results/ are skipped: the toy (~30 min), the data
+# (~1 h) and the analysis (~20 min) always run, plus whatever of the study is not committed yet
+# (`study.py plans/nut_study.toml --dry-run` prints its CPU-hours left; all of it is ~20 CPU-hours,
+# ~10 h on 2 cores); from nothing (RESULTS=elsewhere) both plans are ~27 CPU-hours, ~13.5 h on 2
+# cores, ~15 h in all. Every step resumes after a kill and keeps what is finished; it writes
+# results/toy*, results/analysis and, for runs it makes, results/train + results/eval (git diff
+# shows any change). The earlier cpu_v1 study keeps its own folder (make analysis-cpu-v1).
 RESULTS ?= results
 reproduce: toy data study nut-study analysis
 
