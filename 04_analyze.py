@@ -20,6 +20,8 @@ markdown (for RESULTS.md) and JSON, with PNG figures:
   comparisons   the paper's claimed differences, each a Fisher exact test on the episodes
   guidance      success against the guidance scale lambda (Fig. 10)
   guideline     the ratio guideline's range vs the best measured ratio (Fig. 15, App. D.5)
+  repeats       a determinism check: episodes of one checkpoint, domain and guidance run twice on the
+                same seeds (in two evaluation folders) must agree episode for episode
 and missing.md: which table lacks which runs, with the command that makes them.
 
 Alignment metrics (App. D.2): a sample of features from each domain, each domain standardized on
@@ -48,7 +50,7 @@ from common import METHODS, UsageError, arg, die
 # arguments
 # ----------------------------------------------------------------------------------------------
 PRODUCTS = ["alignment", "umap", "correlations", "regimes", "methods", "table1", "table2", "table3", "comparisons",
-            "guidance", "guideline"]
+            "guidance", "guideline", "repeats"]
 
 
 @dataclass
@@ -732,6 +734,35 @@ def guideline_table(runs: list) -> tuple:
     return rows, md, missing
 
 
+def repeats(runs_dir: str) -> tuple:
+    """Episodes run twice: the same checkpoint, domain and guidance on the same seed in two evaluation
+    folders (CFG-ADDA's 200-episode evaluation and its guidance sweep share lambda = -0.5 and the first
+    100 seeds). Rollouts are seeded per episode, so the two must agree in success and episode length."""
+    import glob
+    seen = {}  # (run, weights digest, domain|guidance, seed) -> [(folder, success, length)]
+    for path in sorted(glob.glob(os.path.join(runs_dir, "eval", "*", "episodes.jsonl"))):
+        for e in records.read_jsonl(path):
+            ckpt, rest = e["key"].split("|", 1)  # the same weights may be named by another path
+            run = os.path.basename(os.path.dirname(ckpt))
+            seen.setdefault((run, e.get("digest"), rest, e["seed"]), []).append(
+                (os.path.dirname(path), e["success"], e["length"]))
+    pairs = {}
+    for (run, digest, rest, seed), eps in seen.items():
+        for i in range(len(eps)):
+            for j in range(i + 1, len(eps)):
+                p = pairs.setdefault((run, rest, eps[i][0], eps[j][0]), {"episodes": 0, "same_success": 0, "same_length": 0})
+                p["episodes"] += 1
+                p["same_success"] += eps[i][1] == eps[j][1]
+                p["same_length"] += eps[i][2] == eps[j][2]
+    rows = [{"run": run, "evaluation": rest.replace("|", ", "), "folder_a": os.path.basename(a), "folder_b": os.path.basename(b), **p,
+             "agree": p["same_success"] == p["episodes"] == p["same_length"]}
+            for (run, rest, a, b), p in sorted(pairs.items())]
+    md = markdown_table(rows, ["run", "evaluation", "folder_a", "folder_b", "episodes", "same_success", "same_length",
+                               "agree"])
+    md += "\n\n*Episodes run twice on the same seed (same checkpoint, domain, guidance) in two folders.*"
+    return rows, md, []
+
+
 # ----------------------------------------------------------------------------------------------
 # figures (PNG, written to a temporary file, then renamed)
 # ----------------------------------------------------------------------------------------------
@@ -995,6 +1026,9 @@ def analyze(a: Args):
             data, md, miss = build(headline)
             tables[name] = (data, md)
             missing += miss
+    if "repeats" in want and not a.ckpt:
+        data, md, _ = repeats(a.runs)
+        tables["repeats"] = (data, md)
     os.makedirs(a.out, exist_ok=True)  # every check has passed: now write
     for name, (data, md) in tables.items():
         common.write_json(os.path.join(a.out, f"{name}.json"), data)

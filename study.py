@@ -16,7 +16,8 @@ run per value; [defaults] fills what a run leaves out. Each run is one chain of 
 A finished run (its record under <results>/train with run.json final) is not trained again, an
 evaluation continues with the episodes it lacks, so the same command after a kill, or on a new
 machine after `make data`, picks up where the work stopped; outputs land under results/ as each
-run finishes, ready to commit. Scheduling follows bench/bench_threads.py (RESULTS "Speed", this
+run finishes, ready to commit. --minutes M (local pool) fits the work into a session: training starts
+only if the cost model says it ends within M minutes, evaluations stop at M (episodes resume). Scheduling follows bench/bench_threads.py (RESULTS "Speed", this
 2-core machine): two 1-thread runs side by side train 1.29x the samples of one 2-thread run
 alone, a 2-thread run beside rollouts stalls (under 25 steps in 75 s) unless OpenMP threads sleep
 when they wait, and a 1-thread run beside rollouts keeps 0.67x. So by default two chains run side
@@ -29,6 +30,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -249,22 +251,44 @@ def thread_env(threads: int) -> dict:
     return env
 
 
-def sh(cmd: list, env: dict, log):
+def sh(cmd: list, env: dict, log, deadline: float = None) -> bool:
+    """Run one command of a chain; False when the deadline stopped it (its process group is ended:
+    an evaluation keeps the episodes it committed and resumes from them)."""
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
-    r = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if r.returncode:
-        raise RuntimeError(f"exit {r.returncode}: {' '.join(cmd)} (log: {log.name})")
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        rc = p.wait(timeout=None if deadline is None else max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait()
+        log.write(f"stopped at the deadline: {' '.join(cmd)}\n")
+        return False
+    if rc:
+        raise RuntimeError(f"exit {rc}: {' '.join(cmd)} (log: {log.name})")
+    return True
+
+
+def train_minutes(run: Run, runs_dir: str, results: str, threads: int) -> float:
+    """Wall minutes the run's training still needs at --jobs 2's rate (the cost model above)."""
+    left = run.steps - train_progress(run, runs_dir, results)
+    return left * run.batch / (TRAIN_SAMPLES_PER_CPU_S * threads) / 60
 
 
 def run_chain(run: Run, runs_dir: str, results: str, data_root: str, threads: int, workers: int,
-              python: str = sys.executable) -> str:
-    """Train (resuming), collect into results/, evaluate (resuming). Returns the run's name."""
+              python: str = sys.executable, deadline: float = None) -> str:
+    """Train (resuming), collect into results/, evaluate (resuming). Returns the run's name. With a
+    deadline (time.time() seconds), training starts only if the cost model says it ends before it,
+    and evaluations stop at it, so a session ends with every started training run finished."""
     env = thread_env(threads)
     os.makedirs(os.path.join(runs_dir, "logs"), exist_ok=True)
     with open(os.path.join(runs_dir, "logs", f"{run.name}.log"), "a") as log:
         out = os.path.join(runs_dir, "train", run.name)
         if not run_done(run, results):
+            need = train_minutes(run, runs_dir, results, threads)
+            if deadline is not None and time.time() + need * 60 > deadline:
+                return f"{run.name} (deferred: training needs ~{need:.0f} min, "\
+                       f"{max(0, deadline - time.time()) / 60:.0f} left before --minutes)"
             train = [x.replace("{results}", results) for x in run.train]  # e.g. --init-from {results}/train/...
             sh([python, "02_train.py", *train, "--data-root", data_root, "--out", out, "--resume"], env, log)
             sh([python, "records.py", "collect-into", results, out], env, log)
@@ -272,12 +296,15 @@ def run_chain(run: Run, runs_dir: str, results: str, data_root: str, threads: in
         for ev in run.evals:
             if eval_done(ev, results):
                 continue
+            if deadline is not None and time.time() >= deadline:
+                return f"{run.name} (evaluation {ev.name} deferred: --minutes reached)"
             cmd = [python, "03_eval.py", "--profile", run.eval_profile, "--ckpt", ckpt, "--trials", str(ev.episodes),
                    "--workers", str(workers),
                    "--out", os.path.join(results, "eval", ev.name)]
             cmd += ["--domain", ev.domain] if ev.domain else []
             cmd += [f"--guidance={','.join(str(g) for g in ev.guidance)}"] if ev.guidance else []
-            sh(cmd, env, log)
+            if not sh(cmd, env, log, deadline):
+                return f"{run.name} (evaluation {ev.name} stopped at --minutes: {episodes_done(ev, results)} episodes)"
     return run.name
 
 
@@ -290,9 +317,11 @@ def launch_local(runs: list, a, cores: int):
     from concurrent.futures import ThreadPoolExecutor
     threads = max(1, cores // a.jobs)
     workers = max(1, cores // a.jobs)
+    deadline = time.time() + a.minutes * 60 if a.minutes else None
     for wave in waves(runs, a.results):
         with ThreadPoolExecutor(a.jobs) as pool:
-            futs = [pool.submit(run_chain, r, a.runs_dir, a.results, a.data_root, threads, workers) for r in wave]
+            futs = [pool.submit(run_chain, r, a.runs_dir, a.results, a.data_root, threads, workers,
+                                deadline=deadline) for r in wave]
             for f in futs:
                 print(f"done: {f.result()}", flush=True)
 
@@ -338,6 +367,9 @@ def main(argv=None):
     p.add_argument("--launcher", default="local", choices=["local", "submitit-local", "slurm"])
     p.add_argument("--jobs", type=int, default=2, help="chains side by side, cores/jobs threads each (default 2: "
                    "the most training per CPU-hour on 2 cores, bench/bench_threads.py)")
+    p.add_argument("--minutes", type=float, default=0, help="local pool: stop after this many minutes (a session's "
+                   "length): no training starts that the cost model says would not end by then, evaluations stop "
+                   "then (their committed episodes resume); 0 = no limit")
     p.add_argument("--runs-dir", default="runs", help="where training runs and logs go")
     p.add_argument("--results", default="results", help="where finished runs and evaluations are collected")
     p.add_argument("--data-root", default="data", help="the dataset set (make data)")
@@ -351,6 +383,8 @@ def main(argv=None):
         waves(runs)
         if a.jobs < 1:
             raise PlanError(f"--jobs must be at least 1, got {a.jobs}")
+        if a.minutes < 0 or (a.minutes and a.launcher != "local"):
+            raise PlanError(f"--minutes must be >= 0 and goes with --launcher local, got {a.minutes} with {a.launcher}")
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

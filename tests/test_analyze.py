@@ -1,4 +1,5 @@
 """04_analyze.py: alignment metrics and the domain probe on point clouds with known answers."""
+import json
 import os
 import numpy as np
 import pytest
@@ -169,7 +170,7 @@ def test_tables_rebuild_from_committed_results_in_a_clone_without_runs_or_data(t
                        env=dict(os.environ, MPLBACKEND="Agg"))
     assert r.returncode == 0, r.stderr[-2000:]
     for name in ("alignment", "methods", "guidance", "table1", "table2", "table3", "comparisons", "guideline",
-                 "correlations"):
+                 "correlations", "repeats"):
         assert (tmp_path / "out" / f"{name}.md").read_text() == (clone / fixture / "analysis" / f"{name}.md").read_text(), name
     assert (tmp_path / "out" / "missing.md").read_text() == (clone / fixture / "analysis" / "missing.md").read_text()
     for f in ("alignment_vs_ratio.png", "methods_vs_ratio.png", "guidance_sweep.png", "umap_grid_NutAssembly_target_visual_physics_smoke.png"):
@@ -205,6 +206,25 @@ def test_paper_tables_from_the_smoke_study_fixture(an):
     assert sorted(grid["cotrain"]) == sorted(f"{w:.3g}" for w in (0.1, auto, 0.9))
     assert "pretrain_ft" not in grid and set(grid) >= {"real_only", "sim_only", "cotrain", "discriminate", "cfg_adda"}
     assert set(an.disc_curves(runs)) == {r["run"] for r in runs if r["method"] in ("discriminate", "cfg_adda")}
+
+
+def test_repeated_episodes_agree_and_a_changed_one_is_caught(an, tmp_path):
+    """The smoke study runs CFG-ADDA at lambda = -0.5 in two folders on the same seeds (its evaluation
+    and its guidance sweep): the repeats check pairs them; a changed outcome shows as disagreement."""
+    import shutil
+    from conftest import ROOT
+    root = str(tmp_path / "r")
+    shutil.copytree(os.path.join(ROOT, "tests/fixtures/results_smoke"), root)
+    rows, _, _ = an.repeats(root)
+    assert [(r["folder_b"].endswith("_guidance"), r["episodes"], r["agree"]) for r in rows] == [(True, 2, True)]
+    path = os.path.join(root, "eval", rows[0]["folder_b"], "episodes.jsonl")
+    eps = [json.loads(line) for line in open(path)]
+    hit = next(e for e in eps if "guidance=-0.5" in e["key"])
+    hit["success"], hit["length"] = not hit["success"], hit["length"] - 1
+    with open(path, "w") as f:
+        f.writelines(json.dumps(e) + "\n" for e in eps)
+    bad = an.repeats(root)[0][0]
+    assert not bad["agree"] and bad["same_success"] == bad["same_length"] == 1
 
 
 def test_fisher_and_superseded_runs(an):

@@ -89,10 +89,40 @@ def test_a_run_that_needs_another_waits_for_it(tmp_path):
         study.load_plan(str(plan))
 
 
+def test_minutes_defers_training_that_would_not_end_and_stops_evaluations(tmp_path):
+    """--minutes: a training run the cost model says would outlast the deadline does not start; an
+    evaluation running at the deadline is stopped with its process group (here a stand-in python
+    that sleeps), and the chain says so instead of failing."""
+    plan = tmp_path / "p.toml"
+    plan.write_text('[defaults]\nprofile = "cpu"\n[[run]]\nmethod = "cotrain"\nname = "a"\n')
+    run = study.load_plan(str(plan))[0]
+    res, runs_dir = tmp_path / "res", tmp_path / "runs"
+    msg = study.run_chain(run, str(runs_dir), str(res), "data", 1, 1, deadline=time.time() + 600)
+    assert "deferred: training needs ~57 min" in msg  # 20k x 128 samples at 745 samples/s
+    assert "02_train.py" not in (runs_dir / "logs" / "a.log").read_text()
+    os.makedirs(res / "train" / "a")
+    (res / "train" / "a" / "run.json").write_text('{"final": true}')
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho $$ > %s\nexec sleep 60\n" % (tmp_path / "pid"))
+    fake.chmod(0o755)
+    t0 = time.time()
+    msg = study.run_chain(run, str(runs_dir), str(res), "data", 1, 1, python=str(fake), deadline=time.time() + 2)
+    assert "stopped at --minutes: 0 episodes" in msg and time.time() - t0 < 30
+    pid = int((tmp_path / "pid").read_text())
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert "deferred: --minutes reached" in study.run_chain(run, str(runs_dir), str(res), "data", 1, 1,
+                                                           python=str(fake), deadline=time.time() - 1)
+
+
 def test_bad_plans_stop_with_one_line(tmp_path):
     cases = {"x.toml": None, "bad.toml": "[[run]\n", "field.toml": '[[run]]\nmethod = "cotrain"\nlr = 3\n',
              "method.toml": '[[run]]\nmethod = "cotrian"\n',
              "dup.toml": '[[run]]\nmethod = "real_only"\n[[run]]\nmethod = "real_only"\n'}
+    (tmp_path / "ok.toml").write_text('[[run]]\nmethod = "real_only"\n')
+    r = run_stage("study.py", str(tmp_path / "ok.toml"), "--minutes", "-5")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--minutes" in r.stderr
     for name, text in cases.items():
         if text is not None:
             (tmp_path / name).write_text(text)
