@@ -22,6 +22,8 @@ markdown (for RESULTS.md) and JSON, with PNG figures:
   guideline     the ratio guideline's range vs the best measured ratio (Fig. 15, App. D.5)
   repeats       a determinism check: episodes of one checkpoint, domain and guidance run twice on the
                 same seeds (in two evaluation folders) must agree episode for episode
+  compute       what each committed run cost: training wall minutes and samples/s (its metrics.jsonl),
+                evaluation seconds per episode (its episodes.jsonl)
 and missing.md: which table lacks which runs, with the command that makes them.
 
 Alignment metrics (App. D.2): a sample of features from each domain, each domain standardized on
@@ -50,7 +52,7 @@ from common import METHODS, UsageError, arg, die
 # arguments
 # ----------------------------------------------------------------------------------------------
 PRODUCTS = ["alignment", "umap", "correlations", "regimes", "methods", "table1", "table2", "table3", "comparisons",
-            "guidance", "guideline", "repeats"]
+            "guidance", "guideline", "repeats", "compute"]
 
 
 @dataclass
@@ -763,6 +765,37 @@ def repeats(runs_dir: str) -> tuple:
     return rows, md, []
 
 
+def compute_table(runs_dir: str) -> tuple:
+    """The compute each record holds: a training run's wall time is the sum over its logged intervals
+    of samples / samples_per_s (02_train.py's metrics.jsonl, resumed runs included); an evaluation's
+    is the sum of its episodes' wall seconds (03_eval.py, per rollout worker)."""
+    import glob
+    import statistics
+    rows = []
+    for cfg_path in sorted(glob.glob(os.path.join(runs_dir, "train", "*", "config.json"))):
+        folder = os.path.dirname(cfg_path)
+        batch = common.read_json(cfg_path)["args"]["batch_size"]
+        prev, secs, rates = 0, 0.0, []
+        for m in records.read_jsonl(os.path.join(folder, "metrics.jsonl")):
+            if m.get("samples_per_s"):
+                secs += (m["step"] - prev) * batch / m["samples_per_s"]
+                rates.append(m["samples_per_s"])
+            prev = m["step"]
+        if rates:
+            rows.append({"kind": "train", "name": os.path.basename(folder), "work": f"{prev} steps x {batch}",
+                         "minutes": secs / 60, "rate": f"{statistics.median(rates):.0f} samples/s"})
+    for path in sorted(glob.glob(os.path.join(runs_dir, "eval", "*", "episodes.jsonl"))):
+        sec = [e["seconds"] for e in records.read_jsonl(path) if "seconds" in e]
+        if sec:
+            rows.append({"kind": "evaluate", "name": os.path.basename(os.path.dirname(path)),
+                         "work": f"{len(sec)} episodes", "minutes": sum(sec) / 60,
+                         "rate": f"{statistics.mean(sec):.1f} s/episode"})
+    md = markdown_table(rows, ["kind", "name", "work", "minutes", "rate"], {"minutes": "{:.1f}"})
+    md += ("\n\n*Wall time as the records measured it, on whatever machine and beside whatever else ran "
+           "(RESULTS says which); study.py runs two 1-thread jobs side by side on 2 cores.*")
+    return rows, md, []
+
+
 # ----------------------------------------------------------------------------------------------
 # figures (PNG, written to a temporary file, then renamed)
 # ----------------------------------------------------------------------------------------------
@@ -1029,6 +1062,9 @@ def analyze(a: Args):
     if "repeats" in want and not a.ckpt:
         data, md, _ = repeats(a.runs)
         tables["repeats"] = (data, md)
+    if "compute" in want and not a.ckpt:
+        data, md, _ = compute_table(a.runs)
+        tables["compute"] = (data, md)
     os.makedirs(a.out, exist_ok=True)  # every check has passed: now write
     for name, (data, md) in tables.items():
         common.write_json(os.path.join(a.out, f"{name}.json"), data)

@@ -170,7 +170,7 @@ def test_tables_rebuild_from_committed_results_in_a_clone_without_runs_or_data(t
                        env=dict(os.environ, MPLBACKEND="Agg"))
     assert r.returncode == 0, r.stderr[-2000:]
     for name in ("alignment", "methods", "guidance", "table1", "table2", "table3", "comparisons", "guideline",
-                 "correlations", "repeats"):
+                 "correlations", "repeats", "compute"):
         assert (tmp_path / "out" / f"{name}.md").read_text() == (clone / fixture / "analysis" / f"{name}.md").read_text(), name
     assert (tmp_path / "out" / "missing.md").read_text() == (clone / fixture / "analysis" / "missing.md").read_text()
     for f in ("alignment_vs_ratio.png", "methods_vs_ratio.png", "guidance_sweep.png", "umap_grid_NutAssembly_target_visual_physics_smoke.png"):
@@ -225,6 +225,22 @@ def test_repeated_episodes_agree_and_a_changed_one_is_caught(an, tmp_path):
         f.writelines(json.dumps(e) + "\n" for e in eps)
     bad = an.repeats(root)[0][0]
     assert not bad["agree"] and bad["same_success"] == bad["same_length"] == 1
+
+
+def test_compute_table_sums_what_the_records_measured(an, tmp_path):
+    import shutil
+    from conftest import ROOT
+    root = tmp_path / "r"
+    shutil.copytree(os.path.join(ROOT, "tests/fixtures/results_smoke"), root)
+    run = root / "train" / "NutAssembly_target_visual_physics_cotrain_r0.1_encdec_s0"
+    (run / "metrics.jsonl").write_text('{"step": 10, "samples_per_s": 16}\n{"step": 20, "samples_per_s": 32}\n')
+    ev = root / "eval" / "NutAssembly_target_visual_physics_real_only_r1_encdec_s0" / "episodes.jsonl"
+    ev.write_text('{"seconds": 30}\n{"seconds": 90}\n')
+    rows = {(r["kind"], r["name"]): r for r in an.compute_table(str(root))[0]}
+    assert len([k for k in rows if k[0] == "train"]) == 8
+    assert rows["train", run.name]["minutes"] == pytest.approx((10 * 16 / 16 + 10 * 16 / 32) / 60)  # batch 16
+    e = rows["evaluate", ev.parent.name]
+    assert e["minutes"] == pytest.approx(2.0) and e["work"] == "2 episodes"
 
 
 def test_fisher_and_superseded_runs(an):
