@@ -10,7 +10,8 @@ markdown (for RESULTS.md) and JSON, with PNG figures:
                 vision stem; trunk output), domain-probe accuracy (2-layer MLP and linear), success
                 (Fig. 6 right, Fig. 17)
   umap          UMAP of source vs target trunk features per checkpoint, grid across ratios (Fig. 6)
-  correlations  Pearson / Spearman of log W vs success over the ratio sweep (Fig. 7)
+  correlations  Pearson / Spearman of log W and log GW (trunk, stem) vs success over the ratio sweep
+                and over every checkpoint of a setting (Fig. 7; the scatter: alignment_vs_ratio.png)
   regimes       alignment (W) vs discernibility (probe) coloured by success (Fig. 16)
   methods       success per method x mixing ratio (Fig. 9 / Table 2 form), and the domain
                 discriminator's accuracy over training of every adversarial run (discriminator.png)
@@ -453,31 +454,50 @@ ALIGN_FMT = {"mixing_ratio": "{:.3g}", "success": "{:.3f}", "w_stem": "{:.3f}", 
              "probe_trunk_linear": "{:.3f}"}
 
 
+CORR_METRICS = (("W trunk", "w_trunk"), ("GW trunk", "gw_trunk"), ("W stem", "w_stem"), ("GW stem", "gw_stem"))
+
+
 def correlations(rows: list) -> tuple:
-    """Fig. 7: alignment vs success across the mixing-ratio sweep's evaluated checkpoints, per
-    setting (the paper's correlations are over co-training checkpoints). Sign convention: W is a
-    distance, so we correlate log W (trunk) with success ("pearson", "spearman": negative when the
-    better aligned policies succeed more) and print the paper's direction beside it, alignment =
-    -log W ("pearson_alignment", "spearman_alignment": positive when alignment goes with success,
-    as the paper's 0.6-0.8)."""
-    groups, out, missing = {}, {}, []
+    """Fig. 7: alignment vs success per setting, over two sets of evaluated checkpoints: the
+    mixing-ratio sweep (co-training at every ratio, w = 0 and 1 its ends: the paper's form) and every
+    checkpoint of the setting (each method too), for W and GW at the trunk and the stem. Sign
+    convention: a distance D is correlated as log D with success ("pearson", "spearman": negative when
+    the better aligned policies succeed more), and in the paper's direction, alignment = -log D
+    ("pearson_alignment", "spearman_alignment": positive when alignment goes with success, as the
+    paper's 0.6-0.8). A metric that is the same for every checkpoint (the low-dim identity stem) has
+    no correlation and says so."""
+    groups, out, missing = {}, [], []
     for r in rows:
-        if r["success"] is not None and in_ratio_sweep(r["method"]) and not r["superseded"]:
+        if r["success"] is not None and not r["superseded"]:
             groups.setdefault(r["setting"], []).append(r)
     for name, rs in sorted(groups.items()):
-        if len(rs) < 3:
-            missing.append(f"correlation {name}: {len(rs)} evaluated checkpoint(s) of the ratio sweep, needs 3")
-            continue
-        c = correlation(np.log([r["w_trunk"] for r in rs]), [r["success"] for r in rs])
-        out[name] = {**c, "pearson_alignment": -c["pearson"], "spearman_alignment": -c["spearman"],
-                     "ratios": [r["mixing_ratio"] for r in rs], "paper": PAPER_CORRELATION}
-    md = markdown_table([{"setting": k, **v} for k, v in out.items()],
-                        ["setting", "n", "pearson_alignment", "spearman_alignment", "pearson", "pearson_p",
-                         "spearman", "spearman_p", "paper"],
+        for scope, members in (("ratio sweep", [r for r in rs if in_ratio_sweep(r["method"])]), ("all checkpoints", rs)):
+            if len(members) < 3:
+                missing.append(f"correlation {name} ({scope}): {len(members)} evaluated checkpoint(s), needs 3")
+                continue
+            if scope == "all checkpoints" and len(members) == len([r for r in rs if in_ratio_sweep(r["method"])]):
+                continue  # the same checkpoints as the sweep
+            for label, key in CORR_METRICS:
+                d = np.log([r[key] for r in members])
+                row = {"setting": name, "checkpoints": scope, "metric": label, "n": len(members),
+                       "ratios": [r["mixing_ratio"] for r in members], "methods": [r["method"] for r in members],
+                       "paper": PAPER_CORRELATION}
+                succ = [r["success"] for r in members]
+                if np.ptp(d) < 1e-9 or np.ptp(succ) == 0:
+                    out.append({**row, "note": f"{'the distance' if np.ptp(d) < 1e-9 else 'success'} is the same "
+                                               "for every checkpoint"})
+                    continue
+                c = correlation(d, succ)
+                out.append({**row, **c, "pearson_alignment": -c["pearson"], "spearman_alignment": -c["spearman"],
+                            "note": ""})
+    md = markdown_table(out, ["setting", "checkpoints", "metric", "n", "pearson_alignment", "spearman_alignment",
+                              "pearson", "pearson_p", "spearman", "spearman_p", "note"],
                         {"pearson": "{:.2f}", "pearson_p": "{:.2g}", "spearman": "{:.2f}", "spearman_p": "{:.2g}",
                          "pearson_alignment": "{:+.2f}", "spearman_alignment": "{:+.2f}"})
-    md += ("\n\n*_alignment: correlation of alignment (-log W, trunk) with success, the paper's direction "
-           "(Fig. 7: positive); pearson / spearman: of log W itself (a distance), with two-sided p-values.*")
+    md += ("\n\n*_alignment: correlation of alignment (-log distance) with success, the paper's direction "
+           f"(Fig. 7: {PAPER_CORRELATION}); pearson / spearman: of log distance itself, with two-sided "
+           "p-values. ratio sweep: co-training at each ratio with sim_only (w = 0) and real_only (w = 1); "
+           "all checkpoints: every method of the setting too.*")
     return out, md, missing
 
 

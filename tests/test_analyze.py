@@ -243,6 +243,25 @@ def test_compute_table_sums_what_the_records_measured(an, tmp_path):
     assert e["minutes"] == pytest.approx(2.0) and e["work"] == "2 episodes"
 
 
+def test_correlations_over_the_sweep_and_every_checkpoint(an):
+    """Fig. 7: the better aligned (smaller W) checkpoints succeed more -> positive in the paper's
+    direction; the sweep and all checkpoints are separate rows; a constant stem distance says so."""
+    def row(method, w, succ):
+        return {"setting": "S", "method": method, "mixing_ratio": 0.5, "success": succ, "superseded": False,
+                "w_trunk": w, "gw_trunk": 2 * w, "w_stem": 4.0, "gw_stem": 0.04}
+    rows = [row("sim_only", 8.0, 0.1), row("cotrain", 4.0, 0.4), row("real_only", 2.0, 0.5), row("ot", 1.0, 0.9),
+            {**row("cotrain", 0.5, 0.0), "superseded": True}, {**row("cotrain", 0.5, 0.0), "success": None}]
+    out, md, missing = an.correlations(rows)
+    got = {(r["checkpoints"], r["metric"]): r for r in out}
+    assert got["ratio sweep", "W trunk"]["n"] == 3 and got["all checkpoints", "W trunk"]["n"] == 4
+    assert got["ratio sweep", "W trunk"]["spearman_alignment"] == pytest.approx(1.0)
+    assert got["all checkpoints", "GW trunk"]["pearson_alignment"] > 0.9 and got["all checkpoints", "GW trunk"]["pearson"] < 0
+    assert "same" in got["ratio sweep", "W stem"]["note"] and "pearson" not in got["ratio sweep", "W stem"]
+    assert not missing
+    assert an.correlations(rows[:2])[2] == ["correlation S (ratio sweep): 2 evaluated checkpoint(s), needs 3",
+                                            "correlation S (all checkpoints): 2 evaluated checkpoint(s), needs 3"]
+
+
 def test_fisher_and_superseded_runs(an):
     f = an.fisher_exact(125, 200, 95, 200)  # the cpu recipe's cotrain vs real_only (RESULTS)
     assert f["p_two_sided"] == pytest.approx(0.0035, abs=5e-4) and f["p_a_greater"] < f["p_two_sided"]
