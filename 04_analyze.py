@@ -681,6 +681,10 @@ def comparisons(runs: list) -> tuple:
         if ca is not None:
             add(name, "C6 CFG-ADDA lambda = -0.5 > lambda = 0", "cfg_adda lambda=-0.5", ca["sweep"].get(-0.5),
                 "cfg_adda lambda=0", ca["sweep"].get(0.0))
+            cf = find(rs, "cfg", w)  # CFG-ADDA's objective without the adversarial term: the control
+            if cf is not None:
+                add(name, "C6 control: CFG-ADDA > CFG at lambda = -0.5 (the adversarial term)", "cfg_adda lambda=-0.5",
+                    ca["evals"].get(-0.5), "cfg lambda=-0.5", cf["evals"].get(-0.5))
         add(name, "C7 co-training > +discrimination", f"cotrain {at}", ev_of(co), f"discriminate {at}",
             ev_of(find(rs, "discriminate", w)))
         add(name, "C8 co-training > pre-train + fine-tune", f"cotrain {at}", ev_of(co), PRETRAIN_FT,

@@ -201,6 +201,11 @@ def test_paper_tables_from_the_smoke_study_fixture(an):
     assert all(0 <= r["p_two_sided"] <= 1 and 0 <= r["p_a_greater"] <= 1 for r in comp)
     c3 = comp[-1]
     assert "1 ratios" in c3["a"] and "2 ratios" in c3["b"]  # 0.471 inside [0.333, 0.667]; 0.1, 0.9 outside
+    ca = next(r for r in runs if r["method"] == "cfg_adda")  # its records stand in for a cfg run: the control row
+    comp2, _, _ = an.comparisons(runs + [{**ca, "method": "cfg", "run": "cfg"}])
+    control = [r for r in comp2 if r["claim"].startswith("C6 control")]
+    assert len(comp2) == len(comp) + 2 and [(r["a"], r["b"], r["difference"]) for r in control] == [
+        ("cfg_adda lambda=-0.5", "cfg lambda=-0.5", 0.0)]
     out, _, _ = an.methods_table(runs)
     grid = out["NutAssembly/target_visual_physics (smoke)"]
     assert sorted(grid["cotrain"]) == sorted(f"{w:.3g}" for w in (0.1, auto, 0.9))

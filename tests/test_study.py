@@ -57,7 +57,7 @@ def test_nut_study_plan_expands_to_exactly_the_issues_runs():
     for name, r in by.items():
         assert r.train[:6] == ["--profile", "cpu", "--task", "NutAssembly", "--target-domain", "target_visual_physics"]
         assert r.steps == 20000 and r.batch == 128 and "--steps" not in r.train, name  # the profile's full budget
-        assert [(e.domain, e.episodes, e.guidance) for e in r.evals][-1][:2] == ("", 200) or name.startswith("cfg_adda")
+        assert [(e.domain, e.episodes, e.guidance) for e in r.evals][-1][:2] == ("", 200) or name.startswith("cfg")
     method = {n: r.train[r.train.index("--method") + 1] for n, r in by.items()}
     assert method["real_only_r1_encdec_s0_20k"] == method["pretrain_ft_r1_encdec_s0"] == "real_only"
     ratio = {n: r.train[r.train.index("--ratio") + 1] for n, r in by.items() if "--ratio" in r.train}
@@ -69,6 +69,8 @@ def test_nut_study_plan_expands_to_exactly_the_issues_runs():
     assert [(e.name[len(NUT):], e.episodes, e.guidance) for e in by["cfg_adda_r0.17_encdec_s0"].evals] == [
         ("cfg_adda_r0.17_encdec_s0", 200, []),
         ("cfg_adda_r0.17_encdec_s0_guidance", 100, [-1, -0.5, 0, 0.5, 1])]            # Fig. 10
+    assert [(e.name[len(NUT):], e.episodes, e.guidance) for e in by["cfg_r0.17_encdec_s0"].evals] == [
+        ("cfg_r0.17_encdec_s0", 200, []), ("cfg_r0.17_encdec_s0_guidance", 100, [-0.5, 0])]  # C6's control
     assert [(e.domain, e.name[len(NUT):]) for e in by["sim_only_r0_encdec_s0"].evals] == [
         ("source", "sim_only_r0_encdec_s0_in_source"), ("", "sim_only_r0_encdec_s0")]
     waves = study.waves(runs)  # nothing finished: the fine-tuning waits for its pre-training
