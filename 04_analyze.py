@@ -23,6 +23,8 @@ markdown (for RESULTS.md) and JSON, with PNG figures:
   guideline     the ratio guideline's range vs the best measured ratio (Fig. 15, App. D.5)
   repeats       a determinism check: episodes of one checkpoint, domain and guidance run twice on the
                 same seeds (in two evaluation folders) must agree episode for episode
+  failures      where NutAssembly episodes failed (grasp, lift, the nut's closest pass over the peg's
+                axis), per evaluation whose episodes record the nut's path
   compute       what each committed run cost: training wall minutes and samples/s (its metrics.jsonl),
                 evaluation seconds per episode (its episodes.jsonl)
 and missing.md: which table lacks which runs, with the command that makes them.
@@ -53,7 +55,7 @@ from common import METHODS, UsageError, arg, die
 # arguments
 # ----------------------------------------------------------------------------------------------
 PRODUCTS = ["alignment", "umap", "correlations", "regimes", "methods", "table1", "table2", "table3", "comparisons",
-            "guidance", "guideline", "repeats", "compute"]
+            "guidance", "guideline", "repeats", "compute", "failures"]
 
 
 @dataclass
@@ -789,6 +791,35 @@ def repeats(runs_dir: str) -> tuple:
     return rows, md, []
 
 
+def failures_table(runs_dir: str) -> tuple:
+    """How the episodes of each evaluation failed, from what 03_eval.py records per episode (NutAssembly:
+    tasks.nut_path): grasped (the grasp stage reached), lifted (the nut 5 cm above its start), passed
+    above the peg's top, and how far off the peg's axis the nut came there (quartiles, mm; the hole's
+    clearance is 6.7 mm). Evaluations recorded before the nut's path was (older records) are skipped."""
+    import glob
+    rows = []
+    for path in sorted(glob.glob(os.path.join(runs_dir, "eval", "*", "episodes.jsonl"))):
+        by_g = {}
+        for e in records.read_jsonl(path):
+            if e.get("nut_path"):
+                by_g.setdefault(e["key"].split("|", 1)[1].replace("|", ", "), []).append(e)
+        for where, eps in sorted(by_g.items()):
+            fail = [e for e in eps if not e["success"]]
+            off = [e["nut_path"]["min_peg_xy_mm"] for e in fail if e["nut_path"].get("min_peg_xy_mm") is not None]
+            q = np.percentile(off, [25, 50, 75]) if off else None
+            rows.append({"evaluation": os.path.basename(os.path.dirname(path)), "domain_guidance": where,
+                         "episodes": len(eps), "successes": sum(e["success"] for e in eps), "failures": len(fail),
+                         "failed_grasped": sum((e.get("reached") or {}).get("grasp") is not None for e in fail),
+                         "failed_lifted": sum(e["nut_path"].get("lift_mm", 0) > 50 for e in fail),
+                         "failed_above_peg": len(off),
+                         "off_axis_mm_q25_50_75": None if q is None else " / ".join(f"{v:.0f}" for v in q)})
+    md = markdown_table(rows, ["evaluation", "domain_guidance", "episodes", "successes", "failures", "failed_grasped",
+                               "failed_lifted", "failed_above_peg", "off_axis_mm_q25_50_75"])
+    md += ("\n\n*Failed episodes only: grasped, lifted 5 cm, passed above the peg's top; off_axis: the nut's "
+           "closest pass to the peg's axis above its top, quartiles in mm (the hole's clearance: 6.7 mm).*")
+    return rows, md, []
+
+
 def compute_table(runs_dir: str) -> tuple:
     """The compute each record holds: a training run's wall time is the sum over its logged intervals
     of samples / samples_per_s (02_train.py's metrics.jsonl, resumed runs included); an evaluation's
@@ -1086,6 +1117,9 @@ def analyze(a: Args):
     if "repeats" in want and not a.ckpt:
         data, md, _ = repeats(a.runs)
         tables["repeats"] = (data, md)
+    if "failures" in want and not a.ckpt:
+        data, md, _ = failures_table(a.runs)
+        tables["failures"] = (data, md)
     if "compute" in want and not a.ckpt:
         data, md, _ = compute_table(a.runs)
         tables["compute"] = (data, md)

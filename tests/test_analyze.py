@@ -170,7 +170,7 @@ def test_tables_rebuild_from_committed_results_in_a_clone_without_runs_or_data(t
                        env=dict(os.environ, MPLBACKEND="Agg"))
     assert r.returncode == 0, r.stderr[-2000:]
     for name in ("alignment", "methods", "guidance", "table1", "table2", "table3", "comparisons", "guideline",
-                 "correlations", "repeats", "compute"):
+                 "correlations", "repeats", "compute", "failures"):
         assert (tmp_path / "out" / f"{name}.md").read_text() == (clone / fixture / "analysis" / f"{name}.md").read_text(), name
     assert (tmp_path / "out" / "missing.md").read_text() == (clone / fixture / "analysis" / "missing.md").read_text()
     for f in ("alignment_vs_ratio.png", "methods_vs_ratio.png", "guidance_sweep.png", "umap_grid_NutAssembly_target_visual_physics_smoke.png"):
@@ -265,6 +265,21 @@ def test_correlations_over_the_sweep_and_every_checkpoint(an):
     assert not missing
     assert an.correlations(rows[:2])[2] == ["correlation S (ratio sweep): 2 evaluated checkpoint(s), needs 3",
                                             "correlation S (all checkpoints): 2 evaluated checkpoint(s), needs 3"]
+
+
+def test_failures_table_counts_where_episodes_failed(an, tmp_path):
+    d = tmp_path / "eval" / "e"
+    os.makedirs(d)
+    key = "results/train/r/ckpt.pt|target_visual_physics|guidance=None"
+    eps = [{"key": key, "seed": 0, "success": True, "reached": {"grasp": 50}, "nut_path": {"lift_mm": 90, "min_peg_xy_mm": 1.0}},
+           {"key": key, "seed": 1, "success": False, "reached": {"grasp": None}, "nut_path": {"lift_mm": 0, "min_peg_xy_mm": None}},
+           *[{"key": key, "seed": 2 + i, "success": False, "reached": {"grasp": 60}, "nut_path": {"lift_mm": 80, "min_peg_xy_mm": x}}
+             for i, x in enumerate((10.0, 20.0, 30.0))],
+           {"key": key, "seed": 9, "success": False, "reached": {}, "nut_path": {}}]  # another task: skipped
+    (d / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eps))
+    (row,), _, _ = an.failures_table(str(tmp_path))
+    assert (row["episodes"], row["successes"], row["failures"], row["failed_grasped"], row["failed_lifted"],
+            row["failed_above_peg"], row["off_axis_mm_q25_50_75"]) == (5, 1, 4, 3, 3, 3, "15 / 20 / 25")
 
 
 def test_fisher_and_superseded_runs(an):
