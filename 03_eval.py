@@ -21,6 +21,8 @@ first close command came (tasks.grasp_close), per-episode results; the form
 import json
 import math
 import os
+import signal
+import sys
 import time
 from dataclasses import dataclass
 
@@ -378,6 +380,9 @@ def run_jobs(jobs: list, workers: int, ep_path: str, done: dict):
 
 def main(argv=None):
     a = common.parse_args(Args, PROFILES, argv, description=__doc__)
+    # SIGTERM (study.py --minutes, a scheduler's time limit) unwinds like an exit, so the rollout
+    # pool's workers are ended with it; finished episodes are already in episodes.jsonl
+    signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(128 + sig))
     try:
         evaluate(a)
     except UsageError as e:

@@ -30,7 +30,6 @@ import itertools
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -252,16 +251,21 @@ def thread_env(threads: int) -> dict:
 
 
 def sh(cmd: list, env: dict, log, deadline: float = None) -> bool:
-    """Run one command of a chain; False when the deadline stopped it (its process group is ended:
-    an evaluation keeps the episodes it committed and resumes from them)."""
+    """Run one command of a chain; False when the deadline stopped it (SIGTERM: 03_eval.py ends its
+    rollout workers; an evaluation keeps the episodes it committed and resumes from them). The command
+    stays in the runner's process group, so killing the runner's group kills it too."""
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
-    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         rc = p.wait(timeout=None if deadline is None else max(1.0, deadline - time.time()))
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGTERM)
-        p.wait()
+        p.terminate()
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
         log.write(f"stopped at the deadline: {' '.join(cmd)}\n")
         return False
     if rc:
@@ -269,14 +273,15 @@ def sh(cmd: list, env: dict, log, deadline: float = None) -> bool:
     return True
 
 
-def train_minutes(run: Run, runs_dir: str, results: str, threads: int) -> float:
-    """Wall minutes the run's training still needs at --jobs 2's rate (the cost model above)."""
+def train_minutes(run: Run, runs_dir: str, results: str, threads: int, rate: float = 0) -> float:
+    """Wall minutes the run's training still needs at `rate` samples/s (default: the cost model's
+    rate per thread)."""
     left = run.steps - train_progress(run, runs_dir, results)
-    return left * run.batch / (TRAIN_SAMPLES_PER_CPU_S * threads) / 60
+    return left * run.batch / (rate or TRAIN_SAMPLES_PER_CPU_S * threads) / 60
 
 
 def run_chain(run: Run, runs_dir: str, results: str, data_root: str, threads: int, workers: int,
-              python: str = sys.executable, deadline: float = None) -> str:
+              python: str = sys.executable, deadline: float = None, rate: float = 0) -> str:
     """Train (resuming), collect into results/, evaluate (resuming). Returns the run's name. With a
     deadline (time.time() seconds), training starts only if the cost model says it ends before it,
     and evaluations stop at it, so a session ends with every started training run finished."""
@@ -285,7 +290,7 @@ def run_chain(run: Run, runs_dir: str, results: str, data_root: str, threads: in
     with open(os.path.join(runs_dir, "logs", f"{run.name}.log"), "a") as log:
         out = os.path.join(runs_dir, "train", run.name)
         if not run_done(run, results):
-            need = train_minutes(run, runs_dir, results, threads)
+            need = train_minutes(run, runs_dir, results, threads, rate)
             if deadline is not None and time.time() + need * 60 > deadline:
                 return f"{run.name} (deferred: training needs ~{need:.0f} min, "\
                        f"{max(0, deadline - time.time()) / 60:.0f} left before --minutes)"
@@ -321,7 +326,7 @@ def launch_local(runs: list, a, cores: int):
     for wave in waves(runs, a.results):
         with ThreadPoolExecutor(a.jobs) as pool:
             futs = [pool.submit(run_chain, r, a.runs_dir, a.results, a.data_root, threads, workers,
-                                deadline=deadline) for r in wave]
+                                deadline=deadline, rate=a.train_rate) for r in wave]
             for f in futs:
                 print(f"done: {f.result()}", flush=True)
 
@@ -370,6 +375,9 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=0, help="local pool: stop after this many minutes (a session's "
                    "length): no training starts that the cost model says would not end by then, evaluations stop "
                    "then (their committed episodes resume); 0 = no limit")
+    p.add_argument("--train-rate", type=float, default=0, help="with --minutes: the samples/s one job trains at "
+                   "here (04_analyze.py's compute table has what past runs measured; default: the cost model's "
+                   f"{TRAIN_SAMPLES_PER_CPU_S:.0f} per thread, from two training runs side by side)")
     p.add_argument("--runs-dir", default="runs", help="where training runs and logs go")
     p.add_argument("--results", default="results", help="where finished runs and evaluations are collected")
     p.add_argument("--data-root", default="data", help="the dataset set (make data)")
@@ -383,6 +391,8 @@ def main(argv=None):
         waves(runs)
         if a.jobs < 1:
             raise PlanError(f"--jobs must be at least 1, got {a.jobs}")
+        if a.train_rate < 0:
+            raise PlanError(f"--train-rate must be >= 0, got {a.train_rate}")
         if a.minutes < 0 or (a.minutes and a.launcher != "local"):
             raise PlanError(f"--minutes must be >= 0 and goes with --launcher local, got {a.minutes} with {a.launcher}")
     except PlanError as e:

@@ -89,6 +89,39 @@ def test_resume_after_kill(ckpts, tmp_path):
     assert sorted(map(key, eps)) == sorted(map(key, episodes(ref)))
 
 
+def children(pid: int) -> list:
+    """Processes whose parent is pid (Linux /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_sigterm_ends_the_rollout_workers_and_keeps_the_episodes(ckpts, tmp_path):
+    """study.py --minutes stops an evaluation with SIGTERM: it exits (143), its rollout workers with it,
+    and the episodes it finished stay for the resume."""
+    out = tmp_path / "ev"
+    p = subprocess.Popen([sys.executable, "03_eval.py", "--profile", "smoke", "--ckpt", ckpts["cotrain"], "--out",
+                          str(out), "--trials", "12", "--workers", "2"], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = out / "episodes.jsonl"
+    while p.poll() is None and not (path.exists() and path.read_text().count("\n") >= 1):
+        time.sleep(0.02)
+    workers = children(p.pid)
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM, "the evaluation finished before it could be stopped"
+    assert workers  # the pool was running
+    time.sleep(0.5)
+    assert not [w for w in workers if os.path.exists(f"/proc/{w}") and "zombie" not in open(f"/proc/{w}/status").read()]
+    assert 1 <= path.read_text().count("\n") < 12 and not (out / "results.json").exists()
+
+
 def test_moved_checkpoint_keeps_its_episodes(ckpts, tmp_path):
     """The same weights at another path (a checkpoint copied under results/) resume the evaluation
     instead of running every episode again."""
