@@ -768,12 +768,20 @@ def repeats(runs_dir: str) -> tuple:
     100 seeds). Rollouts are seeded per episode, so the two must agree in success and episode length."""
     import glob
     seen = {}  # (run, weights digest, domain|guidance, seed) -> [(folder, success, length)]
-    for path in sorted(glob.glob(os.path.join(runs_dir, "eval", "*", "episodes.jsonl"))):
-        for e in records.read_jsonl(path):
-            ckpt, rest = e["key"].split("|", 1)  # the same weights may be named by another path
-            run = os.path.basename(os.path.dirname(ckpt))
-            seen.setdefault((run, e.get("digest"), rest, e["seed"]), []).append(
-                (os.path.dirname(path), e["success"], e["length"]))
+
+    def add(folder, key, digest, e):
+        ckpt, rest = key.split("|", 1)  # the same weights may be named by another path
+        seen.setdefault((os.path.basename(os.path.dirname(ckpt)), digest, rest, e["seed"]), []).append(
+            (folder, e["success"], e["length"]))
+
+    for folder in sorted(glob.glob(os.path.join(runs_dir, "eval", "*"))):
+        if os.path.exists(os.path.join(folder, "episodes.jsonl")):
+            for e in records.read_jsonl(os.path.join(folder, "episodes.jsonl")):
+                add(folder, e["key"], e.get("digest"), e)
+        elif os.path.exists(os.path.join(folder, "results.json")):  # older records: episodes in results.json
+            for key, ev in common.read_json(os.path.join(folder, "results.json"))["evaluations"].items():
+                for e in ev.get("episodes", []):
+                    add(folder, key, ev.get("digest"), e)
     pairs = {}
     for (run, digest, rest, seed), eps in seen.items():
         for i in range(len(eps)):

@@ -230,6 +230,9 @@ def test_repeated_episodes_agree_and_a_changed_one_is_caught(an, tmp_path):
         f.writelines(json.dumps(e) + "\n" for e in eps)
     bad = an.repeats(root)[0][0]
     assert not bad["agree"] and bad["same_success"] == bad["same_length"] == 1
+    os.remove(path)  # an older record: its episodes only in results.json
+    old = [r for r in an.repeats(root)[0] if r["evaluation"].endswith("guidance=-0.5")]
+    assert [(r["episodes"], r["agree"]) for r in old] == [(2, True)]
 
 
 def test_compute_table_sums_what_the_records_measured(an, tmp_path):

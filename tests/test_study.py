@@ -71,6 +71,8 @@ def test_nut_study_plan_expands_to_exactly_the_issues_runs():
         ("cfg_adda_r0.17_encdec_s0_guidance", 100, [-1, -0.5, 0, 0.5, 1])]            # Fig. 10
     assert [(e.name[len(NUT):], e.episodes, e.guidance) for e in by["cfg_r0.17_encdec_s0"].evals] == [
         ("cfg_r0.17_encdec_s0", 200, []), ("cfg_r0.17_encdec_s0_guidance", 100, [-0.5, 0])]  # C6's control
+    assert [(e.name[len(NUT):], e.episodes) for e in by["cotrain_r0.17_encdec_s0"].evals] == [
+        ("cotrain_r0.17_encdec_s0", 200), ("cotrain_r0.17_encdec_s0_repeat", 200)]  # episode records, a repeat
     assert [(e.domain, e.name[len(NUT):]) for e in by["sim_only_r0_encdec_s0"].evals] == [
         ("source", "sim_only_r0_encdec_s0_in_source"), ("", "sim_only_r0_encdec_s0")]
     waves = study.waves(runs)  # nothing finished: the fine-tuning waits for its pre-training
