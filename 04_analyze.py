@@ -493,12 +493,12 @@ def correlations(rows: list) -> tuple:
                 out.append({**row, **c, "pearson_alignment": -c["pearson"], "spearman_alignment": -c["spearman"],
                             "note": ""})
     md = markdown_table(out, ["setting", "checkpoints", "metric", "n", "pearson_alignment", "spearman_alignment",
-                              "pearson", "pearson_p", "spearman", "spearman_p", "note"],
+                              "pearson", "pearson_p", "spearman", "spearman_p", "p_method", "note"],
                         {"pearson": "{:.2f}", "pearson_p": "{:.2g}", "spearman": "{:.2f}", "spearman_p": "{:.2g}",
                          "pearson_alignment": "{:+.2f}", "spearman_alignment": "{:+.2f}"})
     md += ("\n\n*_alignment: correlation of alignment (-log distance) with success, the paper's direction "
            f"(Fig. 7: {PAPER_CORRELATION}); pearson / spearman: of log distance itself, with two-sided "
-           "p-values. ratio sweep: co-training at each ratio with sim_only (w = 0) and real_only (w = 1); "
+           "p-values (exact, over every ordering of the checkpoints, up to 8 of them). ratio sweep: co-training at each ratio with sim_only (w = 0) and real_only (w = 1); "
            "all checkpoints: every method of the setting too.*")
     return out, md, missing
 

@@ -62,6 +62,11 @@ def test_correlation_hand_example(an):
     assert r["spearman"] == pytest.approx(-0.8)  # 1 - 6 * 36 / (5 * 24)
     assert r["pearson"] == pytest.approx(-0.8)
     assert 0 < r["pearson_p"] < 1
+    r = an.correlation([1, 2, 3], [0.1, 0.5, 0.9])  # 3 points in perfect order: 2 of 6 orderings as extreme
+    assert r["spearman"] == pytest.approx(1.0) and r["spearman_p"] == pytest.approx(1 / 3)
+    assert r["pearson_p"] == pytest.approx(1 / 3) and r["p_method"] == "exact permutation"
+    r = an.correlation(list(range(10)), [0, 2, 1, 3, 5, 4, 6, 8, 7, 9])  # past 8 points: scipy's approximation
+    assert r["p_method"] == "t" and r["spearman_p"] < 1e-3
 
 
 def test_smoke_end_to_end_tables_and_bad_input(tmp_path):
