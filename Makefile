@@ -39,9 +39,9 @@ test: $(STAMP)
 # plans/nut_study.toml with their 200-episode evaluations, and the analysis rebuilt from what is
 # committed. Runs and episodes already under results/ are skipped: the toy (~30 min), the data
 # (~1 h) and the analysis (~20 min) always run, plus whatever of the study is not committed yet
-# (`study.py plans/nut_study.toml --dry-run` prints its CPU-hours left; all of it is ~21 CPU-hours,
-# ~10.5 h on 2 cores); from nothing (RESULTS=elsewhere) both plans are ~27 CPU-hours, ~13.5 h on 2
-# cores, ~15 h in all. Every step resumes after a kill and keeps what is finished; it writes
+# (`study.py plans/nut_study.toml --dry-run` prints its CPU-hours left; all of it is ~21 CPU-hours
+# by the runner's cost model, ~27.5 at the rates measured during the study, ~14 h on 2 cores); from
+# nothing (RESULTS=elsewhere) both plans are ~27 CPU-hours by the model, ~35 measured, ~19 h in all. Every step resumes after a kill and keeps what is finished; it writes
 # results/toy*, results/analysis and, for runs it makes, results/train + results/eval (git diff
 # shows any change). The earlier cpu_v1 study keeps its own folder (make analysis-cpu-v1).
 RESULTS ?= results
