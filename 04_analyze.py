@@ -762,6 +762,19 @@ def guideline_table(runs: list) -> tuple:
     return rows, md, missing
 
 
+def read_episodes(path: str) -> list:
+    """An evaluation's episodes.jsonl; a line cut by a kill (03_eval.py runs that episode again) is
+    skipped, as 03_eval.py's own resume does."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
 def repeats(runs_dir: str) -> tuple:
     """Episodes run twice: the same checkpoint, domain and guidance on the same seed in two evaluation
     folders (CFG-ADDA's 200-episode evaluation and its guidance sweep share lambda = -0.5 and the first
@@ -776,7 +789,7 @@ def repeats(runs_dir: str) -> tuple:
 
     for folder in sorted(glob.glob(os.path.join(runs_dir, "eval", "*"))):
         if os.path.exists(os.path.join(folder, "episodes.jsonl")):
-            for e in records.read_jsonl(os.path.join(folder, "episodes.jsonl")):
+            for e in read_episodes(os.path.join(folder, "episodes.jsonl")):
                 add(folder, e["key"], e.get("digest"), e)
         elif os.path.exists(os.path.join(folder, "results.json")):  # older records: episodes in results.json
             for key, ev in common.read_json(os.path.join(folder, "results.json"))["evaluations"].items():
@@ -808,7 +821,7 @@ def failures_table(runs_dir: str) -> tuple:
     rows = []
     for path in sorted(glob.glob(os.path.join(runs_dir, "eval", "*", "episodes.jsonl"))):
         by_g = {}
-        for e in records.read_jsonl(path):
+        for e in read_episodes(path):
             if e.get("nut_path"):
                 by_g.setdefault(e["key"].split("|", 1)[1].replace("|", ", "), []).append(e)
         for where, eps in sorted(by_g.items()):
@@ -848,7 +861,7 @@ def compute_table(runs_dir: str) -> tuple:
             rows.append({"kind": "train", "name": os.path.basename(folder), "work": f"{prev} steps x {batch}",
                          "minutes": secs / 60, "rate": f"{statistics.median(rates):.0f} samples/s"})
     for path in sorted(glob.glob(os.path.join(runs_dir, "eval", "*", "episodes.jsonl"))):
-        sec = [e["seconds"] for e in records.read_jsonl(path) if "seconds" in e]
+        sec = [e["seconds"] for e in read_episodes(path) if "seconds" in e]
         if sec:
             rows.append({"kind": "evaluate", "name": os.path.basename(os.path.dirname(path)),
                          "work": f"{len(sec)} episodes", "minutes": sum(sec) / 60,
