@@ -213,23 +213,25 @@ def eval_done(ev: Evaluation, results: str) -> bool:
     return episodes_done(ev, results) >= ev.episodes * max(1, len(ev.guidance))
 
 
-def cpu_hours(run: Run, runs_dir: str, results: str) -> tuple:
-    """(CPU-hours left, CPU-hours in all) of one run: training + its evaluations."""
+def cpu_hours(run: Run, runs_dir: str, results: str, rate: float = 0, episode_s: float = 0) -> tuple:
+    """(CPU-hours left, CPU-hours in all) of one run: training + its evaluations, at `rate` training
+    samples per CPU-second and `episode_s` CPU-seconds per episode (default: the cost model's)."""
+    rate, episode_s = rate or TRAIN_SAMPLES_PER_CPU_S, episode_s or EVAL_CPU_S_PER_EPISODE
     left_steps = run.steps - train_progress(run, runs_dir, results)
-    total = run.steps * run.batch / TRAIN_SAMPLES_PER_CPU_S
-    left = left_steps * run.batch / TRAIN_SAMPLES_PER_CPU_S
+    total = run.steps * run.batch / rate
+    left = left_steps * run.batch / rate
     for ev in run.evals:
         n = ev.episodes * max(1, len(ev.guidance))
-        total += n * EVAL_CPU_S_PER_EPISODE
-        left += max(0, n - episodes_done(ev, results)) * EVAL_CPU_S_PER_EPISODE
+        total += n * episode_s
+        left += max(0, n - episodes_done(ev, results)) * episode_s
     return left / 3600, total / 3600
 
 
-def print_plan(runs: list, runs_dir: str, results: str, cores: int):
+def print_plan(runs: list, runs_dir: str, results: str, cores: int, rate: float = 0, episode_s: float = 0):
     tot_left = tot = 0.0
     print(f"{'run':<70} {'steps':>6} {'evals':<28} {'CPU-h left / all':>16}")
     for r in runs:
-        left, all_ = cpu_hours(r, runs_dir, results)
+        left, all_ = cpu_hours(r, runs_dir, results, rate, episode_s)
         tot_left, tot = tot_left + left, tot + all_
         evs = ", ".join(f"{e.domain or 'target'}x{e.episodes}" + (f" g{len(e.guidance)}" if e.guidance else "")
                         for e in r.evals)
@@ -375,9 +377,12 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=0, help="local pool: stop after this many minutes (a session's "
                    "length): no training starts that the cost model says would not end by then, evaluations stop "
                    "then (their committed episodes resume); 0 = no limit")
-    p.add_argument("--train-rate", type=float, default=0, help="with --minutes: the samples/s one job trains at "
-                   "here (04_analyze.py's compute table has what past runs measured; default: the cost model's "
-                   f"{TRAIN_SAMPLES_PER_CPU_S:.0f} per thread, from two training runs side by side)")
+    p.add_argument("--train-rate", type=float, default=0, help="the samples/s one job trains at here, for the "
+                   "CPU-hours printed and --minutes (04_analyze.py's compute table has what past runs measured; "
+                   f"default: the cost model's {TRAIN_SAMPLES_PER_CPU_S:.0f} per thread, from two training runs "
+                   "side by side)")
+    p.add_argument("--episode-s", type=float, default=0, help="the seconds one evaluation episode takes on one "
+                   f"worker here, for the CPU-hours printed (default: the cost model's {EVAL_CPU_S_PER_EPISODE})")
     p.add_argument("--runs-dir", default="runs", help="where training runs and logs go")
     p.add_argument("--results", default="results", help="where finished runs and evaluations are collected")
     p.add_argument("--data-root", default="data", help="the dataset set (make data)")
@@ -391,15 +396,15 @@ def main(argv=None):
         waves(runs)
         if a.jobs < 1:
             raise PlanError(f"--jobs must be at least 1, got {a.jobs}")
-        if a.train_rate < 0:
-            raise PlanError(f"--train-rate must be >= 0, got {a.train_rate}")
+        if a.train_rate < 0 or a.episode_s < 0:
+            raise PlanError(f"--train-rate and --episode-s must be >= 0, got {a.train_rate} and {a.episode_s}")
         if a.minutes < 0 or (a.minutes and a.launcher != "local"):
             raise PlanError(f"--minutes must be >= 0 and goes with --launcher local, got {a.minutes} with {a.launcher}")
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     cores = os.cpu_count() or 2
-    print_plan(runs, a.runs_dir, a.results, cores)
+    print_plan(runs, a.runs_dir, a.results, cores, a.train_rate, a.episode_s)
     if a.dry_run:
         return
     t0 = time.time()

@@ -39,6 +39,9 @@ def test_list_values_expand_and_names_follow_02_train(tmp_path):
     assert [e.name for e in sim.evals] == [sim.name + "_in_source", sim.name]
     left, total = study.cpu_hours(sim, str(tmp_path / "runs"), str(tmp_path / "results"))
     assert left == total > 1.0  # 20k steps x 128 + 210 episodes on this machine's measured rates
+    # the rates measured here (--train-rate, --episode-s) instead of the cost model's: exact arithmetic
+    _, slow = study.cpu_hours(sim, str(tmp_path / "runs"), str(tmp_path / "results"), rate=500, episode_s=10)
+    assert slow == pytest.approx((20000 * 128 / 500 + 210 * 10) / 3600)
 
 
 NUT = "NutAssembly_target_visual_physics_"
@@ -128,6 +131,8 @@ def test_bad_plans_stop_with_one_line(tmp_path):
     (tmp_path / "ok.toml").write_text('[[run]]\nmethod = "real_only"\n')
     r = run_stage("study.py", str(tmp_path / "ok.toml"), "--minutes", "-5")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--minutes" in r.stderr
+    r = run_stage("study.py", str(tmp_path / "ok.toml"), "--dry-run", "--episode-s", "-1")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--episode-s" in r.stderr
     for name, text in cases.items():
         if text is not None:
             (tmp_path / name).write_text(text)
