@@ -190,9 +190,14 @@ def train_progress(run: Run, runs_dir: str, results: str) -> int:
     m = os.path.join(runs_dir, "train", run.name, "metrics.jsonl")
     if not os.path.exists(m):
         return 0
+    steps = []
     with open(m) as f:
-        rows = [json.loads(x) for x in f if x.strip()]
-    return rows[-1]["step"] if rows else 0
+        for x in f:
+            try:
+                steps.append(json.loads(x)["step"])
+            except (json.JSONDecodeError, KeyError):  # a line cut by a stop: 02_train.py --resume drops it
+                continue
+    return steps[-1] if steps else 0
 
 
 def episodes_done(ev: Evaluation, results: str) -> int:
@@ -283,21 +288,28 @@ def train_minutes(run: Run, runs_dir: str, results: str, threads: int, rate: flo
 
 
 def run_chain(run: Run, runs_dir: str, results: str, data_root: str, threads: int, workers: int,
-              python: str = sys.executable, deadline: float = None, rate: float = 0) -> str:
+              python: str = sys.executable, deadline: float = None, rate: float = 0, fill: bool = False) -> str:
     """Train (resuming), collect into results/, evaluate (resuming). Returns the run's name. With a
     deadline (time.time() seconds), training starts only if the cost model says it ends before it,
-    and evaluations stop at it, so a session ends with every started training run finished."""
+    and evaluations stop at it, so a session ends with every started training run finished; with
+    `fill`, a training that would not end starts anyway (its slot would idle otherwise) and is
+    stopped at the deadline: it resumes from its last checkpoint (runs/train/<run>/ckpt.pt) when
+    the plan runs again, or, where runs/ did not survive, starts over (only idle time was spent)."""
     env = thread_env(threads)
     os.makedirs(os.path.join(runs_dir, "logs"), exist_ok=True)
     with open(os.path.join(runs_dir, "logs", f"{run.name}.log"), "a") as log:
         out = os.path.join(runs_dir, "train", run.name)
         if not run_done(run, results):
             need = train_minutes(run, runs_dir, results, threads, rate)
-            if deadline is not None and time.time() + need * 60 > deadline:
+            late = deadline is not None and time.time() + need * 60 > deadline
+            if late and (not fill or time.time() >= deadline):
                 return f"{run.name} (deferred: training needs ~{need:.0f} min, "\
                        f"{max(0, deadline - time.time()) / 60:.0f} left before --minutes)"
             train = [x.replace("{results}", results) for x in run.train]  # e.g. --init-from {results}/train/...
-            sh([python, "02_train.py", *train, "--data-root", data_root, "--out", out, "--resume"], env, log)
+            if not sh([python, "02_train.py", *train, "--data-root", data_root, "--out", out, "--resume"], env, log,
+                      deadline if late else None):
+                return f"{run.name} (training stopped at --minutes at step ~{train_progress(run, runs_dir, results)}:"\
+                       f" it resumes from its last checkpoint)"
             sh([python, "records.py", "collect-into", results, out], env, log)
         ckpt = os.path.join(results, "train", run.name, "ckpt.pt")
         for ev in run.evals:
@@ -328,7 +340,7 @@ def launch_local(runs: list, a, cores: int):
     for wave in waves(runs, a.results):
         with ThreadPoolExecutor(a.jobs) as pool:
             futs = [pool.submit(run_chain, r, a.runs_dir, a.results, a.data_root, threads, workers,
-                                deadline=deadline, rate=a.train_rate) for r in wave]
+                                deadline=deadline, rate=a.train_rate, fill=a.fill) for r in wave]
             for f in futs:
                 print(f"done: {f.result()}", flush=True)
 
@@ -377,6 +389,9 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=0, help="local pool: stop after this many minutes (a session's "
                    "length): no training starts that the cost model says would not end by then, evaluations stop "
                    "then (their committed episodes resume); 0 = no limit")
+    p.add_argument("--fill", action="store_true", help="with --minutes: a training that would not end in time "
+                   "starts anyway when its slot would idle, and is stopped at the deadline (it resumes from its "
+                   "last checkpoint next time; where runs/ did not survive it starts over)")
     p.add_argument("--train-rate", type=float, default=0, help="the samples/s one job trains at here, for the "
                    "CPU-hours printed and --minutes (04_analyze.py's compute table has what past runs measured; "
                    f"default: the cost model's {TRAIN_SAMPLES_PER_CPU_S:.0f} per thread, from two training runs "
@@ -398,6 +413,8 @@ def main(argv=None):
             raise PlanError(f"--jobs must be at least 1, got {a.jobs}")
         if a.train_rate < 0 or a.episode_s < 0:
             raise PlanError(f"--train-rate and --episode-s must be >= 0, got {a.train_rate} and {a.episode_s}")
+        if a.fill and not a.minutes:
+            raise PlanError("--fill goes with --minutes (it fills a session's last minutes)")
         if a.minutes < 0 or (a.minutes and a.launcher != "local"):
             raise PlanError(f"--minutes must be >= 0 and goes with --launcher local, got {a.minutes} with {a.launcher}")
     except PlanError as e:

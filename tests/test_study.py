@@ -124,6 +124,30 @@ def test_minutes_defers_training_that_would_not_end_and_stops_evaluations(tmp_pa
                                                            python=str(fake), deadline=time.time() - 1)
 
 
+def test_fill_starts_a_late_training_and_stops_it_at_the_deadline(tmp_path):
+    """--minutes --fill: a training that would not end in time starts anyway (the stand-in python
+    here sleeps) and is stopped at the deadline, reaped, nothing collected; its metrics so far
+    (with a line cut by the stop) count as progress, so the cost model knows what is left."""
+    plan = tmp_path / "p.toml"
+    plan.write_text('[defaults]\nprofile = "cpu"\n[[run]]\nmethod = "cotrain"\nname = "a"\n')
+    run = study.load_plan(str(plan))[0]
+    res, runs_dir = tmp_path / "res", tmp_path / "runs"
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho $$ > %s\nexec sleep 60\n" % (tmp_path / "pid"))
+    fake.chmod(0o755)
+    msg = study.run_chain(run, str(runs_dir), str(res), "data", 1, 1, python=str(fake), deadline=time.time() + 2,
+                          fill=True)
+    assert "training stopped at --minutes" in msg and "it resumes from its last checkpoint" in msg
+    with pytest.raises(ProcessLookupError):  # ended and reaped
+        os.kill(int((tmp_path / "pid").read_text()), 0)
+    assert not (res / "train" / "a").exists()  # a stopped training is not collected
+    (runs_dir / "train" / "a").mkdir(parents=True)
+    (runs_dir / "train" / "a" / "metrics.jsonl").write_text('{"step": 4000}\n{"step": 4100}\n{"ste')
+    assert study.train_progress(run, str(runs_dir), str(res)) == 4100
+    r = run_stage("study.py", str(plan), "--fill")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--fill goes with --minutes" in r.stderr
+
+
 def test_bad_plans_stop_with_one_line(tmp_path):
     cases = {"x.toml": None, "bad.toml": "[[run]\n", "field.toml": '[[run]]\nmethod = "cotrain"\nlr = 3\n',
              "method.toml": '[[run]]\nmethod = "cotrian"\n',
