@@ -29,13 +29,18 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import ot
 import torch
 import torch.nn as nn
+from scipy import stats
 from tqdm import tqdm
 
 import common
 from common import arg
+
 
 # ----------------------------------------------------------------------------------------------
 # arguments: every knob of the experiment, one line of documentation each
@@ -48,13 +53,15 @@ class Args:
     out: str = arg("runs/toy/default", "output folder")
     d_values: list = arg([0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0],
                          "separations d of the target from the source manifold along the 3rd latent direction")
-    structured_range: list = arg([0.01, 2.0], "d values labelled 'structured' (inclusive; a priori: up to the manifold's diameter, 2); 0 is 'overlapping', above is 'disjoint'")
+    structured_range: list = arg([0.01, 2.0], "d values labelled 'structured' (inclusive; a priori: up to the "
+                                              "manifold's diameter, 2); 0 is 'overlapping', above is 'disjoint'")
     ratios: list = arg(["0.005", "0.016", "0.1", "0.3", "0.5", "0.8", "1.0"],
                        "mixing ratios w (Sec. 3 grid); numbers, 'natural' or 'auto'")
     seeds: list = arg([0, 1, 2], "seeds; seed s draws dataset s and initialises/trains model s")
     n_target: int = arg(20, "N: target samples (sparse)")
     n_source: int = arg(2000, "M: source samples (cover the whole manifold)")
-    target_coverage: float = arg(0.6, "fraction of the curve (theta in [0, 2 pi * c]) the target data covers; the rest is OOD")
+    target_coverage: float = arg(0.6, "fraction of the curve (theta in [0, 2 pi * c]) the target data covers; "
+                                          "the rest is OOD")
     target_scale: float = arg(1.5, "domain difference: target output = target_scale * source output")
     petal_amp: float = arg(0.3, "shared structure: r(theta) = 1 + petal_amp * sin(petals * theta)")
     petals: int = arg(5, "shared structure: number of petals")
@@ -74,10 +81,12 @@ class Args:
     threads: int = arg(0, "torch threads (0 = torch's default)")
     # the paper design's geometry (read off Fig. 3; unused by --design ours)
     overlap_max: float = arg(0.0, "d values up to this are labelled 'overlapping'")
-    clip_samples: bool = arg(True, "clip sampled outputs to the normalized data range [-1, 1] (Diffusion Policy's action clip)")
+    clip_samples: bool = arg(True, "clip sampled outputs to the normalized data range [-1, 1] (Diffusion "
+                                     "Policy's action clip)")
     spiral_turns: float = arg(1.75, "paper design: turns of the output spiral")
     spiral_radius: list = arg([1.0, 10.0], "paper design: the spiral's radius at its inner and outer end")
-    target_rotation: float = arg(90.0, "paper design: the target spiral is the source's rotated by this many degrees (and scaled by --target-scale)")
+    target_rotation: float = arg(90.0, "paper design: the target spiral is the source's rotated by this many "
+                                          "degrees (and scaled by --target-scale)")
     fig3_d_values: list = arg([], "d values drawn as Fig. 3's rows (they get the extra ratios --fig3-ratios)")
     fig3_ratios: list = arg([], "Fig. 3's columns; those not in --ratios are trained for the Fig. 3 rows only, "
                                 "outside the ANOVA (empty: every ratio, every d)")
@@ -258,6 +267,31 @@ def lr_at(step: int, a: Args) -> float:
 # ----------------------------------------------------------------------------------------------
 # training and evaluation of all cells of one d
 # ----------------------------------------------------------------------------------------------
+def sample_mixed_batch(n_target: int, n_source: int, w, batch_size: int,
+                       generator: torch.Generator = None):
+    """Draw one co-training batch: each sample comes from the target domain with probability w
+    (so the batch's target count is Binomial(batch_size, w)) and is then drawn uniformly, with
+    replacement, from that domain. w = 1 is target-only (real-only), w = 0 source-only (sim-only).
+
+    `w` is a float or a tensor of shape (K,) to draw K independent batches at once (one per
+    model of an ensemble). Returns (is_target, index): bool and long tensors of shape
+    (batch_size,) or (K, batch_size); `index` indexes the target set where is_target, else the
+    source set."""
+    w_t = torch.as_tensor(w, dtype=torch.float64)
+    for v in w_t.reshape(-1).tolist():
+        common.check_ratio(v)
+    if n_target <= 0 and bool((w_t > 0).any()):
+        raise common.UsageError("mixing ratio > 0 needs a non-empty target dataset")
+    if n_source <= 0 and bool((w_t < 1).any()):
+        raise common.UsageError("mixing ratio < 1 needs a non-empty source dataset")
+    shape = tuple(w_t.shape) + (batch_size,)
+    u = torch.rand(shape, generator=generator, dtype=torch.float64)
+    is_target = u < w_t.unsqueeze(-1)
+    i_t = torch.randint(0, max(n_target, 1), shape, generator=generator)
+    i_s = torch.randint(0, max(n_source, 1), shape, generator=generator)
+    return is_target, torch.where(is_target, i_t, i_s)
+
+
 def train_group(d: float, ws: list, a: Args, data: dict, pbar=None):
     """Train one model per (w, seed) for this d, all at once. Returns the model and the per-model
     (w, seed) list."""
@@ -283,7 +317,7 @@ def train_group(d: float, ws: list, a: Args, data: dict, pbar=None):
     sel = seed_idx.unsqueeze(1)
     for step in range(a.train_steps):
         # --- co-training batch: each sample is a target sample with probability w (Eq. 1) ---
-        is_t, idx = common.sample_mixed_batch(a.n_target, a.n_source, w_vec, a.batch_size, g)
+        is_t, idx = sample_mixed_batch(a.n_target, a.n_source, w_vec, a.batch_size, g)
         m = is_t.unsqueeze(-1)
         x = torch.where(m, x_t[sel, idx.clamp(max=a.n_target - 1)], x_s[sel, idx.clamp(max=a.n_source - 1)])
         y = torch.where(m, y_t[sel, idx.clamp(max=a.n_target - 1)], y_s[sel, idx.clamp(max=a.n_source - 1)])
@@ -344,7 +378,6 @@ def cell_metrics(y_hat: torch.Tensor, a: Args) -> dict:
     mse_*: mean squared error of sampled outputs in-distribution, OOD and over the whole curve
     (the Fig. 4 "loss"); w2: exact 2-Wasserstein distance between sampled and true (input, output)
     clouds; source_mode: share of samples nearer the source output than the target output."""
-    import ot
     theta, ood = eval_thetas(a)
     y_true = true_output(theta, True, a).unsqueeze(1)
     y_src = true_output(theta, False, a).unsqueeze(1)
@@ -379,6 +412,38 @@ def run_group(d: float, ws: list, a: Args, data: dict, pbar) -> dict:
 # ----------------------------------------------------------------------------------------------
 # analysis: ANOVA and figures
 # ----------------------------------------------------------------------------------------------
+def two_way_anova(y: np.ndarray) -> dict:
+    """Two-factor ANOVA with replication on a balanced design (Fisher; Sec. 3, Finding 2).
+    y has shape (a, b, n): levels of factor A x levels of factor B x n replicates (n >= 2).
+    Returns sums of squares, degrees of freedom, mean squares, F, p and each term's share of the
+    total sum of squares for A, B, the A x B interaction and the residual."""
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim != 3 or min(y.shape) < 1 or y.shape[2] < 2:
+        raise ValueError(f"two_way_anova needs shape (a, b, n) with n >= 2, got {y.shape}")
+    a, b, n = y.shape
+    grand = y.mean()
+    m_a, m_b, m_ab = y.mean(axis=(1, 2)), y.mean(axis=(0, 2)), y.mean(axis=2)
+    ss = {
+        "A": b * n * ((m_a - grand) ** 2).sum(),
+        "B": a * n * ((m_b - grand) ** 2).sum(),
+        "AB": n * ((m_ab - m_a[:, None] - m_b[None, :] + grand) ** 2).sum(),
+        "residual": ((y - m_ab[:, :, None]) ** 2).sum(),
+    }
+    df = {"A": a - 1, "B": b - 1, "AB": (a - 1) * (b - 1), "residual": a * b * (n - 1)}
+    ss_total = ((y - grand) ** 2).sum()
+    ms_res = ss["residual"] / df["residual"]
+    out = {"ss_total": float(ss_total), "df_total": a * b * n - 1}
+    for k in ss:
+        ms = ss[k] / df[k] if df[k] > 0 else float("nan")
+        row = {"ss": float(ss[k]), "df": df[k], "ms": float(ms),
+               "share": float(ss[k] / ss_total) if ss_total > 0 else float("nan")}
+        if k != "residual" and df[k] > 0 and ms_res > 0:
+            row["F"] = float(ms / ms_res)
+            row["p"] = float(stats.f.sf(row["F"], df[k], df["residual"]))
+        out[k] = row
+    return out
+
+
 def anova_table(rows: list, a: Args, ws: list, key: str = "mse_all", log: bool = False) -> dict:
     """Two-factor ANOVA of `key` over (alignment d, mixing ratio w in `ws`), seeds as replicates."""
     y = np.zeros((len(a.d_values), len(ws), len(a.seeds)))
@@ -386,7 +451,7 @@ def anova_table(rows: list, a: Args, ws: list, key: str = "mse_all", log: bool =
         if r["w"] in ws:
             v = r[key]
             y[a.d_values.index(r["d"]), ws.index(r["w"]), a.seeds.index(r["seed"])] = math.log(v) if log else v
-    res = common.two_way_anova(y)
+    res = two_way_anova(y)
     return {"metric": ("log " if log else "") + key, "ratios": ws,
             "factor_A": "alignment d", "factor_B": "mixing ratio w",
             "alignment": res["A"], "ratio": res["B"], "interaction": res["AB"],
@@ -396,9 +461,7 @@ def anova_table(rows: list, a: Args, ws: list, key: str = "mse_all", log: bool =
 def plot_fig3(groups: list, a: Args, ws: list, data: dict, path: str):
     """Rows: the Fig. 3 separations (--fig3-d-values; default every d), columns: the Fig. 3
     ratios (--fig3-ratios; default every w); seed 0's samples."""
-    import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     _, ood = eval_thetas(a)
     dense = dense_curve(a)
     y_tgt, y_src = true_output(dense, True, a), true_output(dense, False, a)
@@ -434,9 +497,7 @@ def plot_fig3(groups: list, a: Args, ws: list, data: dict, path: str):
 def plot_fig4_paper(rows: list, a: Args, ws: list, anova: dict, path: str):
     """Fig. 4 as the paper draws it: log loss against the ratio levels (evenly spaced), one curve
     per d (coolwarm, red = small d), and the ANOVA shares as bars (d, w, interaction)."""
-    import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4.5), gridspec_kw={"width_ratios": [3, 1]})
     cmap = plt.get_cmap("coolwarm_r")
     for i, d in enumerate(a.d_values):
@@ -455,9 +516,7 @@ def plot_fig4_paper(rows: list, a: Args, ws: list, anova: dict, path: str):
 
 
 def plot_fig4(rows: list, a: Args, ws: list, path: str):
-    import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     keys = [("mse_all", "whole target curve"), ("mse_id", "in-distribution"), ("mse_ood", "OOD region")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     cmap = plt.get_cmap("viridis")
@@ -481,9 +540,7 @@ def plot_fig4(rows: list, a: Args, ws: list, path: str):
 
 def plot_loss_vs_d(rows: list, a: Args, ws: list, path: str):
     """Loss against the separation d: mean over the co-training ratios (w < 1) and best ratio."""
-    import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     cot = [w for w in ws if w < 1] or ws
     xs = np.arange(len(a.d_values))
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -507,9 +564,7 @@ def plot_loss_vs_d(rows: list, a: Args, ws: list, path: str):
 
 def plot_setup(a: Args, data: dict, path: str):
     """The toy world: inputs in the 3-D latent space and outputs, for one d."""
-    import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     th_t, y_t, th_s, y_s = data[a.seeds[0]]
     d = a.structured_range[1]  # the largest "structured" separation
     fig = plt.figure(figsize=(9, 4))

@@ -37,16 +37,23 @@ demo); one attempt (expert or MimicGen episode); robomimic HDF5 writing and chec
 machinery: the resumable job (parts, worker pool, assembly), replay verification, main.
 """
 import json
+import multiprocessing as mp
 import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, replace
 
+import h5py
 import numpy as np
+from tqdm import tqdm
 
 import cli
+import experts
+import tasks
 from cli import arg, die  # cli, not common: no torch in the generation workers (bench_generate.py)
+
 
 # ----------------------------------------------------------------------------------------------
 # arguments: every default visible here; a profile overrides some (table below)
@@ -111,11 +118,8 @@ class SeedDemos:
     gripper command per step, the subtask signals, and the reference frames' poses per step."""
 
     def __init__(self, path: str, task: str):
-        import h5py
-        from experts import rotvec_to_mat
-        from tasks import OSC_POS_SCALE, OSC_ROT_SCALE, TASK_CLASSES, eef_pose, frame_pose
         self.task = task
-        self.subtasks = TASK_CLASSES[task].subtasks
+        self.subtasks = tasks.TASK_CLASSES[task].subtasks
         self.demos = []
         with h5py.File(path, "r") as f:
             for name in sorted(f["data"], key=lambda n: int(n.split("_")[1])):
@@ -126,12 +130,13 @@ class SeedDemos:
                 targets = np.zeros((T, 4, 4))
                 for t in range(T):
                     # the pose the OSC controller was asked to reach at step t (delta in world frame)
-                    E = eef_pose({k: v[t] for k, v in obs.items()})
+                    E = tasks.eef_pose({k: v[t] for k, v in obs.items()})
                     targets[t] = np.eye(4)
-                    targets[t, :3, 3] = E[:3, 3] + a[t, :3] * OSC_POS_SCALE
-                    targets[t, :3, :3] = rotvec_to_mat(a[t, 3:6] * OSC_ROT_SCALE) @ E[:3, :3]
-                frames = {fr: np.stack([frame_pose(task, fr, {k: v[t] for k, v in obs.items()}) for t in range(T)])
-                          for fr in TASK_CLASSES[task].frames}
+                    targets[t, :3, 3] = E[:3, 3] + a[t, :3] * tasks.OSC_POS_SCALE
+                    targets[t, :3, :3] = experts.rotvec_to_mat(a[t, 3:6] * tasks.OSC_ROT_SCALE) @ E[:3, :3]
+                frames = {fr: np.stack([tasks.frame_pose(task, fr, {k: v[t] for k, v in obs.items()})
+                                        for t in range(T)])
+                          for fr in tasks.TASK_CLASSES[task].frames}
                 signals = {s: g["subtask_signals"][s][()].astype(bool) for s, _ in self.subtasks}
                 self.demos.append(dict(targets=targets, grip=a[:, 6], frames=frames, signals=signals,
                                        ends=self._subtask_ends(signals, T), name=name))
@@ -150,20 +155,18 @@ class SeedDemos:
     def distance(self, d: int, frames_now: dict, t: int = 0) -> float:
         """Distance between seed demo d's reference-frame poses at its step t and the new scene's:
         position (m) + rotation angle (rad), summed over the frames (MimicGen's nearest object)."""
-        from experts import rotvec
         dist = 0.0
         for fr, T_now in frames_now.items():
             T_src = self.demos[d]["frames"][fr][t]
             dist += np.linalg.norm(T_now[:3, 3] - T_src[:3, 3])
-            dist += np.linalg.norm(rotvec(T_now[:3, :3] @ T_src[:3, :3].T))
+            dist += np.linalg.norm(experts.rotvec(T_now[:3, :3] @ T_src[:3, :3].T))
         return float(dist)
 
 
 def interpolate_poses(T0, T1, speed: float, min_steps: int = 5) -> list:
     """Poses from T0 (excluded) to T1 (included): linear in position, constant-rate rotation about
     one axis (slerp), at most `speed` m and 5 x `speed` rad per step (MimicGen: 5 steps)."""
-    from experts import rotvec, rotvec_to_mat
-    dR = rotvec(T1[:3, :3] @ T0[:3, :3].T)
+    dR = experts.rotvec(T1[:3, :3] @ T0[:3, :3].T)
     n = max(min_steps, int(np.ceil(np.linalg.norm(T1[:3, 3] - T0[:3, 3]) / speed)),
             int(np.ceil(np.linalg.norm(dR) / (5 * speed))))
     out = []
@@ -171,7 +174,7 @@ def interpolate_poses(T0, T1, speed: float, min_steps: int = 5) -> list:
         s = k / n
         T = np.eye(4)
         T[:3, 3] = (1 - s) * T0[:3, 3] + s * T1[:3, 3]
-        T[:3, :3] = rotvec_to_mat(s * dR) @ T0[:3, :3]
+        T[:3, :3] = experts.rotvec_to_mat(s * dR) @ T0[:3, :3]
         out.append(T)
     return out
 
@@ -182,13 +185,12 @@ class MimicGenAgent:
     by interpolation, then follow its target poses with OSC delta actions plus noise."""
 
     def __init__(self, env, seed: int, src: SeedDemos, a: Args):
-        from tasks import frame_pose
         self.env, self.src, self.a = env, src, a
         self.rng = np.random.default_rng([seed, 2])   # own stream: selection, offsets, noise
         self.subtask, self.queue, self.done = -1, [], False
         self.info = {"src_demo": [], "src_segment": []}
         obs = env.observe()
-        self.frames0 = {fr: frame_pose(env.task, fr, obs) for fr in type(env).frames}
+        self.frames0 = {fr: tasks.frame_pose(env.task, fr, obs) for fr in type(env).frames}
         self.demo = self._select(self.frames0, 0) if not a.per_subtask else None
         self.queue_last, self.grip_last = None, -1.0   # last target pose and gripper command
 
@@ -202,10 +204,9 @@ class MimicGenAgent:
         return int(self.rng.choice(np.argsort(dist, kind="stable")[:min(self.a.nn_k, n)]))
 
     def _plan_next(self, obs):
-        from tasks import eef_pose, frame_pose
         self.subtask += 1
         i, (_, frame) = self.subtask, self.env.subtasks[self.subtask]
-        F_now = frame_pose(self.env.task, frame, obs)
+        F_now = tasks.frame_pose(self.env.task, frame, obs)
         d = self.demo if self.demo is not None else self._select({frame: F_now}, i)
         demo = self.src.demos[d]
         # segment [start, end): where the last segment of this demo stopped (or, for a demo new in
@@ -225,7 +226,7 @@ class MimicGenAgent:
         M = F_now @ np.linalg.inv(F_src)
         targets = [M @ T for T in demo["targets"][start:end]]
         grips = demo["grip"][start:end]
-        cur = self.queue_last if self.queue_last is not None else eef_pose(obs)
+        cur = self.queue_last if self.queue_last is not None else tasks.eef_pose(obs)
         grip0 = self.grip_last
         bridge = interpolate_poses(cur, targets[0], self.a.interp_speed)
         self.queue = [(T, grip0) for T in bridge[:-1]] + list(zip(targets, grips))
@@ -233,8 +234,6 @@ class MimicGenAgent:
         self.info["src_segment"].append([start, end])
 
     def act(self, obs):
-        from experts import rotvec
-        from tasks import OSC_POS_SCALE, OSC_ROT_SCALE, eef_pose
         while not self.queue and not self.done:
             if self.subtask + 1 == len(self.env.subtasks):
                 self.done = True
@@ -244,10 +243,10 @@ class MimicGenAgent:
             T, grip = self.queue.pop(0)
             self.queue_last, self.grip_last = T, float(grip)
         T, grip = self.queue_last, self.grip_last  # done: hold the last target
-        E = eef_pose(obs)
+        E = tasks.eef_pose(obs)
         a = np.zeros(7)
-        a[:3] = np.clip((T[:3, 3] - E[:3, 3]) / OSC_POS_SCALE, -1, 1)
-        a[3:6] = np.clip(rotvec(T[:3, :3] @ E[:3, :3].T) / OSC_ROT_SCALE, -1, 1)
+        a[:3] = np.clip((T[:3, 3] - E[:3, 3]) / tasks.OSC_POS_SCALE, -1, 1)
+        a[3:6] = np.clip(experts.rotvec(T[:3, :3] @ E[:3, :3].T) / tasks.OSC_ROT_SCALE, -1, 1)
         if not self.done:
             a[:6] += self.a.action_noise * self.rng.standard_normal(6)
         a[6] = grip
@@ -261,15 +260,13 @@ _W = {}  # the worker's env and seed demos, built once per process
 
 
 def _init_worker(a: Args):
-    from experts import use_nut_expert
-    from tasks import make_env
     if a.workers > 1:
         cli.exit_with_parent()  # a killed run leaves no worker behind
     _W.clear()
-    use_nut_expert(a.nut_expert)
+    _W["expert"] = experts.nut_expert(a.nut_expert)  # NutAssembly's variant (other tasks ignore it)
     cams = a.cameras if a.images else ()
     _W["args"] = a
-    _W["env"] = make_env(a.task, a.domain, cameras=cams, image_size=a.image_size)
+    _W["env"] = tasks.make_env(a.task, a.domain, cameras=cams, image_size=a.image_size)
     if a.mode == "generate":
         _W["src"] = SeedDemos(a.seed_data, a.task)
     if a.mode == "import":
@@ -279,16 +276,15 @@ def _init_worker(a: Args):
 def _attempt(i: int) -> dict:
     """Attempt i of the job: an episode from seed first_seed + i (expert or MimicGen), or the
     import of input demo i. Deterministic in (arguments, i)."""
-    from tasks import run_episode, run_expert_episode
     a, env = _W["args"], _W["env"]
     t0 = time.time()
     if a.mode == "import":
         ep = import_demo(env, a.input, _W["input"][i])
         ep["keep"] = True   # imported demos are all kept; `success` records the task's state
     elif a.mode == "expert":
-        ep = run_expert_episode(env, a.first_seed + i)
+        ep = tasks.run_expert_episode(env, a.first_seed + i, expert=_W["expert"])
     else:
-        ep = run_episode(env, a.first_seed + i, lambda e, s: MimicGenAgent(e, s, _W["src"], a))
+        ep = tasks.run_episode(env, a.first_seed + i, lambda e, s: MimicGenAgent(e, s, _W["src"], a))
     ep["attempt"], ep["seconds"] = i, time.time() - t0
     # how far it got: the number of subtasks whose end signal fired, in order (failure analysis)
     ep["reached"] = 0
@@ -333,7 +329,6 @@ def write_demo(g, ep: dict):
 
 
 def _open_h5(path: str):
-    import h5py
     if not os.path.isfile(path):
         raise cli.UsageError(f"{path}: file not found")
     try:
@@ -367,9 +362,8 @@ def list_demos(path: str) -> list:
 
 def check_seed_file(path: str, task: str):
     """A seed-demo file for `generate`: our layout, the same task, and what MimicGen needs."""
-    from tasks import TASK_CLASSES
     names = list_demos(path)
-    need_obs = {"robot0_eef_pos", "robot0_eef_quat"} | {k for p, q in TASK_CLASSES[task].frames.values()
+    need_obs = {"robot0_eef_pos", "robot0_eef_quat"} | {k for p, q in tasks.TASK_CLASSES[task].frames.values()
                                                         for k in (p, q) if k}
     with _open_h5(path) as f:
         file_task = f["data"].attrs.get("task")
@@ -381,7 +375,7 @@ def check_seed_file(path: str, task: str):
                 raise cli.UsageError(f"{path}: data/{n}/actions must be 7-D OSC_POSE deltas, "
                                         f"got shape {g['actions'].shape}")
             missing = [k for k in need_obs if k not in g.get("obs", {})]
-            missing += [f"subtask_signals/{s}" for s, _ in TASK_CLASSES[task].subtasks
+            missing += [f"subtask_signals/{s}" for s, _ in tasks.TASK_CLASSES[task].subtasks
                         if s not in g.get("subtask_signals", {})]
             if missing:
                 raise cli.UsageError(f"{path}: data/{n} lacks {', '.join(sorted(missing))} "
@@ -391,9 +385,8 @@ def check_seed_file(path: str, task: str):
 
 def check_import_file(path: str, task: str, domain: str):
     """A robomimic file to import must come from the same scene: its states must fit our model."""
-    from tasks import make_env
     names = list_demos(path)
-    env = make_env(task, domain)
+    env = tasks.make_env(task, domain)
     dim = len(env.get_state())
     with _open_h5(path) as f:
         for n in names:
@@ -414,7 +407,6 @@ def import_demo(env, path: str, name: str) -> dict:
     """Recompute one imported demo's observations, joint actions and subtask signals from its
     states (as robomimic's dataset_states_to_obs does): joint_actions[t] = the joint positions of
     state t+1 (what the robot reached) + the gripper command of action t."""
-    import h5py
     with h5py.File(path, "r") as f:
         g = f["data"][name]
         states, actions = g["states"][()], g["actions"][()]
@@ -442,12 +434,11 @@ def import_demo(env, path: str, name: str) -> dict:
 
 def env_args(a: Args) -> dict:
     """robomimic's env_args: how to rebuild the env the demos were recorded in."""
-    import robosuite
-    from tasks import CONTROL_FREQ, TASK_CLASSES, controller_config
-    return {"env_name": TASK_CLASSES[a.task].robosuite_env, "type": 1,  # 1 = robomimic EnvType.ROBOSUITE_TYPE
+    import robosuite  # noqa: PLC0415 (slow: robosuite (~2 s), imported once an env is built)
+    return {"env_name": tasks.TASK_CLASSES[a.task].robosuite_env, "type": 1,  # 1 = robomimic EnvType.ROBOSUITE_TYPE
             "env_version": robosuite.__version__,
-            "env_kwargs": {"robots": "Panda", "controller_configs": controller_config("osc"),
-                           "control_freq": CONTROL_FREQ, "camera_names": list(a.cameras) if a.images else [],
+            "env_kwargs": {"robots": "Panda", "controller_configs": tasks.controller_config("osc"),
+                           "control_freq": tasks.CONTROL_FREQ, "camera_names": list(a.cameras) if a.images else [],
                            "camera_heights": a.image_size, "camera_widths": a.image_size,
                            "task": a.task, "domain": a.domain}}
 
@@ -469,7 +460,6 @@ def job_config(a: Args) -> dict:
 
 def _read_parts(parts: str) -> dict:
     """attempt index -> success, for every complete part file (partial ones never get a name)."""
-    import h5py
     done = {}
     for fn in os.listdir(parts):
         if fn.startswith("attempt_") and fn.endswith(".h5"):
@@ -479,7 +469,6 @@ def _read_parts(parts: str) -> dict:
 
 
 def _write_part(parts: str, ep: dict):
-    import h5py
     path = os.path.join(parts, f"attempt_{ep['attempt']:06d}.h5")
     tmp = path + f".tmp{os.getpid()}"
     kept = bool(ep.get("keep", ep["success"]))
@@ -504,7 +493,6 @@ def _kept(done: dict, n: int):
 
 def run_job(a: Args, out: str, desc: str = ""):
     """Run the attempts of one output file (resuming from <out>.parts/) and assemble it."""
-    from tqdm import tqdm
     parts = out + ".parts"
     cfg = job_config(a)
     os.makedirs(parts, exist_ok=True)
@@ -567,8 +555,6 @@ def run_job(a: Args, out: str, desc: str = ""):
 
 def _run_pool(a: Args, todo, done: dict, n_goal: int, on_result):
     """Attempts on `workers` processes, at most 2 per worker in flight, submitted in seed order."""
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     with ProcessPoolExecutor(a.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                              initargs=(a,)) as pool:
         flying = set()
@@ -593,8 +579,6 @@ def _run_pool(a: Args, todo, done: dict, n_goal: int, on_result):
 
 def _assemble(a: Args, out: str, parts: str, kept: list, attempts: int, seconds: float):
     """Write the final robomimic-format file from the kept parts, atomically."""
-    import h5py
-    from tasks import TASK_CLASSES, get_domain
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + f".tmp{os.getpid()}"
     with h5py.File(tmp, "w") as f:
@@ -612,14 +596,14 @@ def _assemble(a: Args, out: str, parts: str, kept: list, attempts: int, seconds:
             with h5py.File(os.path.join(parts, f"attempt_{i:06d}.h5"), "r") as p:
                 worker_seconds += float(p.attrs["seconds"])
                 if not p.attrs["success"]:
-                    names = [s for s, _ in TASK_CLASSES[a.task].subtasks]
+                    names = [s for s, _ in tasks.TASK_CLASSES[a.task].subtasks]
                     k = names[min(int(p.attrs["reached"]), len(names) - 1)]
                     fails[k] = fails.get(k, 0) + 1
         data.attrs["failed_in_subtask"] = json.dumps(fails)
         data.attrs["worker_seconds"] = worker_seconds   # episode time summed over the counted attempts
         data.attrs["env_args"] = json.dumps(env_args(a))
         data.attrs["task"], data.attrs["domain"] = a.task, a.domain
-        data.attrs["domain_params"] = json.dumps(asdict(get_domain(a.task, a.domain)))
+        data.attrs["domain_params"] = json.dumps(asdict(tasks.get_domain(a.task, a.domain)))
         data.attrs["source"] = {"expert": "scripted_expert", "generate": "mimicgen", "import": "import"}[a.mode]
         data.attrs["num_attempts"] = attempts
         data.attrs["success_rate"] = len(kept) / attempts
@@ -650,20 +634,16 @@ _V = {}
 
 
 def _verify_init(path: str, task: str, domain: str):
-    from tasks import make_env
-    _V.update(path=path, env=make_env(task, domain, control="joint"))
+    _V.update(path=path, env=tasks.make_env(task, domain, control="joint"))
 
 
 def _verify_one(name: str) -> bool:
-    import h5py
-    from tasks import replay_joint_actions
     with h5py.File(_V["path"], "r") as f:
         g = f["data"][name]
-        return replay_joint_actions(_V["env"], g["states"][0], g["joint_actions"][()])
+        return tasks.replay_joint_actions(_V["env"], g["states"][0], g["joint_actions"][()])
 
 
 def verify(path: str, workers: int, max_demos: int = 0) -> float:
-    from tqdm import tqdm
     names = list_demos(path)
     names = names[:max_demos] if max_demos > 0 else names
     with _open_h5(path) as f:
@@ -675,8 +655,6 @@ def verify(path: str, workers: int, max_demos: int = 0) -> float:
         _verify_init(path, task, domain)
         ok = [_verify_one(n) for n in tqdm(names, desc="verify", file=sys.stdout)]
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_verify_init,
                                  initargs=(path, task, domain)) as pool:
             ok = list(tqdm(pool.map(_verify_one, names), total=len(names), desc="verify", file=sys.stdout))
@@ -715,24 +693,22 @@ def default_out(a: Args, root: str = "data") -> str:
 
 
 def check_args(a: Args):
-    from tasks import DOMAIN_NAMES, SEED_BASE, TASK_NAMES, TaskError, get_domain
     if a.mode not in ("set", "expert", "generate", "import"):
         raise cli.UsageError(f"unknown --mode {a.mode!r}; choose set, expert, generate or import")
     for t in ([a.task] if a.task else []) + (a.set_tasks if a.mode == "set" else []):
         try:
-            get_domain(t, a.domain)
-        except TaskError as e:
+            tasks.get_domain(t, a.domain)
+        except tasks.TaskError as e:
             raise cli.UsageError(str(e))
     if a.mode != "set" and not a.task:
-        raise cli.UsageError(f"--mode {a.mode} needs --task ({', '.join(TASK_NAMES)})")
-    if a.domain not in DOMAIN_NAMES:
+        raise cli.UsageError(f"--mode {a.mode} needs --task ({', '.join(tasks.TASK_NAMES)})")
+    if a.domain not in tasks.DOMAIN_NAMES:
         raise cli.UsageError(f"unknown domain {a.domain!r}")
     for name in ("num_demos", "workers", "image_size", "nn_k", "interp_speed", "set_seeds", "set_source", "set_target"):
         if getattr(a, name) <= 0:
             raise cli.UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
-    from experts import NUT_EXPERTS
-    if a.nut_expert not in NUT_EXPERTS:
-        raise cli.UsageError(f"unknown --nut-expert {a.nut_expert!r}; choose from {', '.join(NUT_EXPERTS)}")
+    if a.nut_expert not in experts.NUT_EXPERTS:
+        raise cli.UsageError(f"unknown --nut-expert {a.nut_expert!r}; choose from {', '.join(experts.NUT_EXPERTS)}")
     if a.selection not in ("nearest", "random"):
         raise cli.UsageError(f"unknown --selection {a.selection!r}; choose nearest or random")
     if len(a.term_offset) != 2 or not 0 <= a.term_offset[0] <= a.term_offset[1]:
@@ -750,7 +726,8 @@ def check_args(a: Args):
             raise cli.UsageError("--mode import needs --input (a robomimic-format HDF5)")
         check_import_file(a.input, a.task, a.domain)
     if a.first_seed < 0 and a.mode in ("expert", "generate"):
-        a.first_seed = SEED_BASE["generate" if a.mode == "generate" else "seed" if a.domain == "source" else "target"]
+        split = "generate" if a.mode == "generate" else "seed" if a.domain == "source" else "target"
+        a.first_seed = tasks.SEED_BASE[split]
     if a.mode not in ("set", "import") and a.first_seed < 0:
         raise cli.UsageError("--first-seed must be >= 0")
 
@@ -773,16 +750,15 @@ def dataset_set(a: Args) -> list:
     MimicGen source demos, expert demos in each target domain (low-dim); then, after every task's,
     for the image tasks a copy of the training files (not the seeds) with camera images rendered
     from their states (`<name><image suffix>.hdf5`)."""
-    from dataclasses import replace
-    from tasks import DOMAIN_NAMES
     jobs, renders = [], []
     for task in ([a.task] if a.task else a.set_tasks):
         base = replace(a, task=task, images=False, first_seed=-1, out="", resume=False, overwrite=False)
         seed = replace(base, mode="expert", domain="source", num_demos=a.set_seeds)
         seed_out = default_out(seed, a.root)
-        task_jobs = [(seed, seed_out),
-                     (replace(base, mode="generate", domain="source", num_demos=a.set_source, seed_data=seed_out), None)]
-        task_jobs += [(replace(base, mode="expert", domain=dom, num_demos=a.set_target), None) for dom in DOMAIN_NAMES[1:]]
+        generate = replace(base, mode="generate", domain="source", num_demos=a.set_source, seed_data=seed_out)
+        task_jobs = [(seed, seed_out), (generate, None)]
+        task_jobs += [(replace(base, mode="expert", domain=dom, num_demos=a.set_target), None)
+                      for dom in tasks.DOMAIN_NAMES[1:]]
         task_jobs = [(j, o or default_out(j, a.root)) for j, o in task_jobs]
         jobs += task_jobs
         if a.images or task in a.set_image_tasks:   # last: rendering is the slow part on a CPU

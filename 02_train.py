@@ -6,27 +6,11 @@
     python 02_train.py --method real_only --init-from runs/train/pre/ckpt.pt   # then fine-tune
     torchrun --nproc_per_node 4 02_train.py --profile paper --method cotrain   # data parallel
 
-Methods (Sec. 5.1; rows of common.METHODS; each adds one loss term or one conditioning input to
-the same loop):
-  real_only     w = 1 (target data only)           sim_only   w = 0 (source data only)
-  cotrain       batches mixed with ratio w (Eq. 1: L = w E_T[l] + (1 - w) E_S[l])
-  ot            + disc-free alignment: unbalanced Sinkhorn OT between source and target batch
-                features, plan held constant, weight --ot-weight (Cheng et al. 2025)
-  adda          + 3-layer MLP domain discriminator on the observation features (BCE balanced over
-                the two domains), trained alone for --disc-warmup steps, then gradient reversal
-                into the encoder, its coefficient ramped over --grl-ramp steps, weight --disc-weight
-  discriminate  ADDA's discriminator without gradient reversal (Table 1, "+discrimination")
-  cfg           + one-hot domain label concatenated to the observation features, dropped to the
-                null label with prob. --cfg-drop-prob; guidance at inference (Wei et al. 2025)
-  cfg_adda      CFG's label + ADDA's discriminator on the label-free feature dims (the paper's)
-Add a method: (1) one row in common.METHODS (its marker, and which of label / disc / ot / fixed
-ratio / default guidance it uses); (2) if it adds a new kind of loss term, one "ALGO LOGIC" block
-in CoTrainObjective.forward below, with its weight as a new Args field; (3) a new Args or model
-setting also gets one line in common.LATER_SETTINGS with the value older runs had (usually the
-one that reproduces them: the term off), and common.CONFIG_VERSION goes up by one, so that every
-earlier run still resumes, fine-tunes, evaluates and analyses. 03_eval.py, 04_analyze.py and
-05_real_deploy.py read the table; nothing else changes (tests/test_train.py shows a method
-added this way).
+Methods (Sec. 5.1): real_only, sim_only, cotrain (Eq. 1), ot, adda, discriminate, cfg, cfg_adda;
+the method table, their settings (flags --disc-weight ... --ot-action-weight: methods.MethodArgs), the
+co-training objective and every loss term are in methods.py, and a new method is added there
+alone: one row in methods.METHODS and one ALGO LOGIC block in methods.CoTrainObjective (its
+docstring says how; tests/test_train.py adds one that way).
 Guidance convention: eps = (1 + lambda) eps(o, c) - lambda eps(o, null); lambda = --guidance is
 stored in the checkpoint as 03_eval.py's default (CFG: 0, CFG-ADDA: -0.5). Codebases that write
 eps_u + s (eps_c - eps_u) use s = 1 + lambda.
@@ -38,6 +22,7 @@ a killed and resumed run ends with the same weights as an uninterrupted one), ck
 """
 import copy
 import json
+import math
 import os
 import sys
 import time
@@ -45,19 +30,22 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import common
 import diffusion_policy
-from common import METHODS, UsageError, arg, die  # METHODS: the method table (Sec. 5.1)
+import methods
+from common import UsageError, arg, die
+from methods import METHODS, CoTrainObjective  # Sec. 5.1
 
 
 # ----------------------------------------------------------------------------------------------
 # arguments: every default visible here; a profile overrides some (table below)
 # ----------------------------------------------------------------------------------------------
 @dataclass
-class Args:
+class Args(methods.MethodArgs):  # + the methods' settings (methods.MethodArgs)
     profile: str = "cpu"
-    method: str = arg("cotrain", "co-training method (a row of common.METHODS): " + ", ".join(METHODS))
+    method: str = arg("cotrain", "co-training method (a row of methods.METHODS): " + ", ".join(METHODS))
     ratio: str = arg("auto", "mixing ratio w = P(target sample): a number in [0, 1], natural "
                              "(N/(N+M)) or auto (middle of the guideline's range, App. D.5)")
     # data
@@ -81,19 +69,6 @@ class Args:
                                    "minus the current joint positions (gripper absolute), added back at "
                                    "execution; osc: the expert's OSC_POSE delta commands (7-D), executed "
                                    "by robosuite's OSC controller")
-    # method hyperparameters (Sec. 5.1, App. C)
-    disc_weight: float = arg(0.05, "ADDA/CFG-ADDA discriminator loss weight alpha (App. D.6 sweep: 0, 0.05, 0.5)")
-    disc_warmup: int = arg(5000, "steps the discriminator trains alone (detached features) before "
-                                 "the encoder gets its gradient (App. C: 5000)")
-    grl_ramp: int = arg(0, "steps over which the encoder's reversed-gradient coefficient ramps "
-                           "0 -> 1 after warm-up (Ganin & Lempitsky schedule; 0 = at once)")
-    disc_hidden: int = arg(256, "discriminator hidden width (3-layer MLP, App. C)")
-    cfg_drop_prob: float = arg(0.2, "CFG: probability of replacing the domain label by the null label")
-    guidance: str = arg("", "default guidance lambda stored for eval (empty: CFG 0, CFG-ADDA -0.5)")
-    ot_weight: float = arg(0.1, "OT: loss weight")
-    ot_reg: float = arg(0.05, "OT: entropic regularization of the unbalanced Sinkhorn plan")
-    ot_reg_m: float = arg(1.0, "OT: marginal relaxation (KL weight) of the unbalanced plan")
-    ot_action_weight: float = arg(0.0, "OT: weight of the action-chunk distance in the cost")
     init_from: str = arg("", "start from this checkpoint's EMA weights (App. D.4 fine-tuning)")
     # policy (Chi et al. Diffusion Policy; App. C, D.3)
     arch: str = arg("encdec", "denoiser: encdec (transformer enc-dec, the paper's), dec, unet, mlp "
@@ -181,8 +156,7 @@ MODEL_KEYS = ["arch", "n_obs", "horizon", "d_feat", "d_model", "n_heads", "n_lay
 # checks and data
 # ----------------------------------------------------------------------------------------------
 def check_args(a: Args):
-    if a.method not in METHODS:
-        raise UsageError(f"unknown method {a.method!r}; choose from {', '.join(METHODS)}")
+    methods.check_method_args(a)
     if a.vision_pool not in ("avg", "spatial_softmax"):
         raise UsageError(f"unknown --vision-pool {a.vision_pool!r}; choose from avg, spatial_softmax")
     if a.arch not in ("encdec", "dec", "unet", "mlp"):
@@ -192,11 +166,6 @@ def check_args(a: Args):
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
     if a.n_action > a.horizon:
         raise UsageError(f"--n-action ({a.n_action}) cannot exceed --horizon ({a.horizon})")
-    if not 0 <= a.cfg_drop_prob <= 1:
-        raise UsageError(f"--cfg-drop-prob must be in [0, 1], got {a.cfg_drop_prob}")
-    if a.guidance and not METHODS[a.method].label:
-        raise UsageError(f"--guidance needs a domain label (methods {', '.join(common.label_methods())}), "
-                         f"not {a.method}")
     if a.action_space not in common.ACTION_SPACES:
         raise UsageError(f"--action-space must be one of {', '.join(common.ACTION_SPACES)}, got {a.action_space!r}")
     if a.resume and a.overwrite:
@@ -263,9 +232,9 @@ def model_config(a: Args, target, lowdim_keys, image_keys) -> dict:
 
 def run_config(a: Args, w: float, target, source, lowdim_keys, image_keys) -> dict:
     """Everything that defines the run (stored in config.json and in every checkpoint)."""
-    guidance = float(a.guidance) if a.guidance else METHODS[a.method].guidance
-    return {"version": common.CONFIG_VERSION, "args": asdict(a), "model": model_config(a, target, lowdim_keys, image_keys),
-            "mixing_ratio": w, "guidance_scale": guidance,
+    guidance = methods.default_guidance(a)
+    return {"version": common.CONFIG_VERSION, "args": asdict(a),
+            "model": model_config(a, target, lowdim_keys, image_keys), "mixing_ratio": w, "guidance_scale": guidance,
             "data": {name: {"path": ds.path, "digest": ds.digest, "num_demos": ds.num_demos,
                             "num_windows": len(ds), **ds.attrs}
                      for name, ds in (("target", target), ("source", source))}}
@@ -277,56 +246,27 @@ def run_name(a: Args, w: float) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# the co-training objective: one module, so DistributedDataParallel sees every parameter
-# ----------------------------------------------------------------------------------------------
-class CoTrainObjective(torch.nn.Module):
-    """Total loss of one batch for any method. The shared part is the diffusion loss of Eq. 1
-    (the batch composition carries w); each method adds one term or one conditioning input,
-    in the ALGO LOGIC blocks below, switched on by its row of common.METHODS."""
-
-    def __init__(self, policy: diffusion_policy.DiffusionPolicy, a: Args):
-        super().__init__()
-        self.policy, self.a, self.m = policy, a, METHODS[a.method]
-        d_disc = a.n_obs * a.d_feat  # the label-free features only (CFG-ADDA, Sec. 5.1)
-        self.disc = common.Discriminator(d_disc, a.disc_hidden) if self.m.disc else None
-
-    def forward(self, batch: dict, step: int, gen: torch.Generator):
-        a, m, policy = self.a, self.m, self.policy
-        stem, z = policy.encode(batch["obs"], gen)
-        label = batch["domain"]
-        # ALGO LOGIC (CFG, CFG-ADDA): the domain label, dropped to the null label with prob. p
-        if m.label:
-            label = common.drop_labels(label, a.cfg_drop_prob, gen)
-        cond = policy.condition(z, label)
-        origin = policy.action_origin(batch["obs"])  # None for absolute actions
-        # the diffusion loss of Eq. 1, shared by every method
-        terms = {"diffusion": policy.diffusion_loss(batch["actions"], cond, gen, origin).mean()}
-        loss = terms["diffusion"]
-        # ALGO LOGIC (ADDA, CFG-ADDA, +discrimination): a discriminator on z (label-free dims)
-        if m.disc:
-            # App. C: 5000 warm-up steps; here the discriminator trains on detached features
-            # during warm-up, then the encoder's reversed gradient ramps in (Ganin & Lempitsky)
-            coeff = common.grl_coeff(step, a.disc_warmup, a.grl_ramp)
-            d_loss, acc = common.discriminator_loss(self.disc, z, batch["domain"],
-                                                    reverse=m.disc == "reverse", coeff=coeff)
-            terms["disc"], terms["disc_acc"] = d_loss, acc  # acc: balanced over the two domains
-            terms["grl_coeff"] = torch.tensor(coeff)
-            loss = loss + a.disc_weight * d_loss
-        # ALGO LOGIC (OT): unbalanced Sinkhorn between the batch's source and target features
-        if m.ot:
-            is_t = batch["domain"] == common.TARGET
-            terms["ot"] = common.ot_loss(z[~is_t], z[is_t], a.ot_reg, a.ot_reg_m,
-                                         batch["actions"][~is_t], batch["actions"][is_t],
-                                         a.ot_action_weight)
-            loss = loss + a.ot_weight * terms["ot"]
-        terms["loss"] = loss
-        return terms
-
-
-# ----------------------------------------------------------------------------------------------
 # training: the helpers train() calls, in the order it calls them
 # ----------------------------------------------------------------------------------------------
 RESUME_HINT = "--resume to continue it, --overwrite to start over, or another --out"
+
+
+def relative_chunks(ds, key: str = "robot0_joint_pos") -> np.ndarray:
+    """Every window's action chunk (N, horizon, A) minus the window's current `key` value (the
+    joint positions at its last observed step) on the first dims, the gripper left absolute: the
+    targets of a relative-action policy (DiffusionPolicy.action_origin), for fitting its normalizer."""
+    q = ds.obs[key][ds.obs_index[:, -1]]
+    chunks = ds.actions[ds.act_index].copy()
+    chunks[..., :q.shape[-1]] -= q[:, None]
+    return chunks
+
+
+def get_lr(step: int, lr: float, warmup: int, total: int, min_lr: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to min_lr (nanoGPT's get_lr; Diffusion Policy's schedule)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_lr + 0.5 * (1 + math.cos(math.pi * frac)) * (lr - min_lr)
 
 
 def setup_distributed(a: Args):
@@ -335,7 +275,7 @@ def setup_distributed(a: Args):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = 0, 0
     if world > 1:
-        import torch.distributed as dist
+        import torch.distributed as dist  # noqa: PLC0415 (optional: only under torchrun)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         rank, local_rank = dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     if a.batch_size % world:
@@ -385,7 +325,7 @@ def build_model(a: Args, config: dict, target, source, init_ck, rank: int, devic
     policy = diffusion_policy.DiffusionPolicy(config["model"])
     lowdim_keys = config["model"]["lowdim_keys"]
     acts = [target.actions, source.actions] if a.action_space != "rel" else \
-        [common.relative_chunks(ds).reshape(-1, target.actions.shape[1]) for ds in (target, source)]
+        [relative_chunks(ds).reshape(-1, target.actions.shape[1]) for ds in (target, source)]
     policy.normalizer.fit({**{k: np.concatenate([target.obs[k], source.obs[k]]) for k in lowdim_keys},
                            "actions": np.concatenate(acts)})
     if init_ck is not None:
@@ -452,7 +392,7 @@ def keep_metrics_until(path: str, step: int):
 def tensorboard_writer(out: str, config: dict):
     """TensorBoard logging if the package is installed (not a requirement), hparams as text."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 (optional: tensorboard is not a dependency)
     except Exception:
         return None
     tb = SummaryWriter(out)
@@ -557,16 +497,16 @@ def train(a: Args):
     tb = prepare_run_folder(a, out, config, step) if main_proc else None
 
     # the loop
-    from tqdm import tqdm
     local_batch = a.batch_size // world
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else \
+        torch.autocast("cpu", enabled=False)
     bar = tqdm(total=a.steps, initial=step, desc=f"train {a.method} w={w:.3g}", disable=not main_proc,
                dynamic_ncols=True)
     acc = new_interval()
     objective.train()
     while step < a.steps:
         batch = to_device(common.sample_cotrain_batch(target, source, w, local_batch, gens["sampler"]), device)
-        lr = common.get_lr(step, a.lr, a.warmup, a.steps)
+        lr = get_lr(step, a.lr, a.warmup, a.steps)
         for g in opt.param_groups:
             g["lr"] = lr
         t1 = time.perf_counter()
@@ -581,7 +521,7 @@ def train(a: Args):
         step += 1
         acc["t_model"] += time.perf_counter() - t1
         acc["n"] += 1
-        acc["n_target"] += int((batch["domain"] == common.TARGET).sum())
+        acc["n_target"] += int((batch["domain"] == methods.TARGET).sum())
         for k, v in terms.items():
             acc["terms"][k] = acc["terms"].get(k, 0.0) + v.detach().float()
         if step % a.log_every == 0 or step == a.steps:

@@ -19,19 +19,27 @@ first close command came (tasks.grasp_close), per-episode results; the form
 04_analyze.py reads), and videos/*.mp4 with --video K.
 """
 import json
-import math
+import multiprocessing as mp
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import ClassVar
 
+import cv2
+import imageio
 import numpy as np
+import torch
+from tqdm import tqdm
 
 import common
 import diffusion_policy
+import methods
 import records
-from common import arg, die, UsageError, wilson_interval
+import tasks
+from common import UsageError, arg, die, wilson_interval
+
 
 # ----------------------------------------------------------------------------------------------
 # arguments: every default visible here; a profile overrides some (table below)
@@ -43,7 +51,8 @@ class Args:
     domain: str = arg("", "domain to evaluate in (default: the run's target domain)")
     trials: int = arg(50, "episodes per checkpoint x domain x guidance (paper: 200 in simulation)")
     guidance: list = arg([], "guidance scales lambda, comma-separated (default: the checkpoint's); "
-                             "needs a checkpoint trained with a domain label (" + ", ".join(common.label_methods()) + ")")
+                             "needs a checkpoint trained with a domain label ("
+                             + ", ".join(methods.label_methods()) + ")")
     split: str = arg("eval", "initial-state seeds: eval (reported numbers), valid (a range of its "
                              "own, for choosing recipes, checkpoints and hyperparameters) or demo "
                              "(one-off looks, diagnostics, videos)")
@@ -76,7 +85,6 @@ PROFILES = {
 # ----------------------------------------------------------------------------------------------
 def marked_video(frames: list, success: bool) -> list:
     """Frames with a green (success) or red (failure) bar and label at the top."""
-    import cv2
     color = (40, 180, 60) if success else (200, 40, 40)
     out = []
     for f in frames:
@@ -92,7 +100,6 @@ class Worker:
     """One process's policies and envs (built on first use), and the episode function."""
 
     def __init__(self, threads: int = 0):
-        import torch
         if threads:
             torch.set_num_threads(threads)
         self.policies, self.envs = {}, {}
@@ -103,7 +110,6 @@ class Worker:
         return self.policies[ckpt]
 
     def env(self, task, domain, cameras, filmed, max_steps, control="joint", image_size=84):
-        import tasks
         key = (task, domain, cameras, filmed, control, image_size)
         if key not in self.envs:
             self.envs[key] = tasks.make_env(task, domain, control=control, cameras=cameras, offscreen=filmed,
@@ -113,7 +119,6 @@ class Worker:
         return env
 
     def episode(self, job: dict) -> dict:
-        import tasks
         policy = self.policy(job["path"], job["device"])
         cams = tuple(k[:-len(common.IMAGE_SUFFIX)] for k in policy.cfg["image_keys"])
         filmed = bool(job["video_path"])
@@ -122,7 +127,7 @@ class Worker:
         frames, agents = [], []
 
         def make_agent(e, seed):
-            label = common.SOURCE if job["label"] == "source" else common.TARGET
+            label = methods.SOURCE if job["label"] == "source" else methods.TARGET
             agents.append(diffusion_policy.PolicyAgent(policy, seed, job["guidance"], job["sample_steps"],
                                                        job["sampler"], label=label, n_action=job["n_action"],
                                                        gripper_levels=e.gripper_levels))
@@ -150,7 +155,6 @@ def film(env, size: int) -> np.ndarray:
 
 
 def write_video(path: str, frames: list, fps: int = 20):
-    import imageio
     tmp = path + ".tmp.mp4"
     imageio.mimwrite(tmp, frames, fps=fps, macro_block_size=1)
     os.replace(tmp, path)
@@ -174,9 +178,37 @@ def _run_job(job):
 # ----------------------------------------------------------------------------------------------
 # evaluations: checkpoints x domains x guidance scales, episodes in seed order, resumable
 # ----------------------------------------------------------------------------------------------
+RUN_FIELDS = ("task", "target_domain", "method", "arch", "seed")  # an Evaluation's "run": what run it is
+
+
+@dataclass
+class Evaluation:
+    """One evaluation (a checkpoint x domain x guidance x label x execution): what each of its
+    episodes runs with and, less UNREPORTED, what results.json says of it. The checkpoint is named
+    portably (repo-relative; records.portable) with its weights digest, by which 04_analyze.py
+    joins evaluations to runs; `path` is for loading only."""
+    key: str            # <ckpt>|<domain>|guidance=<g>[|label=..][|n_action=..]: episodes.jsonl's join key
+    ckpt: str
+    path: str
+    device: str
+    step: int
+    digest: str
+    task: str
+    domain: str         # the domain evaluated in (the run's own is run["target_domain"])
+    guidance: float
+    label: str          # the domain label the policy is conditioned on: source | target
+    control: str        # the controller that executes its actions: joint targets or OSC commands
+    sample_steps: int
+    sampler: str
+    n_action: int
+    as_trained: bool    # the run's own label and execution: the run's number (04_analyze reads only these)
+    run: dict           # the run's task, target_domain, method, arch, seed
+    mixing_ratio: float
+    UNREPORTED: ClassVar[tuple] = ("key", "path", "device")
+
+
 def plan(a: Args) -> list:
-    """One entry per (checkpoint, domain, guidance): everything checked before anything runs."""
-    import tasks
+    """One Evaluation per (checkpoint, domain, guidance): everything checked before anything runs."""
     if not a.ckpt:
         raise UsageError("--ckpt is required (a checkpoint from 02_train.py)")
     if a.trials <= 0:
@@ -190,7 +222,6 @@ def plan(a: Args) -> list:
     if a.device not in ("cpu", "cuda"):
         raise UsageError(f"--device must be cpu or cuda, got {a.device!r}")
     if a.device == "cuda":
-        import torch
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: no GPU is visible to torch here")
     if a.label not in ("", "source", "target"):
@@ -210,7 +241,7 @@ def plan(a: Args) -> list:
         labelled = cfg["model"]["use_label"]
         if a.guidance and not labelled:
             raise UsageError(f"--guidance needs a checkpoint trained with a domain label "
-                             f"({', '.join(common.label_methods())}); {ckpt} was trained with {cfg['args']['method']}")
+                             f"({', '.join(methods.label_methods())}); {ckpt} was trained with {cfg['args']['method']}")
         try:
             scales = [float(g) for g in a.guidance] or [cfg.get("guidance_scale") if labelled else None]
         except ValueError:
@@ -226,26 +257,19 @@ def plan(a: Args) -> list:
         tag = "" if label == own else f"|label={label}"  # keys of default-label runs stay as before
         tag += "" if n_action == cfg["model"]["n_action"] else f"|n_action={n_action}"
         for g in scales:
-            # records name the checkpoint portably (repo-relative; records.portable) and carry its
-            # weights digest, by which 04_analyze.py joins them to runs; "path" is for loading only
-            evals.append({"key": f"{records.portable(ckpt)}|{domain}|guidance={g}{tag}",
-                          "ckpt": records.portable(ckpt), "path": os.path.abspath(ckpt), "device": a.device,
-                          "step": step, "digest": digest, "task": task, "domain": domain, "guidance": g,
-                          "label": label,
-                          # the controller that executes its actions: joint targets or OSC commands
-                          "control": common.ACTION_SPACES[cfg["model"]["action_space"]][1],
-                          "sample_steps": steps, "sampler": a.sampler, "n_action": n_action,
-                          "as_trained": not tag,  # the run's own number (04_analyze reads only these)
-                          "run": {k: cfg["args"][k] for k in ("task", "target_domain", "method", "arch", "seed")},
-                          "mixing_ratio": cfg["mixing_ratio"]})
+            evals.append(Evaluation(key=f"{records.portable(ckpt)}|{domain}|guidance={g}{tag}",
+                                    ckpt=records.portable(ckpt), path=os.path.abspath(ckpt), device=a.device,
+                                    step=step, digest=digest, task=task, domain=domain, guidance=g, label=label,
+                                    control=common.ACTION_SPACES[cfg["model"]["action_space"]][1],
+                                    sample_steps=steps, sampler=a.sampler, n_action=n_action, as_trained=not tag,
+                                    run={k: cfg["args"][k] for k in RUN_FIELDS},
+                                    mixing_ratio=cfg["mixing_ratio"]))
     return evals
 
 
-def make_job(ev: dict, seed: int, video_path: str = "", video_size: int = 256, max_steps: int = 0) -> dict:
-    """One episode of evaluation `ev` (a `plan` entry): what Worker.episode needs."""
-    return {**{k: ev[k] for k in ("key", "digest", "path", "device", "task", "domain", "guidance", "label", "control",
-                                  "sample_steps", "sampler", "n_action")},
-            "seed": seed, "video_path": video_path, "video_size": video_size, "max_steps": max_steps}
+def make_job(ev: "Evaluation", seed: int, video_path: str = "", video_size: int = 256, max_steps: int = 0) -> dict:
+    """One episode of evaluation `ev`: what Worker.episode needs (a dict: it crosses to the workers)."""
+    return {**asdict(ev), "seed": seed, "video_path": video_path, "video_size": video_size, "max_steps": max_steps}
 
 
 def read_episodes(path: str) -> dict:
@@ -262,16 +286,14 @@ def read_episodes(path: str) -> dict:
 
 
 def summarize(evals: list, done: dict, seeds: list, settings: dict) -> dict:
-    import tasks
     out = {"settings": settings, "evaluations": {}}
     for ev in evals:
-        eps = [done[(ev["key"], s)] for s in seeds if (ev["key"], s) in done]
+        eps = [done[(ev.key, s)] for s in seeds if (ev.key, s) in done]
         k, n = sum(e["success"] for e in eps), len(eps)
         lo, hi = wilson_interval(k, n)
         chunk = [e["chunk_ms"] for e in eps if e.get("chunk_ms") is not None]
-        out["evaluations"][ev["key"]] = {
-            **{x: ev[x] for x in ("ckpt", "step", "digest", "task", "domain", "guidance", "label", "control", "sample_steps",
-                                  "sampler", "n_action", "as_trained", "run", "mixing_ratio")},
+        out["evaluations"][ev.key] = {
+            **{k: v for k, v in asdict(ev).items() if k not in Evaluation.UNREPORTED},
             "trials": n, "successes": k, "success_rate": k / n if n else None, "wilson95": [lo, hi],
             "mean_length": float(np.mean([e["length"] for e in eps])) if eps else None,
             "chunk_ms": float(np.mean(chunk)) if chunk else None,
@@ -279,19 +301,17 @@ def summarize(evals: list, done: dict, seeds: list, settings: dict) -> dict:
             "reached": {s: float(np.mean([(e.get("reached") or {}).get(s) is not None for e in eps]))
                         for s in (eps[-1].get("reached") or {})} if eps else {},
             # where the first close command came (tasks.grasp_close), mean over successes / failures
-            "close": {o: c for o, c in (("success", tasks.mean_close([e.get("close") for e in eps if e["success"]])),
-                                        ("failure", tasks.mean_close([e.get("close") for e in eps if not e["success"]])))
-                      if c},
+            "close": {o: c for o, c in ((o, tasks.mean_close([e.get("close") for e in eps if e["success"] == won]))
+                                        for o, won in (("success", True), ("failure", False))) if c},
             "episodes": [{x: e[x] for x in ("seed", "success", "length")} for e in eps]}
     return out
 
 
 def evaluate(a: Args) -> str:
-    import tasks
     evals = plan(a)
     first = a.first_seed if a.first_seed >= 0 else tasks.SEED_BASE[a.split]
     seeds = list(range(first, first + a.trials))
-    out = a.out or os.path.join("runs", "eval", os.path.basename(os.path.dirname(evals[0]["ckpt"])))
+    out = a.out or os.path.join("runs", "eval", os.path.basename(os.path.dirname(evals[0].ckpt)))
     settings = {"first_seed": first, "sampler": a.sampler, "max_steps": a.max_steps}
     ep_path = os.path.join(out, "episodes.jsonl")
     set_path = os.path.join(out, "settings.json")
@@ -303,8 +323,8 @@ def evaluate(a: Args) -> str:
                 os.remove(f)
     done = read_episodes(ep_path)
     for ev in evals:  # a checkpoint trained again at the same path must not inherit old episodes
-        if any(k == ev["key"] and r.get("digest", ev["digest"]) != ev["digest"] for (k, _), r in done.items()):
-            raise UsageError(f"{out} holds episodes of other weights at {ev['ckpt']} (the checkpoint "
+        if any(k == ev.key and r.get("digest", ev.digest) != ev.digest for (k, _), r in done.items()):
+            raise UsageError(f"{out} holds episodes of other weights at {ev.ckpt} (the checkpoint "
                              f"changed since they ran); --overwrite to start over or another --out")
     adopt_moved_episodes(evals, done)
     os.makedirs(out, exist_ok=True)
@@ -312,12 +332,12 @@ def evaluate(a: Args) -> str:
     jobs = []
     for ev in evals:
         for i, s in enumerate(seeds):
-            if (ev["key"], s) in done:
+            if (ev.key, s) in done:
                 continue
             video = ""
             if i < a.video:
                 os.makedirs(os.path.join(out, "videos"), exist_ok=True)
-                tag = f"{os.path.basename(os.path.dirname(ev['path']))}_{ev['domain']}_g{ev['guidance']}"
+                tag = f"{os.path.basename(os.path.dirname(ev.path))}_{ev.domain}_g{ev.guidance}"
                 video = os.path.join(out, "videos", f"{tag}_seed{s}.mp4")
             jobs.append(make_job(ev, s, video, a.video_size, a.max_steps))
     print(f"{len(evals)} evaluation(s) x {len(seeds)} episodes: {len(jobs)} to run, "
@@ -344,16 +364,15 @@ def adopt_moved_episodes(evals: list, done: dict):
     guidance and label) count as done: a checkpoint moved (e.g. committed under results/) resumes
     its evaluation instead of starting it over."""
     for ev in evals:
-        rest = ev["key"].split("|", 1)[1]
+        rest = ev.key.split("|", 1)[1]
         for (k, s), r in list(done.items()):
-            if k != ev["key"] and k.split("|", 1)[1] == rest and r.get("digest") == ev["digest"]:
-                done.setdefault((ev["key"], s), {**r, "key": ev["key"]})
+            if k != ev.key and k.split("|", 1)[1] == rest and r.get("digest") == ev.digest:
+                done.setdefault((ev.key, s), {**r, "key": ev.key})
 
 
 def run_jobs(jobs: list, workers: int, ep_path: str, done: dict):
     """Episodes in job order (whatever the number of workers), each appended to episodes.jsonl
     as soon as it and every earlier one are finished."""
-    from tqdm import tqdm
     bar = tqdm(total=len(jobs), desc="episodes", dynamic_ncols=True)
     succ = 0
 
@@ -371,7 +390,6 @@ def run_jobs(jobs: list, workers: int, ep_path: str, done: dict):
         for job in jobs:
             record(_run_job(job))
     else:
-        import multiprocessing as mp
         with mp.get_context("spawn").Pool(workers, _init_worker, (1,)) as pool:
             for r in pool.imap(_run_job, jobs, chunksize=1):
                 record(r)

@@ -37,19 +37,33 @@ committed sample (records.py: its checkpoint on fixed source and target observat
 `--runs results` rebuilds everything from the repository alone, without runs/ or data/. Metrics
 and UMAP embeddings are cached per run under <out>/analysis_cache.
 """
+import glob
 import json
 import os
+import statistics
+import warnings
 from dataclasses import dataclass
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import torch
+from scipy import stats
+from tqdm import tqdm
 
 import common
 import diffusion_policy
+import methods
 import records
-from alignment import (correlation, domain_probe, gromov_wasserstein, standardize,  # noqa: F401
-                       wasserstein)  # App. D.2's metrics and Sec. 4.2's probe (alignment.py; tests use them here)
-from common import METHODS, UsageError, arg, die
-
+from alignment import (  # noqa: F401
+    correlation,
+    domain_probe,
+    gromov_wasserstein,
+    standardize,
+    wasserstein,  # App. D.2's metrics and Sec. 4.2's probe (alignment.py; tests use them here)
+)
+from common import UsageError, arg, die
+from methods import METHODS
 
 # ----------------------------------------------------------------------------------------------
 # arguments
@@ -66,7 +80,8 @@ class Args:
     ckpt: list = arg([], "only these checkpoints (default: every runs/train/*/ckpt.pt)")
     only: list = arg([], "build only these: " + ", ".join(PRODUCTS) + " (default: all the runs support)")
     num_samples: int = arg(2048, "feature samples per domain (App. D.2: a large batch)")
-    gw_method: str = arg("exact", "Gromov-Wasserstein solver: exact | subsample (faster, biased: bench/bench_analyze.py)")
+    gw_method: str = arg("exact", "Gromov-Wasserstein solver: exact | subsample (faster, biased: "
+                                  "bench/bench_analyze.py)")
     cache: str = arg("", "cache folder of features, metrics and embeddings (default <out>/analysis_cache)")
     seed: int = arg(0, "seed of the feature samples, GW subsets, the probe and UMAP")
 
@@ -92,7 +107,6 @@ def extract_features(ckpt: str, num_samples: int, seed: int = 0, cache_dir: str 
     policy (eval mode, center crop): {domain: {"stem": (n, d), "trunk": (n, d)}}, each flattened
     over the observation history. Cached as <cache_dir>/<run>_step<k>_n<n>_s<seed>.npz (with the
     checkpoint's `step` given, a cached result is read without loading the checkpoint)."""
-    import torch
     run = os.path.basename(os.path.dirname(os.path.abspath(ckpt)))
 
     def cache_path(k):
@@ -139,17 +153,17 @@ def alignment_row(feats: dict, gw_method: str = "exact", seed: int = 0) -> dict:
 def probe_row(feats: dict, seed: int = 0) -> dict:
     """Sec. 4.2's discernibility on the trunk features: the 2-layer MLP probe and a linear one."""
     zs, zt = feats["source"]["trunk"], feats["target"]["trunk"]
-    return {"probe_trunk": domain_probe(zs, zt, seed=seed), "probe_trunk_linear": domain_probe(zs, zt, seed=seed, hidden=0)}
+    return {"probe_trunk": domain_probe(zs, zt, seed=seed),
+            "probe_trunk_linear": domain_probe(zs, zt, seed=seed, hidden=0)}
 
 
 def umap_embedding(feats: dict, seed: int = 0, cache: str = "") -> np.ndarray:
     """2-D UMAP (McInnes et al.) of the pooled source + target trunk features, standardized
     together so a shift between the domains stays visible (Fig. 6): rows are target then source.
     Saved to `cache` if given."""
-    import warnings
     with warnings.catch_warnings():  # umap's notes on numba / n_jobs with a fixed seed
         warnings.simplefilter("ignore")
-        import umap
+        import umap  # noqa: PLC0415 (slow: umap-learn compiles with numba on import (~10 s); one figure needs it)
     x = np.concatenate([feats["target"]["trunk"], feats["source"]["trunk"]]).astype(np.float64)
     x = (x - x.mean(0)) / (x.std(0) + 1e-8)
     with warnings.catch_warnings():
@@ -165,7 +179,7 @@ def umap_embedding(feats: dict, seed: int = 0, cache: str = "") -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # runs and evaluation results
 # ----------------------------------------------------------------------------------------------
-# Where each method goes in tables and plots, read from common.METHODS when asked (so a row added
+# Where each method goes in tables and plots, read from methods.METHODS when asked (so a row added
 # there is placed without an edit here): the ratio sweep (plain co-training; w = 1 and w = 0 are
 # its ends), the table order, one marker per method. App. D.4's pre-train + fine-tune is a
 # real_only run started from a checkpoint (method_of), drawn with its own marker.
@@ -187,7 +201,7 @@ def marker(method: str) -> str:
 def check_placement():
     """Every row of the method table has a place here: valid, with a marker of its own
     (ValueError otherwise; tests/test_analyze.py runs it on the table)."""
-    common.check_methods()
+    methods.check_methods()
     markers = [marker(m) for m in method_order()]
     if len(set(markers)) != len(markers):
         raise ValueError(f"04_analyze.py cannot tell the methods apart: markers {dict(zip(method_order(), markers))}")
@@ -231,7 +245,6 @@ def join_key(digest, ckpt: str) -> str:
 def read_evaluations(runs_dir: str) -> dict:
     """Every evaluation under <runs>/eval/*/results.json made as trained (the checkpoint's own
     label and execution), keyed by (weights digest, evaluated domain), then folder, then guidance."""
-    import glob
     evals = {}
     for path in sorted(glob.glob(os.path.join(runs_dir, "eval", "*", "results.json"))):
         for ev in common.read_json(path)["evaluations"].values():
@@ -261,7 +274,6 @@ def discover(runs_dir: str, only_ckpts: list = None) -> tuple:
     """One record per finished run (<runs>/train/*/, or the given checkpoints) with its config
     and its evaluations in its own target domain (<runs>/eval/*/results.json, joined by weights
     digest), keyed by guidance; and the runs still training (skipped)."""
-    import glob
     if only_ckpts:
         for c in only_ckpts:
             if not os.path.isfile(c):
@@ -291,8 +303,8 @@ def discover(runs_dir: str, only_ckpts: list = None) -> tuple:
                                              args["target_domain"]), {}))
         runs.append({"ckpt": rec["ckpt"], "folder": folder, "run": name, "cfg": cfg, "step": rec["step"],
                      "digest": rec["digest"], "profile": rec["profile"],
-                     "task": args["task"], "domain": args["target_domain"], "method": method_of(cfg),
-                     "arch": args["arch"], "ratio": cfg["mixing_ratio"], "use_label": cfg["model"]["use_label"],
+                     "task": args["task"], "target_domain": args["target_domain"], "method": method_of(cfg),
+                     "arch": args["arch"], "mixing_ratio": cfg["mixing_ratio"], "use_label": cfg["model"]["use_label"],
                      "n_target": cfg["data"]["target"]["num_demos"], "n_source": cfg["data"]["source"]["num_demos"],
                      "evals": by_g, "sweep": sweep, "eval": by_g.get(cfg.get("guidance_scale"))})
     return mark_superseded(runs), unfinished
@@ -304,8 +316,8 @@ def mark_superseded(runs: list) -> list:
     the alignment table only."""
     def key(r):
         a = r["cfg"]["args"]
-        return (setting(r), r["method"], round(r["ratio"], 6), r["arch"], r["n_target"], r["n_source"], a["seed"],
-                a.get("disc_weight"), r["cfg"].get("guidance_scale"), a.get("init_from", ""))
+        return (setting(r), r["method"], round(r["mixing_ratio"], 6), r["arch"], r["n_target"], r["n_source"],
+                a["seed"], a.get("disc_weight"), r["cfg"].get("guidance_scale"), a.get("init_from", ""))
     longest = {}
     for r in runs:
         k = key(r)
@@ -319,7 +331,7 @@ def mark_superseded(runs: list) -> list:
 def setting(r: dict) -> str:
     """The comparison a run belongs to: task / target domain, and its profile when that is not the
     cpu recipe (never mix profiles inside one comparison: image policies are their own)."""
-    return f"{r['task']}/{r['domain']}" + ("" if r["profile"] == "cpu" else f" ({r['profile']})")
+    return f"{r['task']}/{r['target_domain']}" + ("" if r["profile"] == "cpu" else f" ({r['profile']})")
 
 
 def cell(ev) -> str:
@@ -392,7 +404,7 @@ def run_features(r: dict, a) -> tuple:
         if not os.path.exists(cache):
             roots = [a.runs, os.path.join(records.REPO, "results")]
             root = next((x for x in roots if all(os.path.exists(records.obs_set_path(x, r["task"], d))
-                                                   for d in (r["domain"], "source"))), cache_dir(a))
+                                                   for d in (r["target_domain"], "source"))), cache_dir(a))
             try:
                 f, sets = records.run_features(r["ckpt"], root)
             except UsageError:
@@ -416,7 +428,6 @@ def alignment_rows(runs: list, a) -> tuple:
     features (cached per run, weights and settings under <out>/analysis_cache: exact GW takes
     ~20-40 s), or, for a committed record without features, from its alignment.json (measured
     when its weights existed). Returns (rows, missing)."""
-    from tqdm import tqdm
     rows, missing = [], []
     for r in tqdm(runs, desc="alignment"):
         key = os.path.join(cache_dir(a), f"{r['run']}_{r['digest']}_n{a.num_samples}_s{a.seed}_{a.gw_method}.json")
@@ -439,11 +450,11 @@ def alignment_rows(runs: list, a) -> tuple:
                 continue
             metrics = alignment_row(feats, a.gw_method, a.seed)
             common.write_json(key, metrics)
-        ev = r["eval"]
-        rows.append({"run": r["run"], "setting": setting(r), "task": r["task"], "target_domain": r["domain"],
-                     "method": r["method"], "arch": r["arch"], "mixing_ratio": r["ratio"], "steps": r["step"],
+        ev, args = r["eval"], r["cfg"]["args"]
+        rows.append({"run": r["run"], "setting": setting(r), "task": r["task"], "target_domain": r["target_domain"],
+                     "method": r["method"], "arch": r["arch"], "mixing_ratio": r["mixing_ratio"], "steps": r["step"],
                      "superseded": r.get("superseded", False),
-                     "disc_weight": r["cfg"]["args"]["disc_weight"] if METHODS[r["cfg"]["args"]["method"]].disc else None,
+                     "disc_weight": args["disc_weight"] if METHODS[args["method"]].disc else None,
                      "success": ev["success_rate"] if ev else None, "trials": ev["trials"] if ev else None,
                      **metrics})
     return rows, missing
@@ -473,7 +484,8 @@ def correlations(rows: list) -> tuple:
         if r["success"] is not None and not r["superseded"]:
             groups.setdefault(r["setting"], []).append(r)
     for name, rs in sorted(groups.items()):
-        for scope, members in (("ratio sweep", [r for r in rs if in_ratio_sweep(r["method"])]), ("all checkpoints", rs)):
+        sweep = [r for r in rs if in_ratio_sweep(r["method"])]
+        for scope, members in (("ratio sweep", sweep), ("all checkpoints", rs)):
             if len(members) < 3:
                 missing.append(f"correlation {name} ({scope}): {len(members)} evaluated checkpoint(s), needs 3")
                 continue
@@ -498,7 +510,8 @@ def correlations(rows: list) -> tuple:
                          "pearson_alignment": "{:+.2f}", "spearman_alignment": "{:+.2f}"})
     md += ("\n\n*_alignment: correlation of alignment (-log distance) with success, the paper's direction "
            f"(Fig. 7: {PAPER_CORRELATION}); pearson / spearman: of log distance itself, with two-sided "
-           "p-values (exact, over every ordering of the checkpoints, up to 8 of them). ratio sweep: co-training at each ratio with sim_only (w = 0) and real_only (w = 1); "
+           "p-values (exact, over every ordering of the checkpoints, up to 8 of them). ratio sweep: "
+           "co-training at each ratio with sim_only (w = 0) and real_only (w = 1); "
            "all checkpoints: every method of the setting too.*")
     return out, md, missing
 
@@ -511,11 +524,12 @@ def methods_table(runs: list) -> tuple:
         if r["eval"] and r["method"] != "pretrain_ft":
             by.setdefault(setting(r), []).append(r)
     for name, rs in sorted(by.items()):
-        ratios = sorted({r["ratio"] for r in rs})
+        ratios = sorted({r["mixing_ratio"] for r in rs})
         methods = sorted({r["method"] for r in rs}, key=method_order().index)
-        grid = {m: {f"{w:.3g}": cell(next((r["eval"] for r in rs if r["method"] == m and r["ratio"] == w), None))
+        grid = {m: {f"{w:.3g}": cell(next((r["eval"] for r in rs if r["method"] == m and r["mixing_ratio"] == w), None))
                     for w in ratios} for m in methods}
-        out[name] = {m: {f"{r['ratio']:.3g}": r["eval"]["success_rate"] for r in rs if r["method"] == m} for m in methods}
+        out[name] = {m: {f"{r['mixing_ratio']:.3g}": r["eval"]["success_rate"] for r in rs if r["method"] == m}
+                     for m in methods}
         md.append(f"**{name}** (success rate, successes/trials, Wilson 95%)\n\n"
                   + markdown_table([{"method": m, **grid[m]} for m in methods],
                                    ["method"] + [f"{w:.3g}" for w in ratios]))
@@ -537,12 +551,13 @@ def table1(runs: list) -> tuple:
         if r["method"] != "cotrain" or not r["eval"]:
             continue
         d = next((x for x in runs if x["method"] == "discriminate" and setting(x) == setting(r)
-                  and x["ratio"] == r["ratio"] and x["eval"]), None)
+                  and x["mixing_ratio"] == r["mixing_ratio"] and x["eval"]), None)
         if d is None:
-            lacking.setdefault(setting(r), []).append(r["ratio"])
+            lacking.setdefault(setting(r), []).append(r["mixing_ratio"])
             continue
-        paper = PAPER_TABLE1.get(r["task"]) if r["domain"] == PAPER_DOMAIN else None
-        rows.append({"setting": setting(r), "task": r["task"], "target_domain": r["domain"], "mixing_ratio": r["ratio"],
+        paper = PAPER_TABLE1.get(r["task"]) if r["target_domain"] == PAPER_DOMAIN else None
+        rows.append({"setting": setting(r), "task": r["task"], "target_domain": r["target_domain"],
+                     "mixing_ratio": r["mixing_ratio"],
                      "cotrain": r["eval"]["success_rate"], "discriminate": d["eval"]["success_rate"],
                      "cotrain_cell": cell(r["eval"]), "discriminate_cell": cell(d["eval"]),
                      "paper_cotrain": paper[0] if paper else None, "paper_discriminate": paper[1] if paper else None})
@@ -577,8 +592,9 @@ def table3(runs: list) -> tuple:
         rows.append({"setting": name, "task": task, "target_domain": dom,
                      "pretrain_ft": best["pretrain_ft"]["eval"]["success_rate"],
                      "cotrain": best["cotrain"]["eval"]["success_rate"],
-                     "cotrain_ratio": best["cotrain"]["ratio"],
-                     "pretrain_ft_cell": cell(best["pretrain_ft"]["eval"]), "cotrain_cell": cell(best["cotrain"]["eval"]),
+                     "cotrain_ratio": best["cotrain"]["mixing_ratio"],
+                     "pretrain_ft_cell": cell(best["pretrain_ft"]["eval"]),
+                     "cotrain_cell": cell(best["cotrain"]["eval"]),
                      "paper_pretrain_ft": paper[0] if paper else None, "paper_cotrain": paper[1] if paper else None})
     md = markdown_table(rows, ["task", "target_domain", "pretrain_ft_cell", "cotrain_cell", "cotrain_ratio",
                                "paper_pretrain_ft", "paper_cotrain"], {"cotrain_ratio": "{:.3g}"})
@@ -591,7 +607,7 @@ def shared_ratio(rs: list):
     counts = {}
     for r in rs:
         if METHODS.get(r["method"]) is not None and METHODS[r["method"]].ratio is None and r["eval"]:
-            counts.setdefault(round(r["ratio"], 6), set()).add(r["method"])
+            counts.setdefault(round(r["mixing_ratio"], 6), set()).add(r["method"])
     return max(counts, key=lambda w: (len(counts[w]), w)) if counts else None
 
 
@@ -599,7 +615,7 @@ def find(rs: list, method: str, ratio=None):
     """The evaluated run of a method (at a ratio; methods with a fixed ratio ignore it), or None."""
     fixed = METHODS[method].ratio is not None if method in METHODS else True
     return next((r for r in rs if r["method"] == method and r["eval"]
-                 and (fixed or ratio is None or abs(r["ratio"] - ratio) < 1e-6)), None)
+                 and (fixed or ratio is None or abs(r["mixing_ratio"] - ratio) < 1e-6)), None)
 
 
 def by_setting(runs: list) -> dict:
@@ -628,12 +644,13 @@ def table2(runs: list) -> tuple:
                 if method == PRETRAIN_FT or ev is None:
                     continue
                 rows.append({"setting": name, "task": task, "target_domain": dom, "N": n, "M": m,
-                             "method": label, "mixing_ratio": r["ratio"],
+                             "method": label, "mixing_ratio": r["mixing_ratio"],
                              "guidance": ev["guidance"], "success": ev["success_rate"], "cell": cell(ev),
                              "paper_sim_and_real": PAPER_TABLE2.get(label) if task == "NutAssembly" else None})
         for method in METHODS:
             if method != "sim_only" and find(rs, method, w) is None:
-                missing.append(f"Table 2 {name}: no evaluated {method} run at w = {w:.3g} ({train_cmd(name, method, w)})")
+                missing.append(f"Table 2 {name}: no evaluated {method} run at w = {w:.3g} "
+                               f"({train_cmd(name, method, w)})")
     md = markdown_table(rows, ["setting", "method", "mixing_ratio", "guidance", "cell", "paper_sim_and_real"],
                         {"mixing_ratio": "{:.3g}", "guidance": "{:g}", "paper_sim_and_real": "{:.3f}"})
     md += ("\n\n*paper_sim_and_real: Table 2 of the paper (sim-and-real NutAssembly, successes of 30 real "
@@ -643,7 +660,6 @@ def table2(runs: list) -> tuple:
 
 def fisher_exact(k_a: int, n_a: int, k_b: int, n_b: int) -> dict:
     """Fisher's exact test on two success counts: two-sided p, and one-sided p for a > b."""
-    from scipy import stats
     table = [[k_a, n_a - k_a], [k_b, n_b - k_b]]
     return {"p_two_sided": float(stats.fisher_exact(table).pvalue),
             "p_a_greater": float(stats.fisher_exact(table, alternative="greater").pvalue)}
@@ -665,7 +681,8 @@ def comparisons(runs: list) -> tuple:
         diff = ev_a["successes"] / ev_a["trials"] - ev_b["successes"] / ev_b["trials"]
         rows.append({"setting": name, "claim": claim, "a": a_label, "b": b_label, "a_cell": cell(ev_a),
                      "b_cell": cell(ev_b), "difference": diff, **f,
-                     "outcome": ("a > b" if diff > 0 else "a < b") if f["p_two_sided"] < 0.05 else "no difference detected"})
+                     "outcome": ("a > b" if diff > 0 else "a < b") if f["p_two_sided"] < 0.05
+                     else "no difference detected"})
 
     def ev_of(r):
         return r["eval"] if r else None
@@ -678,7 +695,8 @@ def comparisons(runs: list) -> tuple:
         co = find(rs, "cotrain", w)
         add(name, "C2 co-training > real-only", f"cotrain {at}", ev_of(co), "real_only", ev_of(find(rs, "real_only")))
         for method in [x for x in METHODS if METHODS[x].ratio is None and x not in ("cotrain", "discriminate")]:
-            add(name, f"C6 {method} > co-training", f"{method} {at}", ev_of(find(rs, method, w)), f"cotrain {at}", ev_of(co))
+            add(name, f"C6 {method} > co-training", f"{method} {at}", ev_of(find(rs, method, w)),
+                f"cotrain {at}", ev_of(co))
         ca = find(rs, "cfg_adda", w)
         if ca is not None:
             add(name, "C6 CFG-ADDA lambda = -0.5 > lambda = 0", "cfg_adda lambda=-0.5", ca["sweep"].get(-0.5),
@@ -693,14 +711,16 @@ def comparisons(runs: list) -> tuple:
             ev_of(find(rs, PRETRAIN_FT)))
         w_n, w_q = common.balanced_ratio_range(n, m)
         sweep = [r for r in rs if r["method"] == "cotrain" and r["eval"]]
-        inside = [r["eval"] for r in sweep if w_n - 1e-6 <= r["ratio"] <= w_q + 1e-6]
-        outside = [r["eval"] for r in sweep if not w_n - 1e-6 <= r["ratio"] <= w_q + 1e-6]
+        inside = [r["eval"] for r in sweep if w_n - 1e-6 <= r["mixing_ratio"] <= w_q + 1e-6]
+        outside = [r["eval"] for r in sweep if not w_n - 1e-6 <= r["mixing_ratio"] <= w_q + 1e-6]
         pool = lambda evs: ({"successes": sum(e["successes"] for e in evs), "trials": sum(e["trials"] for e in evs),  # noqa: E731
                              "success_rate": sum(e["successes"] for e in evs) / sum(e["trials"] for e in evs),
-                             "wilson95": common.wilson_interval(sum(e["successes"] for e in evs), sum(e["trials"] for e in evs))}
+                             "wilson95": common.wilson_interval(sum(e["successes"] for e in evs),
+                                                                sum(e["trials"] for e in evs))}
                             if evs else None)
         add(name, f"C3 co-training inside [w_n, w_q] = [{w_n:.3g}, {w_q:.3g}] > outside",
-            f"cotrain inside ({len(inside)} ratios)", pool(inside), f"cotrain outside ({len(outside)} ratios)", pool(outside))
+            f"cotrain inside ({len(inside)} ratios)", pool(inside),
+            f"cotrain outside ({len(outside)} ratios)", pool(outside))
     md = markdown_table(rows, ["setting", "claim", "a_cell", "b_cell", "difference", "p_a_greater", "p_two_sided",
                                "outcome"], {"difference": "{:+.3f}", "p_a_greater": "{:.2g}", "p_two_sided": "{:.2g}"})
     md += (f"\n\n*{len(rows)} tests; Fisher's exact test on the episodes (a_cell vs b_cell: success rate, "
@@ -723,8 +743,8 @@ def guidance_table(runs: list) -> tuple:
                            f"--guidance=-1,-0.5,0,0.5 --trials 100)")
             continue
         for g in sorted(evs):
-            rows.append({"task": r["task"], "target_domain": r["domain"], "method": r["method"],
-                         "mixing_ratio": r["ratio"], "run": r["run"], "guidance": g,
+            rows.append({"task": r["task"], "target_domain": r["target_domain"], "method": r["method"],
+                         "mixing_ratio": r["mixing_ratio"], "run": r["run"], "guidance": g,
                          "success": evs[g]["success_rate"], "cell": cell(evs[g])})
     if not any(r["use_label"] for r in runs):
         missing.append("guidance sweep (Fig. 10): no cfg or cfg_adda run ("
@@ -741,7 +761,7 @@ def guideline_table(runs: list) -> tuple:
     groups = {}
     for r in runs:
         if r["method"] in ("cotrain",) and r["eval"]:
-            groups.setdefault((setting(r), r["task"], r["domain"], r["n_target"], r["n_source"]), []).append(r)
+            groups.setdefault((setting(r), r["task"], r["target_domain"], r["n_target"], r["n_source"]), []).append(r)
     for (name, task, dom, n, m), rs in sorted(groups.items()):
         if len(rs) < 2:
             missing.append(f"guideline {name} N={n} M={m}: {len(rs)} evaluated cotrain ratio(s), needs 2")
@@ -750,11 +770,11 @@ def guideline_table(runs: list) -> tuple:
         best = max(rs, key=lambda r: r["eval"]["success_rate"])
         lo_best = best["eval"]["wilson95"][0]
         # ratios whose success interval reaches the best one's lower bound: statistically tied with it
-        tied = sorted(r["ratio"] for r in rs if r["eval"]["wilson95"][1] >= lo_best)
+        tied = sorted(r["mixing_ratio"] for r in rs if r["eval"]["wilson95"][1] >= lo_best)
         rows.append({"task": task, "target_domain": dom, "N": n, "M": m, "w_n": w_n, "w_q": w_q,
-                     "auto": common.resolve_ratio("auto", n, m), "ratios": sorted(r["ratio"] for r in rs),
-                     "best_ratio": best["ratio"], "best_success": best["eval"]["success_rate"],
-                     "best_in_range": bool(w_n <= best["ratio"] <= w_q),
+                     "auto": common.resolve_ratio("auto", n, m), "ratios": sorted(r["mixing_ratio"] for r in rs),
+                     "best_ratio": best["mixing_ratio"], "best_success": best["eval"]["success_rate"],
+                     "best_in_range": bool(w_n <= best["mixing_ratio"] <= w_q),
                      "tied_with_best": ", ".join(f"{w:.3g}" for w in tied)})
     md = markdown_table(rows, ["task", "target_domain", "N", "M", "w_n", "w_q", "best_ratio", "best_success",
                                "best_in_range", "tied_with_best"],
@@ -779,7 +799,6 @@ def repeats(runs_dir: str) -> tuple:
     """Episodes run twice: the same checkpoint, domain and guidance on the same seed in two evaluation
     folders (CFG-ADDA's 200-episode evaluation and its guidance sweep share lambda = -0.5 and the first
     100 seeds). Rollouts are seeded per episode, so the two must agree in success and episode length."""
-    import glob
     seen = {}  # (run, weights digest, domain|guidance, seed) -> [(folder, success, length)]
 
     def add(folder, key, digest, e):
@@ -799,11 +818,13 @@ def repeats(runs_dir: str) -> tuple:
     for (run, digest, rest, seed), eps in seen.items():
         for i in range(len(eps)):
             for j in range(i + 1, len(eps)):
-                p = pairs.setdefault((run, rest, eps[i][0], eps[j][0]), {"episodes": 0, "same_success": 0, "same_length": 0})
+                p = pairs.setdefault((run, rest, eps[i][0], eps[j][0]),
+                                     {"episodes": 0, "same_success": 0, "same_length": 0})
                 p["episodes"] += 1
                 p["same_success"] += eps[i][1] == eps[j][1]
                 p["same_length"] += eps[i][2] == eps[j][2]
-    rows = [{"run": run, "evaluation": rest.replace("|", ", "), "folder_a": os.path.basename(a), "folder_b": os.path.basename(b), **p,
+    rows = [{"run": run, "evaluation": rest.replace("|", ", "), "folder_a": os.path.basename(a),
+             "folder_b": os.path.basename(b), **p,
              "agree": p["same_success"] == p["episodes"] == p["same_length"]}
             for (run, rest, a, b), p in sorted(pairs.items())]
     md = markdown_table(rows, ["run", "evaluation", "folder_a", "folder_b", "episodes", "same_success", "same_length",
@@ -817,7 +838,6 @@ def failures_table(runs_dir: str) -> tuple:
     tasks.nut_path): grasped (the grasp stage reached), lifted (the nut 5 cm above its start), passed
     above the peg's top, and how far off the peg's axis the nut came there (quartiles, mm; the hole's
     clearance is 6.7 mm). Evaluations recorded before the nut's path was (older records) are skipped."""
-    import glob
     rows = []
     for path in sorted(glob.glob(os.path.join(runs_dir, "eval", "*", "episodes.jsonl"))):
         by_g = {}
@@ -845,8 +865,6 @@ def compute_table(runs_dir: str) -> tuple:
     """The compute each record holds: a training run's wall time is the sum over its logged intervals
     of samples / samples_per_s (02_train.py's metrics.jsonl, resumed runs included); an evaluation's
     is the sum of its episodes' wall seconds (03_eval.py, per rollout worker)."""
-    import glob
-    import statistics
     rows = []
     for cfg_path in sorted(glob.glob(os.path.join(runs_dir, "train", "*", "config.json"))):
         folder = os.path.dirname(cfg_path)
@@ -876,14 +894,11 @@ def compute_table(runs_dir: str) -> tuple:
 # figures (PNG, written to a temporary file, then renamed)
 # ----------------------------------------------------------------------------------------------
 def new_figure(*args, **kw):
-    import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     return plt.subplots(*args, **kw)
 
 
 def save(fig, path: str):
-    import matplotlib.pyplot as plt
     tmp = path[:-4] + ".tmp.png"
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
@@ -900,7 +915,8 @@ def plot_alignment(rows: list, path: str):
         rs = sorted((r for r in rows if r["setting"] == name), key=lambda r: r["mixing_ratio"])
         sweep = [r for r in rs if in_ratio_sweep(r["method"])]
         for i, key in enumerate(("w_trunk", "gw_trunk")):
-            line, = ax[i].plot([r["mixing_ratio"] for r in sweep], [r[key] for r in sweep], "o-", label=f"{name} (cotrain)")
+            line, = ax[i].plot([r["mixing_ratio"] for r in sweep], [r[key] for r in sweep], "o-",
+                               label=f"{name} (cotrain)")
             for r in rs:
                 if not in_ratio_sweep(r["method"]):
                     ax[i].scatter(r["mixing_ratio"], r[key], marker=marker(r["method"]), s=60,
@@ -935,7 +951,6 @@ def plot_umap_one(emb: np.ndarray, ax, title: str):
 def plot_umaps(runs: list, a, out: str) -> tuple:
     """Fig. 6 (left): UMAP of source vs target trunk features, one PNG per run under umap/, and
     one grid per setting across the mixing-ratio sweep. Returns (files written, missing)."""
-    from tqdm import tqdm
     os.makedirs(os.path.join(out, "umap"), exist_ok=True)
     embs, written, missing = {}, [], []
     for r in tqdm(runs, desc="umap"):
@@ -958,7 +973,7 @@ def plot_umaps(runs: list, a, out: str) -> tuple:
         written.append(f"umap/{r['run']}.png")
     for name in sorted({setting(r) for r in runs}):
         sweep = sorted((r for r in runs if setting(r) == name and in_ratio_sweep(r["method"]) and r["run"] in embs),
-                       key=lambda r: r["ratio"])
+                       key=lambda r: r["mixing_ratio"])
         if len(sweep) < 2:
             continue
         fig, axes = new_figure(1, len(sweep), figsize=(3.2 * len(sweep), 3.4), squeeze=False)
@@ -974,7 +989,7 @@ def plot_umaps(runs: list, a, out: str) -> tuple:
 
 
 def umap_title(r: dict) -> str:
-    s = f"{r['method']} w={r['ratio']:.3g}"
+    s = f"{r['method']} w={r['mixing_ratio']:.3g}"
     return s + (f", success {r['eval']['success_rate']:.2f}" if r["eval"] else ", not evaluated")
 
 
@@ -1023,10 +1038,10 @@ def plot_methods(runs: list, path: str):
 
 def plot_success(ax, runs: list, marker: str, label: str):
     """Success rate (Wilson 95% bars) against the mixing ratio, one series."""
-    pts = sorted(runs, key=lambda r: r["ratio"])
+    pts = sorted(runs, key=lambda r: r["mixing_ratio"])
     y = np.array([r["eval"]["success_rate"] for r in pts])
     err = np.abs(np.array([r["eval"]["wilson95"] for r in pts]).T - y)
-    ax.errorbar([r["ratio"] for r in pts], y, yerr=err, marker=marker, capsize=3,
+    ax.errorbar([r["mixing_ratio"] for r in pts], y, yerr=err, marker=marker, capsize=3,
                 linestyle="-" if len(pts) > 1 else "none", label=label)
 
 
@@ -1055,7 +1070,7 @@ def plot_discriminator(curves: dict, runs: list, path: str):
         r = next(x for x in runs if x["run"] == name)
         k = min(10, len(acc))
         sm = np.convolve(acc, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1:], sm, label=f"{r['method']} w={r['ratio']:.3g} ({setting(r)})", lw=1)
+        ax.plot(steps[k - 1:], sm, label=f"{r['method']} w={r['mixing_ratio']:.3g} ({setting(r)})", lw=1)
         warm = r["cfg"]["args"].get("disc_warmup")
         if warm:
             ax.axvline(warm, color="gray", ls=":", lw=0.8)
@@ -1090,7 +1105,7 @@ def plot_guideline(runs: list, rows: list, path: str):
     fig, axes = new_figure(1, max(1, len(rows)), figsize=(5.5 * max(1, len(rows)), 4), squeeze=False)
     for ax, g in zip(axes[0], rows):
         plot_success(ax, [r for r in runs if r["method"] == "cotrain" and r["eval"] and r["task"] == g["task"]
-                          and r["domain"] == g["target_domain"] and r["n_target"] == g["N"]
+                          and r["target_domain"] == g["target_domain"] and r["n_target"] == g["N"]
                           and r["n_source"] == g["M"]], "o", "co-training")
         ax.axvspan(g["w_n"], g["w_q"], color="tab:green", alpha=0.2, label="guideline [w_n, w_q]")
         ax.axvline(g["auto"], color="tab:green", ls="--", lw=1, label="auto = sqrt(w_n w_q)")
@@ -1113,10 +1128,11 @@ def analyze(a: Args):
         raise UsageError(f"no finished training runs under {os.path.join(a.runs, 'train')} (02_train.py "
                          f"writes them)" + (f"; still training: {', '.join(unfinished)}" if unfinished else ""))
     if "guidance" in a.only:  # asked for explicitly: every checkpoint must carry a domain label
-        plain = [r for r in runs if not r["use_label"]] if a.ckpt else ([] if any(r["use_label"] for r in runs) else runs)
+        plain = [r for r in runs if not r["use_label"]] if a.ckpt else \
+            ([] if any(r["use_label"] for r in runs) else runs)
         if plain:
             raise UsageError(f"a guidance table needs checkpoints trained with a domain label "
-                             f"({', '.join(common.label_methods())}); "
+                             f"({', '.join(methods.label_methods())}); "
                              f"{plain[0]['ckpt']} was trained with {plain[0]['method']}")
     want = set(a.only or PRODUCTS)
     tables, figures, missing = {}, [], [f"still training, skipped: {u}" for u in unfinished]

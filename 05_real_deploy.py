@@ -29,15 +29,20 @@ A rerun continues with the next episode.
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
 from dataclasses import dataclass
 
+import cv2
+import h5py
 import numpy as np
 
 import common
 import diffusion_policy
+import methods
+import tasks
 from common import UsageError, arg, die
 
 # ----------------------------------------------------------------------------------------------
@@ -81,7 +86,8 @@ class Safety:
 
     def __init__(self, period: float, joint_tolerance: float = 0.05, speed: float = 1.0, workspace=None,
                  max_frame_age: float = 0.2, max_overrun: float = 2.0):
-        self.period, self.tol, self.max_frame_age, self.max_overrun = period, joint_tolerance, max_frame_age, max_overrun
+        self.period, self.tol = period, joint_tolerance
+        self.max_frame_age, self.max_overrun = max_frame_age, max_overrun
         self.max_step = DQ_MAX * speed * period  # rad per control step
         self.workspace = np.asarray(workspace if workspace is not None else DEFAULT_WORKSPACE, float).reshape(3, 2)
         self.clamped = 0  # steps whose velocity was clamped
@@ -144,7 +150,6 @@ class SimRobot:
     name = "sim"
 
     def __init__(self, task: str, domain: str, cameras=(), image_size: int = 84, max_steps: int = 0):
-        import tasks
         self.env = tasks.make_env(task, domain, control="joint", cameras=cameras, image_size=image_size)
         self.cameras = tuple(cameras)
         self.horizon = min(type(self.env).horizon, max_steps) if max_steps else type(self.env).horizon
@@ -175,7 +180,8 @@ class SimRobot:
 
     def episode_over(self) -> bool:
         """tasks.run_episode's rule: the task's settle steps after the first success, or the horizon."""
-        return self.env.t >= self.horizon or (self.done_at is not None and self.env.t - self.done_at >= self.env.settle_steps)
+        settled = self.done_at is not None and self.env.t - self.done_at >= self.env.settle_steps
+        return self.env.t >= self.horizon or settled
 
     def success(self):
         return bool(self.env.success())
@@ -192,7 +198,7 @@ class FrankaRobot:
 
     def __init__(self, ip: str, cameras: dict, image_size: int, dynamics: float, max_steps: int):
         try:
-            import franky
+            import franky  # noqa: PLC0415 (optional: the real robot's driver)
         except ImportError:
             raise UsageError("--robot franka needs franky: pip install franky-control (docs/real_robot.md)")
         self.franky = franky
@@ -264,7 +270,7 @@ class CameraSource:
         self.kind, self.size = kind, size
         if kind == "realsense":
             try:
-                import pyrealsense2 as rs
+                import pyrealsense2 as rs  # noqa: PLC0415 (optional: the real robot's camera)
             except ImportError:
                 raise UsageError("realsense cameras need pyrealsense2: pip install pyrealsense2")
             self.pipe, cfg = rs.pipeline(), rs.config()
@@ -273,7 +279,6 @@ class CameraSource:
             cfg.enable_stream(rs.stream.color, 640, 480, rs.format.rgb8, 30)
             self.pipe.start(cfg)
         elif kind == "opencv":
-            import cv2
             self.cap = cv2.VideoCapture(int(ident or 0))
             if not self.cap.isOpened():
                 raise RobotError(f"camera {spec} does not open")
@@ -281,7 +286,6 @@ class CameraSource:
             raise UsageError(f"camera {spec!r}: use realsense:<serial> or opencv:<index>")
 
     def read(self):
-        import cv2
         if self.kind == "realsense":
             frames = self.pipe.wait_for_frames(timeout_ms=1000)
             img = np.asanyarray(frames.get_color_frame().get_data())
@@ -357,7 +361,8 @@ def run_episode(robot, agent, safety: Safety, seed: int, period: float, realtime
     else:
         final_q = np.asarray(robot.joint_pos(), float)  # where the last command left it
     return {"seed": seed, "stop": stop, "final_joint_pos": final_q,
-            "chunk_ms": 1000 * np.asarray(agent.chunk_seconds, dtype=np.float64), "interrupted": interrupted, "obs": obs_rec, "dry_run": dry_run,
+            "chunk_ms": 1000 * np.asarray(agent.chunk_seconds, dtype=np.float64), "interrupted": interrupted,
+            "obs": obs_rec, "dry_run": dry_run,
             "clamped": safety.clamped, "clipped": safety.clipped,
             **{k: np.asarray(v, dtype=np.float64).reshape(len(v), -1 if v else 8) if "actions" in k
                else np.asarray(v, dtype=bool if k == "predicted" else np.float64) for k, v in steps.items()}}
@@ -367,7 +372,6 @@ def run_episode(robot, agent, safety: Safety, seed: int, period: float, realtime
 # recording: one robomimic-format file per episode, assembled into episodes.hdf5
 # ----------------------------------------------------------------------------------------------
 def write_episode(path: str, ep: dict, success, label: str, meta: dict):
-    import h5py
     tmp = path + ".tmp"
     with h5py.File(tmp, "w") as f:
         data = f.create_group("data")
@@ -392,7 +396,6 @@ def write_episode(path: str, ep: dict, success, label: str, meta: dict):
 
 def assemble(out: str, meta: dict) -> int:
     """episodes.hdf5 from the per-episode files (data/demo_<k>), written atomically."""
-    import h5py
     parts = sorted(f for f in os.listdir(os.path.join(out, "episodes")) if f.endswith(".hdf5"))
     tmp = os.path.join(out, "episodes.hdf5.tmp")
     total = 0
@@ -410,7 +413,6 @@ def assemble(out: str, meta: dict) -> int:
 
 
 def read_tally(out: str) -> list:
-    import h5py
     rows = []
     folder = os.path.join(out, "episodes")
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
@@ -435,7 +437,8 @@ class Args:
     domain: str = arg("", "sim: the domain that plays the robot (default: the run's target domain)")
     split: str = arg("demo", "sim: initial-state seeds: demo (a stand-in robot's looks; no reported number "
                              "spends them), eval or valid (03_eval.py's ranges)")
-    first_seed: int = arg(-1, "sim: first initial-state seed instead of --split's range (-1 = tasks.SEED_BASE[--split])")
+    first_seed: int = arg(-1, "sim: first initial-state seed instead of --split's range "
+                                  "(-1 = tasks.SEED_BASE[--split])")
     hz: float = arg(20.0, "control rate (the data's: tasks.CONTROL_FREQ = 20 Hz)")
     realtime: bool = arg(False, "sim: pace the loop at --hz (always on for franka)")
     inference: str = arg("sync", "sync (predict when a chunk runs out) | async (predict ahead in a thread)")
@@ -527,7 +530,7 @@ def setup(a: Args):
     labelled = cfg["model"]["use_label"]
     if a.guidance and not labelled:
         raise UsageError(f"--guidance needs a checkpoint trained with a domain label "
-                         f"({', '.join(common.label_methods())}); {a.ckpt} was trained with {cfg['args']['method']}")
+                         f"({', '.join(methods.label_methods())}); {a.ckpt} was trained with {cfg['args']['method']}")
     try:
         guidance = float(a.guidance) if a.guidance else (cfg.get("guidance_scale") if labelled else None)
         workspace = [float(x) for x in a.workspace] if a.workspace else None
@@ -553,7 +556,6 @@ def setup(a: Args):
 
 def make_robot(a: Args, settings: dict, cams, cam_specs):
     if a.robot == "sim":
-        import tasks
         try:
             tasks.get_domain(settings["task"], settings["domain"])
         except tasks.TaskError as e:
@@ -565,7 +567,6 @@ def make_robot(a: Args, settings: dict, cams, cam_specs):
 def deploy(a: Args, robot=None, make_agent=None) -> int:
     """The whole session; returns the exit code. `robot` / `make_agent(seed)` replace the real
     ones in tests (a misbehaving robot or policy)."""
-    import tasks
     policy, cfg, settings, out, guidance, steps, workspace, cams, cam_specs = setup(a)
     need = {s for k in cfg["model"]["lowdim_keys"] + cfg["model"]["image_keys"]
             for s in common.derived_sources(k)}  # stored keys (relative positions come from them)
@@ -603,7 +604,6 @@ def deploy(a: Args, robot=None, make_agent=None) -> int:
                                         "control_freq": a.hz}},
             "settings": {**settings, "lead": lead}}
     if a.overwrite and os.path.isdir(out):
-        import shutil
         shutil.rmtree(out)
     os.makedirs(os.path.join(out, "episodes"), exist_ok=True)
     common.write_json(os.path.join(out, "settings.json"), settings)

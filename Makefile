@@ -32,7 +32,9 @@ demo: $(STAMP)
 # Two pytest workers, each test file on one (--dist loadfile: a file's fixtures are built once),
 # one torch thread per process: two processes of two threads each on 2 cores run far slower.
 # --durations: the slowest tests in CI's log (the suite's time budget is 15 min on 2 cores).
+# `ruff check .` first (ruff.toml: pyflakes, pycodestyle, import order, imports at the top).
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(PY) -m pytest -q -n 2 --dist loadfile --durations=12 tests
 
 # The main CPU job (README "make reproduce"): the toy model of Sec. 3 (both designs), the low-dim

@@ -2,7 +2,12 @@
 (split from 04_analyze.py by concept; 04 re-exports them): each domain standardized on its own,
 2-Wasserstein between the clouds, Gromov-Wasserstein between their distance matrices (pooled-mean
 normalized), a 2-layer MLP domain probe, Pearson / Spearman correlations."""
+import itertools
+
 import numpy as np
+import ot
+import torch
+from scipy import stats
 
 from cli import UsageError
 
@@ -17,7 +22,6 @@ def wasserstein(xs: np.ndarray, xt: np.ndarray, method: str = "exact", reg: floa
     """2-Wasserstein distance between two point clouds with uniform weights.
     exact: network simplex (ot.emd2); sinkhorn: entropic OT with reg x the mean squared cost
     (ot.sinkhorn2, log-domain), an upper bound that converges to the exact value as reg -> 0."""
-    import ot
     M = ot.dist(xs, xt, metric="sqeuclidean")
     a, b = ot.unif(len(xs)), ot.unif(len(xt))
     if method == "exact":
@@ -37,7 +41,6 @@ def gromov_wasserstein(xs: np.ndarray, xt: np.ndarray, method: str = "exact", su
     different feature scales compare. exact: POT's conditional-gradient solver on all points (a
     local optimum, started from the product plan); subsample: the mean of `repeats` exact solves
     on random subsets of `subsample` points per domain (POT's entropic GW was far slower here)."""
-    import ot
     Cs, Ct = ot.dist(xs, xs, metric="euclidean"), ot.dist(xt, xt, metric="euclidean")
     pooled = np.concatenate([Cs.ravel(), Ct.ravel()]).mean()
     Cs, Ct = Cs / pooled, Ct / pooled
@@ -55,7 +58,6 @@ def gromov_wasserstein(xs: np.ndarray, xt: np.ndarray, method: str = "exact", su
 
 
 def _gw(Cs, Ct) -> float:
-    import ot
     return float(ot.gromov.gromov_wasserstein2(Cs, Ct, ot.unif(len(Cs)), ot.unif(len(Ct)),
                                                "square_loss", max_iter=1000))
 
@@ -65,7 +67,6 @@ def domain_probe(zs: np.ndarray, zt: np.ndarray, seed: int = 0, hidden: int = 64
     """Discernibility (Sec. 4.2): held-out accuracy of a 2-layer MLP that tells the domains apart
     from (standardized, pooled) features; 0.5 = indiscernible, 1.0 = fully discernible.
     hidden = 0: a linear probe (logistic regression), which sees only linearly separable domains."""
-    import torch
     g = torch.Generator().manual_seed(seed)
     x = np.concatenate([zs, zt]).astype(np.float32)
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)
@@ -94,7 +95,6 @@ def exact_p(x, y, stat) -> float:
     """Two-sided permutation p-value of stat(x, y) over every ordering of y: the share of orderings
     at least as extreme. With a handful of checkpoints the t-approximation is wrong (3 points in
     perfect rank order get p = 0 from it, where 2 of the 6 orderings are that extreme: p = 1/3)."""
-    import itertools
     obs = abs(stat(x, y))
     perms = np.array(list(itertools.permutations(y)))
     vals = np.array([abs(stat(x, yp)) for yp in perms])
@@ -104,7 +104,6 @@ def exact_p(x, y, stat) -> float:
 def correlation(x, y) -> dict:
     """Pearson and Spearman correlation with two-sided p-values (Fig. 7): exact (every ordering)
     for up to EXACT_P_MAX_N checkpoints, scipy's t-approximation above."""
-    from scipy import stats
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 3:
         raise UsageError(f"a correlation needs at least 3 checkpoints, got {len(x)}")

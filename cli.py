@@ -4,7 +4,11 @@ atomically, the resume rule. common.py re-exports all of it."""
 import argparse
 import json
 import os
+import re
 import sys
+import threading
+import time
+from dataclasses import MISSING, asdict, field, fields
 
 
 class UsageError(Exception):
@@ -23,7 +27,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        import re
         self._negative_number_matcher = re.compile(r"^-\d*\.?\d+(,-?\d*\.?\d+)*$")
 
     def error(self, message):
@@ -32,7 +35,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def arg(default, help: str):
     """A dataclass field whose help text shows in `--help` (CleanRL-style documented Args)."""
-    from dataclasses import field
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
@@ -46,7 +48,6 @@ def parse_args(args_cls, profiles: dict, argv=None, description: str = "", prese
     `presets` = {field: {value: defaults}}: a second table of defaults chosen by a field's value
     (00_toy.py's --design); precedence: command line > profile > preset > the dataclass default.
     --print-config prints the resolved settings as JSON (after `check`, if given) and exits."""
-    from dataclasses import asdict, fields, MISSING
     p = ArgumentParser(description=description,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="cpu", choices=sorted(profiles),
@@ -129,7 +130,6 @@ def write_json(path: str, obj):
 
 
 def read_json(path: str):
-    import json
     with open(path) as f:
         return json.load(f)
 
@@ -139,7 +139,6 @@ def check_same_settings(old: dict, new: dict, where: str, free=(),
     """The resume rule of every stage: what an output folder already holds was made with the
     settings `old`; continuing it with `new` is refused (UsageError) if any setting other than
     the `free` ones differs (compared as stored in JSON)."""
-    import json
     new = json.loads(json.dumps(new))
     diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
     if diff:
@@ -150,8 +149,6 @@ def check_same_settings(old: dict, new: dict, where: str, free=(),
 def exit_with_parent(poll_s: float = 1.0):
     """In a pool worker: exit when the process that started it is gone (killed), instead of
     running on as an orphan that takes a core from whatever runs next."""
-    import threading
-    import time
     parent = os.getppid()
 
     def watch():

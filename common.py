@@ -4,28 +4,40 @@ Sections, in the order of the method:
   1. seeding (command-line errors, dataclass arguments, atomic files: cli.py, re-exported here)
   2. diffusion core: noise schedule, DDPM loss, DDPM and DDIM samplers (Chi et al. Diffusion Policy)
   3. classifier-free guidance combination (Sec. 5.1, App. C)
-  4. mixing ratio: batch sampler (Eq. 1) and the ratio guideline (App. B.3, D.5)
-  5. statistics: two-factor ANOVA (Sec. 3, Finding 2)
+  4. mixing ratio and its guideline (App. B.3, D.5)
+  5. statistics: Wilson intervals
   6-7. checkpoints, run config versions and their upgrade
-  8. datasets: robomimic-format HDF5 in memory, co-training batches, normalization, domain labels
-  9. co-training methods: the method table (one row per method), ADDA discriminator + gradient
-     reversal, OT, CFG label drop, LR schedule
-The networks and the policy built on these are in diffusion_policy.py.
+  8. datasets: robomimic-format HDF5 in memory, co-training batches (Eq. 1), normalization
+The co-training methods (Sec. 5.1: the method table, the objective, every method's loss) are in
+methods.py; the networks and the policy built on these in diffusion_policy.py; code one stage
+alone uses lives in that stage (the toy's sampler and ANOVA in 00_toy.py).
 """
+import hashlib
 import json
 import math
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+import h5py
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 # command line and files (cli.py, torch-free), re-exported: common.arg, common.die, ...
-from cli import (ArgumentParser, UsageError, arg, check_same_settings, die, exit_with_parent,  # noqa: F401
-                 fmt_value, parse_args, read_json, write_json, write_text)
+from cli import (  # noqa: F401
+    ArgumentParser,
+    UsageError,
+    arg,
+    check_same_settings,
+    die,
+    exit_with_parent,
+    fmt_value,
+    parse_args,
+    read_json,
+    write_json,
+    write_text,
+)
+from methods import MethodArgs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,31 +195,6 @@ def check_ratio(w: float) -> float:
     return w
 
 
-def sample_mixed_batch(n_target: int, n_source: int, w, batch_size: int,
-                       generator: torch.Generator = None):
-    """Draw one co-training batch: each sample comes from the target domain with probability w
-    (so the batch's target count is Binomial(batch_size, w)) and is then drawn uniformly, with
-    replacement, from that domain. w = 1 is target-only (real-only), w = 0 source-only (sim-only).
-
-    `w` is a float or a tensor of shape (K,) to draw K independent batches at once (one per
-    model of an ensemble). Returns (is_target, index): bool and long tensors of shape
-    (batch_size,) or (K, batch_size); `index` indexes the target set where is_target, else the
-    source set."""
-    w_t = torch.as_tensor(w, dtype=torch.float64)
-    for v in w_t.reshape(-1).tolist():
-        check_ratio(v)
-    if n_target <= 0 and bool((w_t > 0).any()):
-        raise UsageError("mixing ratio > 0 needs a non-empty target dataset")
-    if n_source <= 0 and bool((w_t < 1).any()):
-        raise UsageError("mixing ratio < 1 needs a non-empty source dataset")
-    shape = tuple(w_t.shape) + (batch_size,)
-    u = torch.rand(shape, generator=generator, dtype=torch.float64)
-    is_target = u < w_t.unsqueeze(-1)
-    i_t = torch.randint(0, max(n_target, 1), shape, generator=generator)
-    i_s = torch.randint(0, max(n_source, 1), shape, generator=generator)
-    return is_target, torch.where(is_target, i_t, i_s)
-
-
 def natural_ratio(n_target: int, n_source: int) -> float:
     """w_n = N / (N + M): the ratio plain concatenation of the two datasets gives (Sec. 2.2)."""
     if n_target <= 0 or n_source <= 0:
@@ -260,39 +247,6 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple:
     return (max(0.0, mid - half), min(1.0, mid + half))
 
 
-def two_way_anova(y: np.ndarray) -> dict:
-    """Two-factor ANOVA with replication on a balanced design (Fisher; Sec. 3, Finding 2).
-    y has shape (a, b, n): levels of factor A x levels of factor B x n replicates (n >= 2).
-    Returns sums of squares, degrees of freedom, mean squares, F, p and each term's share of the
-    total sum of squares for A, B, the A x B interaction and the residual."""
-    from scipy import stats
-    y = np.asarray(y, dtype=np.float64)
-    if y.ndim != 3 or min(y.shape) < 1 or y.shape[2] < 2:
-        raise ValueError(f"two_way_anova needs shape (a, b, n) with n >= 2, got {y.shape}")
-    a, b, n = y.shape
-    grand = y.mean()
-    m_a, m_b, m_ab = y.mean(axis=(1, 2)), y.mean(axis=(0, 2)), y.mean(axis=2)
-    ss = {
-        "A": b * n * ((m_a - grand) ** 2).sum(),
-        "B": a * n * ((m_b - grand) ** 2).sum(),
-        "AB": n * ((m_ab - m_a[:, None] - m_b[None, :] + grand) ** 2).sum(),
-        "residual": ((y - m_ab[:, :, None]) ** 2).sum(),
-    }
-    df = {"A": a - 1, "B": b - 1, "AB": (a - 1) * (b - 1), "residual": a * b * (n - 1)}
-    ss_total = ((y - grand) ** 2).sum()
-    ms_res = ss["residual"] / df["residual"]
-    out = {"ss_total": float(ss_total), "df_total": a * b * n - 1}
-    for k in ss:
-        ms = ss[k] / df[k] if df[k] > 0 else float("nan")
-        row = {"ss": float(ss[k]), "df": df[k], "ms": float(ms),
-               "share": float(ss[k] / ss_total) if ss_total > 0 else float("nan")}
-        if k != "residual" and df[k] > 0 and ms_res > 0:
-            row["F"] = float(ms / ms_res)
-            row["p"] = float(stats.f.sf(row["F"], df[k], df["residual"]))
-        out[k] = row
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # 6-7. checkpoints (written atomically) and run config versions; the command line, files and the
 #      resume rule are in cli.py
@@ -308,10 +262,11 @@ def save_checkpoint(obj: dict, path: str):
 # A setting added to 02_train.py's Args or to the model config after runs were made gets one line
 # in LATER_SETTINGS with the value those older runs had, and CONFIG_VERSION goes up by one: every
 # reader (--resume, --init-from, 03_eval, 04_analyze, 05_real_deploy) sees the upgraded config.
+# A method setting (methods.MethodArgs) needs no line: an older config lacking it reads its
+# default, which leaves the methods that existed before unchanged (methods.py's rule).
 CONFIG_VERSION = 2
 LATER_SETTINGS = {  # version 1 -> 2: settings added before versions existed, at their old values
-    "args": {"obs_set": "world", "action_space": "abs", "grl_ramp": 0, "image_suffix": "_img",
-             "vision_pool": "avg"},
+    "args": {"obs_set": "world", "action_space": "abs", "image_suffix": "_img", "vision_pool": "avg"},
     "model": {"action_space": "abs", "vision_pool": "avg",
               "image_size": lambda m: 84 if m.get("image_keys") else 0},  # 84 px: the paper's frames
 }
@@ -335,7 +290,8 @@ def upgrade_settings(d: dict, part: str = "model") -> dict:
     """One part of a run config ("args" or "model") with the settings it predates added at their
     old values (LATER_SETTINGS); a new dict."""
     d = dict(d)
-    for k, v in LATER_SETTINGS[part].items():
+    later = {**asdict(MethodArgs()), **LATER_SETTINGS[part]} if part == "args" else LATER_SETTINGS[part]
+    for k, v in later.items():
         if k not in d:
             d[k] = v(d) if callable(v) else v
     return d
@@ -369,8 +325,6 @@ def load_checkpoint(path: str, what: str = "a 02_train.py checkpoint") -> dict:
 # ----------------------------------------------------------------------------------------------
 # 8. datasets: robomimic-format HDF5 held in memory, windows of (observation history, action chunk)
 # ----------------------------------------------------------------------------------------------
-TARGET, SOURCE, NULL_LABEL = 0, 1, -1  # domain labels; NULL_LABEL = CFG's dropped label
-NUM_DOMAINS = 2
 IMAGE_SUFFIX = "_image"
 PROPRIO_KEYS = ["robot0_joint_pos", "robot0_gripper_qpos"]  # App. C: joint + gripper positions
 # A policy's action space -> (stored action key, robosuite controller that executes it).
@@ -400,7 +354,6 @@ class DemoSet:
 
 def open_dataset(path: str):
     """Open a robomimic-format HDF5 for reading; UsageError if missing or of another layout."""
-    import h5py
     if not os.path.isfile(path):
         raise UsageError(f"dataset not found: {path}")
     try:
@@ -494,7 +447,6 @@ def load_demos(path: str, obs_keys, n_obs: int, horizon: int, action_key: str = 
                max_demos: int = 0) -> DemoSet:
     """Read a robomimic-format file into memory (bad layout, missing keys or non-finite values
     raise UsageError naming the file and key). max_demos > 0 keeps the first demos only."""
-    import hashlib
     with open_dataset(path) as f:
         names = sorted((k for k in f["data"] if k.startswith("demo_")), key=lambda k: int(k[5:]))
         names = names[:max_demos] if max_demos > 0 else names
@@ -545,16 +497,6 @@ def gather(ds: DemoSet, idx: np.ndarray) -> dict:
     out = {"obs": {k: torch.from_numpy(v[oi]) for k, v in ds.obs.items()},
            "actions": torch.from_numpy(ds.actions[ds.act_index[idx]])}
     return out
-
-
-def relative_chunks(ds: DemoSet, key: str = "robot0_joint_pos") -> np.ndarray:
-    """Every window's action chunk (N, horizon, A) minus the window's current `key` value (the
-    joint positions at its last observed step) on the first dims, the gripper left absolute: the
-    targets of a relative-action policy (DiffusionPolicy.action_origin), for fitting its normalizer."""
-    q = ds.obs[key][ds.obs_index[:, -1]]
-    chunks = ds.actions[ds.act_index].copy()
-    chunks[..., :q.shape[-1]] -= q[:, None]
-    return chunks
 
 
 def mixed_batch_counts(w: float, batch_size: int, generator: torch.Generator) -> int:
@@ -612,179 +554,3 @@ class Normalizer(torch.nn.Module):
 
     def inverse(self, key: str, y: torch.Tensor) -> torch.Tensor:
         return (y - getattr(self, f"{key}__offset")) / getattr(self, f"{key}__scale")
-
-
-# ----------------------------------------------------------------------------------------------
-# 9. co-training methods (Sec. 5.1): the method table, then the losses they add (ADDA's
-#    discriminator with gradient reversal, OT, CFG label drop)
-# ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Method:
-    """What a co-training method is, for every stage: 02_train.py builds its loss from these
-    fields (plus, for a new kind of term, one branch in CoTrainObjective.forward), 03_eval.py and
-    05_real_deploy.py read `label` and `guidance`, 04_analyze.py orders, groups and draws by them."""
-    marker: str                 # matplotlib marker of the method in 04_analyze.py's plots (unique)
-    ratio: float = None         # fixed mixing ratio w (real_only 1, sim_only 0); None: --ratio
-    label: bool = False         # CFG: one-hot domain label on the features, dropped to the null label
-    disc: str = ""              # "": none; "reverse": ADDA discriminator with gradient reversal;
-                                # "plain": the discriminator without reversal (Table 1)
-    ot: bool = False            # OT alignment loss between source and target batch features
-    guidance: float = None      # default guidance lambda stored for evaluation (label methods)
-    sweep: bool = False         # plain co-training at a ratio: the ratio sweep of Fig. 6 / Fig. 9
-
-
-# One row per method, in the order of the paper's tables (04_analyze.py keeps this order).
-METHODS = {
-    "real_only":    Method(marker="s", ratio=1.0, sweep=True),   # w = 1: target data only
-    "sim_only":     Method(marker="v", ratio=0.0, sweep=True),   # w = 0: source data only
-    "cotrain":      Method(marker="o", sweep=True),              # Eq. 1, batches mixed with ratio w
-    "ot":           Method(marker="P", ot=True),                 # Cheng et al. 2025
-    "adda":         Method(marker="X", disc="reverse"),          # Tzeng et al. 2017
-    "discriminate": Method(marker="D", disc="plain"),            # Table 1, "+discrimination"
-    "cfg":          Method(marker="^", label=True, guidance=0.0),          # Wei et al. 2025
-    "cfg_adda":     Method(marker="*", label=True, disc="reverse", guidance=-0.5),  # the paper's (Table 2)
-}
-
-
-def check_methods(methods: dict = None):
-    """Raise ValueError if a row of the method table cannot be trained or placed in a plot: an
-    unknown disc kind, guidance without a label, a fixed ratio outside [0, 1], a marker shared."""
-    methods = METHODS if methods is None else methods
-    seen = {}
-    for name, m in methods.items():
-        if m.disc not in ("", "reverse", "plain"):
-            raise ValueError(f"method {name}: disc must be '', 'reverse' or 'plain', got {m.disc!r}")
-        if m.guidance is not None and not m.label:
-            raise ValueError(f"method {name}: a default guidance needs label=True")
-        if m.ratio is not None and not 0 <= m.ratio <= 1:
-            raise ValueError(f"method {name}: fixed ratio {m.ratio} outside [0, 1]")
-        if not m.marker or m.marker in seen:
-            raise ValueError(f"method {name}: marker {m.marker!r} is empty or already {seen.get(m.marker)}'s")
-        seen[m.marker] = name
-
-
-def label_methods() -> list:
-    return [n for n, m in METHODS.items() if m.label]
-
-
-class GradReverse(torch.autograd.Function):
-    """Identity forward; multiplies the gradient by -coeff backward (Ganin & Lempitsky 2015)."""
-
-    @staticmethod
-    def forward(ctx, x, coeff):
-        ctx.coeff = coeff
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return -ctx.coeff * g, None
-
-
-def grad_reverse(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
-    return GradReverse.apply(x, coeff)
-
-
-class Discriminator(nn.Module):
-    """Domain discriminator: a 3-layer MLP on the flattened observation features (App. C)."""
-
-    def __init__(self, d_in: int, hidden: int = 256):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.Mish(), nn.Linear(hidden, hidden),
-                                 nn.Mish(), nn.Linear(hidden, 1))
-
-    def forward(self, z):
-        return self.net(z.flatten(1)).squeeze(-1)
-
-
-def balanced_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy with each domain's samples averaged on their own, then the two means
-    averaged: a batch with 17 % target samples weighs both domains equally, so predicting the
-    majority domain no longer lowers the loss (a constant logit is best at 0, chance). A domain
-    absent from the batch contributes nothing."""
-    per = F.binary_cross_entropy_with_logits(logits.float(), y.float(), reduction="none")
-    means = [per[y == c].mean() for c in (0.0, 1.0) if bool((y == c).any())]
-    return torch.stack(means).mean() if means else per.sum() * 0
-
-
-def balanced_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean of the per-domain accuracies (0.5 for any constant prediction)."""
-    hit = ((logits > 0) == (y > 0.5)).float()
-    accs = [hit[y == c].mean() for c in (0.0, 1.0) if bool((y == c).any())]
-    return torch.stack(accs).mean() if accs else hit.sum() * 0
-
-
-def grl_coeff(step: int, warmup: int, ramp: int) -> float:
-    """Gradient-reversal coefficient (Ganin & Lempitsky 2015): 0 during the discriminator's
-    warm-up, then 2 / (1 + exp(-10 p)) - 1 with p going 0 -> 1 over `ramp` steps (ramp = 0: 1 at once)."""
-    if step < warmup:
-        return 0.0
-    if ramp <= 0:
-        return 1.0
-    p = min(1.0, (step - warmup) / ramp)
-    return 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
-
-
-def discriminator_loss(disc: Discriminator, z: torch.Tensor, domain: torch.Tensor, reverse: bool,
-                       coeff: float = 1.0):
-    """Domain-balanced BCE of the discriminator predicting "source" (domain == SOURCE) from z.
-    reverse=True (ADDA, CFG-ADDA): the encoder receives the gradient reversed and scaled by
-    `coeff` (grl_coeff: 0 while the discriminator warms up on its own), so it learns to fool the
-    discriminator while the discriminator learns to tell the domains apart.
-    reverse=False (Table 1's "+discrimination"): both minimize the BCE, so the encoder makes the
-    domains easier to tell apart (coeff scales the encoder's share the same way).
-    Returns (loss, balanced accuracy)."""
-    if coeff == 0:
-        zin = z.detach()
-    else:
-        zin = grad_reverse(z, coeff) if reverse else z * coeff + z.detach() * (1 - coeff)
-    logits = disc(zin)
-    y = (domain == SOURCE).to(logits.dtype)
-    return balanced_bce(logits, y), balanced_accuracy(logits.detach(), y)
-
-
-def unbalanced_sinkhorn(C: torch.Tensor, reg: float, reg_m: float, iters: int = 100) -> torch.Tensor:
-    """Entropic unbalanced OT plan between uniform weights (KL-relaxed marginals, weight reg_m),
-    in the log domain so that small `reg` stays stable (Chizat et al. 2018)."""
-    n, m = C.shape
-    log_a = torch.full((n,), -math.log(n), dtype=C.dtype, device=C.device)
-    log_b = torch.full((m,), -math.log(m), dtype=C.dtype, device=C.device)
-    f, g = torch.zeros_like(log_a), torch.zeros_like(log_b)
-    fi = reg_m / (reg_m + reg)
-    for _ in range(iters):
-        f = fi * reg * (log_a - torch.logsumexp((g[None] - C) / reg, 1))
-        g = fi * reg * (log_b - torch.logsumexp((f[:, None] - C) / reg, 0))
-    return torch.exp((f[:, None] + g[None] - C) / reg)
-
-
-def ot_loss(z_src: torch.Tensor, z_tgt: torch.Tensor, reg: float = 0.05, reg_m: float = 1.0,
-            a_src: torch.Tensor = None, a_tgt: torch.Tensor = None, action_weight: float = 0.0):
-    """OT alignment loss (Cheng et al. 2025, as the paper runs it: no pairing sampler): an
-    unbalanced Sinkhorn plan between the batch's source and target features, with cost = mean
-    squared feature difference (+ action_weight x mean squared action-chunk difference), the plan
-    held constant; loss = sum(plan * cost) / sum(plan), the mean cost of the matched pairs (the
-    unbalanced plan drops mass between far-apart pairs, so its raw sum shrinks for large shifts;
-    normalized, the loss grows with the shift). Zero when either side is empty."""
-    if len(z_src) == 0 or len(z_tgt) == 0:
-        return z_src.sum() * 0 + z_tgt.sum() * 0
-    zs, zt = z_src.flatten(1).float(), z_tgt.flatten(1).float()
-    C = (zs[:, None] - zt[None]).pow(2).mean(-1)
-    if action_weight and a_src is not None:
-        C = C + action_weight * (a_src.flatten(1)[:, None] - a_tgt.flatten(1)[None]).pow(2).mean(-1)
-    with torch.no_grad():
-        plan = unbalanced_sinkhorn(C.detach().double(), reg, reg_m)
-        plan = (plan / plan.sum().clamp_min(1e-300)).to(C.dtype)
-    return (plan * C).sum()
-
-
-def drop_labels(domain: torch.Tensor, p: float, generator: torch.Generator = None) -> torch.Tensor:
-    """CFG training: each sample's domain label becomes NULL_LABEL with probability p."""
-    drop = torch.rand(domain.shape, generator=generator) < p
-    return torch.where(drop.to(domain.device), torch.full_like(domain, NULL_LABEL), domain)
-
-
-def get_lr(step: int, lr: float, warmup: int, total: int, min_lr: float = 0.0) -> float:
-    """Linear warm-up, then cosine decay to min_lr (nanoGPT's get_lr; Diffusion Policy's schedule)."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    frac = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_lr + 0.5 * (1 + math.cos(math.pi * frac)) * (lr - min_lr)

@@ -12,14 +12,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import (NULL_LABEL, NUM_DOMAINS, TARGET, NoiseSchedule, Normalizer, UsageError,
-                    cfg_combine, ddim_sample, ddpm_sample, derive_obs, derived_sources, load_checkpoint,
-                    upgrade_settings)
+from common import (
+    NoiseSchedule,
+    Normalizer,
+    UsageError,
+    cfg_combine,
+    ddim_sample,
+    ddpm_sample,
+    derive_obs,
+    derived_sources,
+    load_checkpoint,
+    upgrade_settings,
+)
+from methods import NULL_LABEL, NUM_DOMAINS, TARGET
 
 # ----------------------------------------------------------------------------------------------
 # 1. networks: ResNet18-GN vision stem, observation encoder, three denoisers (App. C, D.3)
@@ -245,7 +254,8 @@ class MLPDenoiser(nn.Module):
     """A cheap denoiser for low-dim policies (not in the paper; tried for the cpu profile and not
     kept, RESULTS "A CPU recipe": ~3x the samples/s, a worse fit per second): the flattened noisy
     chunk through `depth` pre-norm residual MLP blocks, each FiLM-modulated by [time embedding,
-    flattened observation features], as the MLP denoisers of IDQL / BESO. No attention over the horizon: one matrix per block sees the whole chunk."""
+    flattened observation features], as the MLP denoisers of IDQL / BESO. No attention over the
+    horizon: one matrix per block sees the whole chunk."""
 
     def __init__(self, action_dim, horizon, n_obs, d_cond, width=512, depth=3, d_time=128):
         super().__init__()
@@ -426,7 +436,6 @@ class PolicyAgent:
 
     def __init__(self, policy, seed: int, guidance, sample_steps: int, sampler: str = "ddim", lead: int = 0,
                  label: int = TARGET, n_action: int = 0, gripper_levels=None):
-        import torch
         self.policy, self.cfg = policy, policy.cfg
         # actions executed per chunk (0 = the trained n_action; fewer = re-plan more often)
         self.n_action = n_action or self.cfg["n_action"]
@@ -454,7 +463,6 @@ class PolicyAgent:
         self._pending = None
 
     def predict(self, history: list) -> np.ndarray:
-        import torch
         history = [derive_obs(o, self.keys) for o in history]  # relative positions, 6-D rotations
         batch = {k: torch.from_numpy(np.stack([np.asarray(o[k]) for o in history])[None]) for k in self.keys}
         t0 = time.perf_counter()

@@ -7,6 +7,7 @@ import numpy as np
 
 from sim_objects import DRAWER, MUG
 
+
 # ----------------------------------------------------------------------------------------------
 # scripted experts (stand-in for the paper's teleoperation)
 # ----------------------------------------------------------------------------------------------
@@ -91,18 +92,19 @@ class WaypointExpert:
 class NutAssemblyExpert(WaypointExpert):
     """Grasp the nut by its handle (fingers across the handle), lift, carry the nut's center over
     the peg (read from the state, so a moved peg is followed), lower it on, release, back off.
-    In a low-friction domain it moves slower once the nut is held. grip_dz: grip height above the
-    handle's centre (m). lift_wait: K = lift K steps after the close command; None = lift once the
-    fingers are seen closed. dwell: steps it holds still, hand open, at the grip height before
+    In a low-friction domain it moves slower once the nut is held. Its variant is set per
+    instance (NUT_EXPERTS below; the defaults are the first expert's): grip_dz: grip height above
+    the handle's centre (m). lift_wait: K = lift K steps after the close command; None = lift once
+    the fingers are seen closed. dwell: steps it holds still, hand open, at the grip height before
     closing, and with the nut centred over the peg before lowering (0 = close and lower on
-    arrival). The class defaults are the first expert's (NUT_EXPERTS below)."""
-    lift_wait = 10
-    carry = "closest"  # the handle's direction while carrying: closest of -x, +y, -y; "y": +y or -y
-    grip_dz = -0.005
-    dwell = 0
+    arrival). carry: the handle's direction while carrying: "closest" of -x, +y, -y; "y": +y or -y."""
 
-    def __init__(self, env, seed, noise=0.02):
+    def __init__(self, env, seed, noise=0.02, grip_dz: float = -0.005, lift_wait: int = 10, dwell: int = 0,
+                 carry: str = "closest"):
         super().__init__(env, seed, noise)
+        if carry not in ("closest", "y"):
+            raise ValueError(f"carry must be 'closest' or 'y', got {carry!r}")
+        self.grip_dz, self.lift_wait, self.dwell, self.carry = grip_dz, lift_wait, dwell, carry
         self.phase = "approach"
         self.count = 0
         self.hover = 0.10 + self.rng.uniform(-0.01, 0.01)
@@ -226,13 +228,12 @@ NUT_EXPERTS = {
 }
 
 
-def use_nut_expert(name: str):
-    """Make every NutAssemblyExpert from now on the named one (a class-wide setting, as the
-    tasks.py experts flags; 01_generate_data.py sets it in each worker)."""
+def nut_expert(name: str, **changes) -> dict:
+    """The settings of the named NutAssembly expert (NUT_EXPERTS), with `changes` (None: kept)
+    applied; make_expert(env, seed, **settings) builds it."""
     if name not in NUT_EXPERTS:
         raise ValueError(f"unknown NutAssembly expert {name!r}; choose from {', '.join(NUT_EXPERTS)}")
-    for k, v in NUT_EXPERTS[name].items():
-        setattr(NutAssemblyExpert, k, v)
+    return {**NUT_EXPERTS[name], **{k: v for k, v in changes.items() if v is not None}}
 
 
 class MugCleanupExpert(WaypointExpert):
@@ -442,7 +443,8 @@ class MugHangExpert(MugCleanupExpert):
 EXPERTS = {"NutAssembly": NutAssemblyExpert, "MugCleanup": MugCleanupExpert, "MugHang": MugHangExpert}
 
 
-def make_expert(env, seed: int):
-    return EXPERTS[env.task](env, seed)
+def make_expert(env, seed: int, **settings):
+    """The task's expert for one episode; `settings` (nut_expert's) apply to NutAssembly's only."""
+    return EXPERTS[env.task](env, seed, **(settings if env.task == "NutAssembly" else {}))
 
 

@@ -17,7 +17,8 @@ every finished run's small outputs are committed under a results folder in one l
 No record holds a machine path: a checkpoint is named by its repo-relative path (or
 <run>/<file> outside the repository) and evaluations are joined to runs by weights digest.
 `python records.py collect RUN_DIR` puts a finished run under results/ (`collect-into DIR RUN_DIR`:
-under DIR); `python records.py check [DIR]` lists machine paths. 04_analyze.py and the study runner (study.py) use the functions below.
+under DIR); `python records.py check [DIR]` lists machine paths. 04_analyze.py and the study runner
+(study.py) use the functions below.
 """
 import glob
 import json
@@ -25,10 +26,13 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
 import common
+import diffusion_policy
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 FEATURE_SAMPLES = 2048  # App. D.2: a large batch of features per domain
@@ -146,7 +150,6 @@ def ensure_obs_sets(results: str, cfg: dict) -> dict:
 def features(policy, obs_set: dict, batch: int = 512) -> dict:
     """The policy's (eval mode, center crop) stem and trunk features of an observation set,
     flattened over the history: {"stem": (n, n_obs d_stem), "trunk": (n, n_obs d_feat)}."""
-    import torch
     c = policy.cfg
     if c["image_keys"]:
         raise common.UsageError("feature samples of image policies need image observation sets "
@@ -178,7 +181,6 @@ def load_features(path: str) -> dict:
 
 def run_features(ckpt: str, results: str) -> dict:
     """The feature sample of a checkpoint on its task's fixed observation sets."""
-    import diffusion_policy
     policy, cfg, _ = diffusion_policy.load_policy(ckpt)
     sets = ensure_obs_sets(results, cfg)
     return {d: features(policy, load_obs_set(p)) for d, p in sets.items()}, sets
@@ -258,20 +260,29 @@ def collect_eval(eval_dir: str, dest: str, ckpt_moves: dict = None):
             shutil.copyfile(os.path.join(eval_dir, extra), os.path.join(dest, extra))
 
 
-def run_record(ck: dict, digest: str, **extra) -> dict:
+@dataclass
+class RunRecord:
     """run.json: what a committed run is (04_analyze.py reads "profile" from here first: a run
     made under a profile that was renamed since says so here, its config stays as written)."""
+    step: int               # the step it reached
+    steps: int              # its step budget
+    final: bool
+    weights_digest: str     # of its EMA weights (diffusion_policy.weights_digest): evaluations join on it
+    profile: str
+    method: str
+    commit: str             # the repository's commit when it was collected
+
+
+def run_record(ck: dict, digest: str) -> RunRecord:
     args = ck["config"]["args"]
-    return {"step": int(ck["step"]), "steps": int(args["steps"]), "final": bool(ck["final"]),
-            "weights_digest": digest, "profile": args["profile"], "method": args["method"],
-            "commit": git_commit(), **extra}
+    return RunRecord(step=int(ck["step"]), steps=int(args["steps"]), final=bool(ck["final"]), weights_digest=digest,
+                     profile=args["profile"], method=args["method"], commit=git_commit())
 
 
 def collect_run(run_dir: str, results: str = "results", checkpoint: bool = True, with_features: bool = True) -> str:
     """A finished 02_train.py run into <results>/train/<run>/: config (portable), metrics,
     run.json, the final EMA weights as ckpt.pt (with checkpoint), the feature sample (low-dim
     policies). Rerunnable: the same run gives the same files. Returns the destination."""
-    import diffusion_policy
     src = os.path.join(run_dir, "ckpt.pt")
     ck = common.load_checkpoint(src)
     if not ck["final"]:
@@ -294,7 +305,7 @@ def collect_run(run_dir: str, results: str = "results", checkpoint: bool = True,
     old = os.path.join(dest, "run.json")
     keep = {k: v for k, v in (common.read_json(old) if os.path.exists(old) else {}).items()
             if k in ("profile", "note", "commit")}  # a rerun keeps what the first collect said
-    common.write_json(old, {**run_record(ck, digest), **keep})
+    common.write_json(old, {**asdict(run_record(ck, digest)), **keep})
     return dest
 
 
@@ -311,7 +322,8 @@ def main(argv=None):
         print("\n".join(bad[:50]) or "no machine paths")
         sys.exit(1 if bad else 0)
     else:
-        common.die("usage: python records.py collect RUN_DIR [RUN_DIR ...] | collect-into DIR RUN_DIR [...] | check [DIR]")
+        common.die("usage: python records.py collect RUN_DIR [RUN_DIR ...] | collect-into DIR RUN_DIR [...] "
+                   "| check [DIR]")
 
 
 if __name__ == "__main__":

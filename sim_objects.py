@@ -3,9 +3,12 @@ drawer cabinet and a mug tree, written as boxes and cylinders so collision geome
 sizes as parameters (the physics domain gaps resize them). Also the robosuite scene that holds them.
 Used by tasks.py; the scripted experts read the size constants.
 """
+import hashlib
 import os
+import tempfile
 
 import numpy as np
+
 
 # ----------------------------------------------------------------------------------------------
 # MJCF objects written here (robosuite has no mug, drawer or hook): boxes and cylinders only, so
@@ -14,8 +17,6 @@ import numpy as np
 def _xml_object(name: str, body: str, half_height: float, radius: float) -> str:
     """Write a robosuite-style object XML (body "object" + bottom/top/radius sites) to a cache
     folder and return its path."""
-    import hashlib
-    import tempfile
     xml = f"""<mujoco model="{name}">
   <asset>
     <material name="{name}_mat" rgba="1 1 1 1" specular="0.2" shininess="0.2"/>
@@ -64,7 +65,8 @@ def mug_xml(scale: float = 1.0) -> str:
     for i in range(n):
         a = 2 * np.pi * i / n
         q = (np.cos(a / 2), 0, 0, np.sin(a / 2))
-        parts.append(_geom("box", (w / 2, half_chord, h - w / 2), ((r - w / 2) * np.cos(a), (r - w / 2) * np.sin(a), w / 2), c,
+        centre = ((r - w / 2) * np.cos(a), (r - w / 2) * np.sin(a), w / 2)
+        parts.append(_geom("box", (w / 2, half_chord, h - w / 2), centre, c,
                            quat=" ".join(f"{x:.5f}" for x in q), density=MUG["density"]))
     arm, bar = 0.028 * scale, 0.004
     for z in (h * 0.7, -h * 0.5):  # upper and lower arms of the handle
@@ -81,7 +83,8 @@ def drawer_xml(slide_damping: float = 5.0) -> str:
     """A fixed cabinet (open toward -x, the robot) holding a drawer on a slide joint (qpos 0 =
     closed, -travel = open). The drawer's front panel closes the opening from outside; a vertical
     bar handle stands 3.5 cm in front of it, so a hand grasping it stays clear of the cabinet."""
-    W, D, H, t, wl = DRAWER["width"] / 2, DRAWER["depth"] / 2, DRAWER["height"] / 2, DRAWER["travel"], DRAWER["wall"] / 2
+    W, D, H = DRAWER["width"] / 2, DRAWER["depth"] / 2, DRAWER["height"] / 2
+    t, wl = DRAWER["travel"], DRAWER["wall"] / 2
     c, dc, hc = (0.55, 0.4, 0.3, 1), (0.7, 0.55, 0.4, 1), (0.3, 0.3, 0.3, 1)
     cab = [_geom("box", (D, W, wl), (0, 0, -H + wl), c),            # bottom
            _geom("box", (D, W, wl), (0, 0, H - wl), c),             # top
@@ -100,9 +103,11 @@ def drawer_xml(slide_damping: float = 5.0) -> str:
           _geom("box", (0.0175, 0.005, 0.005), (-D - 2 * wl - 0.0175, 0, 0.025), hc),  # handle posts
           _geom("box", (0.0175, 0.005, 0.005), (-D - 2 * wl - 0.0175, 0, -0.025), hc),
           _geom("box", (0.005, 0.005, 0.032), (-D - 2 * wl - 0.037, 0, 0.0), hc)]    # vertical bar
+    slide = (f'<joint name="slide" type="slide" axis="1 0 0" range="{-t:.3f} 0" damping="{slide_damping}" '
+             'frictionloss="0.3" limited="true"/>')
     body = "\n".join(cab) + f"""
         <body name="drawer" pos="0 0 {wl + 0.002:.4f}">
-          <joint name="slide" type="slide" axis="1 0 0" range="{-t:.3f} 0" damping="{slide_damping}" frictionloss="0.3" limited="true"/>
+          {slide}
           <site name="handle_site" pos="{-D - 2 * wl - 0.037:.4f} 0 0" size="0.004" rgba="1 0 0 0"/>
           <site name="interior_site" pos="{xc:.4f} 0 {-dH + 2 * wl:.4f}" size="0.004" rgba="0 1 0 0"/>
 {chr(10).join(dr)}
@@ -135,13 +140,13 @@ def hook_xml() -> str:
 def register_scene_env():
     """A robosuite ManipulationEnv with a table, the Panda and the MJCF objects a task names.
     Defined lazily (robosuite registers environment classes when they are created)."""
-    import robosuite
+    import robosuite  # noqa: PLC0415 (slow: robosuite (~2 s), imported once an env is built)
     if "CotrainScene" in robosuite.ALL_ENVIRONMENTS:
         return
-    from robosuite.environments.manipulation.manipulation_env import ManipulationEnv
-    from robosuite.models.arenas import TableArena
-    from robosuite.models.objects import MujocoXMLObject
-    from robosuite.models.tasks import ManipulationTask
+    from robosuite.environments.manipulation.manipulation_env import ManipulationEnv  # noqa: PLC0415 (slow: robosuite (~2 s), imported once an env is built)
+    from robosuite.models.arenas import TableArena  # noqa: PLC0415 (slow: robosuite (~2 s), imported once an env is built)
+    from robosuite.models.objects import MujocoXMLObject  # noqa: PLC0415 (slow: robosuite (~2 s), imported once an env is built)
+    from robosuite.models.tasks import ManipulationTask  # noqa: PLC0415 (slow: robosuite (~2 s), imported once an env is built)
 
     class CotrainScene(ManipulationEnv):
         def __init__(self, robots, objects=(), table_offset=(0, 0, 0.8), **kw):

@@ -17,7 +17,8 @@ A finished run (its record under <results>/train with run.json final) is not tra
 evaluation continues with the episodes it lacks, so the same command after a kill, or on a new
 machine after `make data`, picks up where the work stopped; outputs land under results/ as each
 run finishes, ready to commit. --minutes M (local pool) fits the work into a session: training starts
-only if the cost model says it ends within M minutes, evaluations stop at M (episodes resume). Scheduling follows bench/bench_threads.py (RESULTS "Speed", this
+only if the cost model says it ends within M minutes, evaluations stop at M (episodes resume).
+Scheduling follows bench/bench_threads.py (RESULTS "Speed", this
 2-core machine): two 1-thread runs side by side train 1.29x the samples of one 2-thread run
 alone, a 2-thread run beside rollouts stalls (under 25 steps in 75 s) unless OpenMP threads sleep
 when they wait, and a 1-thread run beside rollouts keeps 0.67x. So by default two chains run side
@@ -34,7 +35,11 @@ import subprocess
 import sys
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import common
+import methods
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -76,14 +81,12 @@ class PlanError(ValueError):
 # ----------------------------------------------------------------------------------------------
 def ratio_of(method: str, ratio, n_target: int, n_source: int) -> float:
     """The mixing ratio 02_train.py will use (for the run's name): fixed by the method or resolved."""
-    import common
-    fixed = common.METHODS[method].ratio
+    fixed = methods.METHODS[method].ratio
     return fixed if fixed is not None else common.resolve_ratio(str(ratio), n_target, n_source)
 
 
 def expand(plan: dict) -> list:
     """Every [[run]] with its list-valued method / ratio / seed expanded, [defaults] filled in."""
-    import common
     defaults = plan.get("defaults", {})
     runs = []
     for i, spec in enumerate(plan.get("run", [])):
@@ -91,14 +94,15 @@ def expand(plan: dict) -> list:
         bad = sorted(set(spec) - set(RUN_KEYS) - {"eval"})
         if bad:
             raise PlanError(f"run {i + 1}: unknown field(s) {', '.join(bad)} (known: {', '.join(RUN_KEYS)}, eval)")
-        methods, ratios, seeds = (v if isinstance(v, list) else [v] for v in
-                                  (spec.get("method"), spec.get("ratio", "auto"), spec.get("seed", 0)))
-        for method in methods:
-            if method not in common.METHODS:
+        names, ratios, seeds = (v if isinstance(v, list) else [v] for v in
+                                (spec.get("method"), spec.get("ratio", "auto"), spec.get("seed", 0)))
+        for method in names:
+            if method not in methods.METHODS:
                 raise PlanError(f"run {i + 1}: unknown method {method!r}")
-        if len(methods) * len(ratios) * len(seeds) > 1 and spec.get("name"):
-            raise PlanError(f"run {i + 1}: a name given to a list of runs (name one run, or let names follow 02_train.py)")
-        for method, ratio, seed in itertools.product(methods, ratios, seeds):
+        if len(names) * len(ratios) * len(seeds) > 1 and spec.get("name"):
+            raise PlanError(f"run {i + 1}: a name given to a list of runs (name one run, or let names "
+                            f"follow 02_train.py)")
+        for method, ratio, seed in itertools.product(names, ratios, seeds):
             runs.append(make_run({**spec, "method": method, "ratio": ratio, "seed": seed}))
     for what, names in (("runs", [r.name for r in runs]), ("evaluations", [e.name for r in runs for e in r.evals])):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -136,8 +140,7 @@ def make_run(s: dict) -> Run:
 
 
 def common_ratio(method: str) -> bool:
-    import common
-    return common.METHODS[method].ratio is None
+    return methods.METHODS[method].ratio is None
 
 
 def load_plan(path: str) -> list:
@@ -333,7 +336,6 @@ def run_chain(run: Run, runs_dir: str, results: str, data_root: str, threads: in
 def launch_local(runs: list, a, cores: int):
     """A pool of --jobs chains on this machine, cores split among them; a run that needs another
     (waves) starts after it."""
-    from concurrent.futures import ThreadPoolExecutor
     threads = max(1, cores // a.jobs)
     workers = max(1, cores // a.jobs)
     deadline = time.time() + a.minutes * 60 if a.minutes else None
@@ -347,7 +349,7 @@ def launch_local(runs: list, a, cores: int):
 
 def launch_submitit(runs: list, a):
     """One SLURM job per run through submitit (or its local executor, --launcher submitit-local)."""
-    import submitit
+    import submitit  # noqa: PLC0415 (optional: only the SLURM and submitit-local launchers need it)
     folder = os.path.join(a.runs_dir, "submitit")
     if a.launcher == "slurm":
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm")

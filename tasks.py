@@ -21,9 +21,15 @@ The scripted experts live in experts.py, the MJCF mug, drawer and mug tree in si
 """
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 
+import imageio
 import numpy as np
+from tqdm import tqdm
+
+import cli
+import experts
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
@@ -158,8 +164,7 @@ def get_domain(task: str, domain: str) -> Domain:
 # ----------------------------------------------------------------------------------------------
 def _quiet_robosuite():
     """robosuite logs a warning per unused controller part (head, legs, ...) at every env build."""
-    import logging
-    from robosuite.utils.log_utils import ROBOSUITE_DEFAULT_LOGGER
+    from robosuite.utils.log_utils import ROBOSUITE_DEFAULT_LOGGER  # noqa: PLC0415 (slow: robosuite (~2 s), imported once an env is built)
     ROBOSUITE_DEFAULT_LOGGER.setLevel(logging.ERROR)
     for h in ROBOSUITE_DEFAULT_LOGGER.handlers:
         h.setLevel(logging.ERROR)
@@ -168,8 +173,8 @@ def _quiet_robosuite():
 def controller_config(control: str, joint_kp: float = JOINT_KP) -> dict:
     """robosuite composite controller config for "osc" (OSC_POSE delta, 7-D) or "joint"
     (JOINT_POSITION absolute, limits widened, stiffness joint_kp, 7 joints + gripper = 8-D)."""
-    from robosuite.controllers import load_composite_controller_config, load_part_controller_config
-    from robosuite.controllers.composite.composite_controller_factory import refactor_composite_controller_config
+    from robosuite.controllers import load_composite_controller_config, load_part_controller_config  # noqa: PLC0415 (slow: robosuite (~2 s), imported once an env is built)
+    from robosuite.controllers.composite.composite_controller_factory import refactor_composite_controller_config  # noqa: PLC0415 (slow: robosuite (~2 s), imported once an env is built)
     if control == "osc":
         return load_composite_controller_config(controller="BASIC", robot="Panda")
     if control == "joint":
@@ -200,7 +205,7 @@ class TaskEnv:
 
     def __init__(self, task, domain="source", control="osc", cameras=(), image_size=84, joint_kp=JOINT_KP,
                  offscreen=False):
-        import robosuite as suite
+        import robosuite as suite  # noqa: PLC0415 (slow: robosuite (~2 s), imported once an env is built)
         _quiet_robosuite()
         self.task, self.domain, self.control = task, get_domain(task, domain), control
         self.cameras = tuple(cameras)
@@ -592,9 +597,11 @@ def run_episode(env: TaskEnv, seed: int, make_agent, record: bool = True, settle
     return out
 
 
-def run_expert_episode(env: TaskEnv, seed: int, record: bool = True, settle: int = None) -> dict:
-    """One scripted-expert episode (see run_episode)."""
-    return run_episode(env, seed, make_expert, record, settle)
+def run_expert_episode(env: TaskEnv, seed: int, record: bool = True, settle: int = None,
+                       expert: dict = None) -> dict:
+    """One scripted-expert episode (see run_episode); `expert`: the NutAssembly expert's settings
+    (experts.nut_expert; default the first expert's)."""
+    return run_episode(env, seed, lambda e, s: make_expert(e, s, **(expert or {})), record, settle)
 
 
 def replay_joint_actions(env: TaskEnv, states0, joint_actions, tracking_errors: list = None) -> bool:
@@ -671,38 +678,38 @@ def nut_path(ep: dict) -> dict:
 # ----------------------------------------------------------------------------------------------
 # command line: check the experts, save one frame per task x domain
 # ----------------------------------------------------------------------------------------------
-def check_experts(task_names, domains, episodes: int, first_seed: int = 0) -> list:
+def check_experts(task_names, domains, episodes: int, first_seed: int = 0, expert: dict = None) -> list:
     """Expert success over `episodes` seeded episodes per task x domain, and where its grasps close
     (grasp_close, mean over the episodes)."""
-    import time
-    from tqdm import tqdm
     rows = []
     for task in task_names:
         for domain in domains:
             env = make_env(task, domain)
             t0, results = time.time(), []
             for s in tqdm(range(first_seed, first_seed + episodes), desc=f"{task}/{domain}", leave=False):
-                r = run_expert_episode(env, s)
+                r = run_expert_episode(env, s, expert=expert)
                 results.append({"success": r["success"], "seed": s, "length": r["length"],
                                 "close": grasp_close(task, r)})
             ok = [r["success"] for r in results]
             rows.append({"task": task, "domain": domain, "episodes": episodes, "success": float(np.mean(ok)),
                          "failed_seeds": [r["seed"] for r in results if not r["success"]],
                          "mean_length": float(np.mean([r["length"] for r in results])),
-                         "mean_length_success": float(np.mean([r["length"] for r in results if r["success"]] or [np.nan])),
+                         "mean_length_success": float(np.mean([r["length"] for r in results if r["success"]]
+                                                              or [np.nan])),
                          "close": mean_close([r["close"] for r in results]),
                          "seconds": time.time() - t0})
     return rows
 
 
-def check_replay(task_names, domains, episodes: int, first_seed: int = 0, joint_kp: float = JOINT_KP) -> list:
+def check_replay(task_names, domains, episodes: int, first_seed: int = 0, joint_kp: float = JOINT_KP,
+                 expert: dict = None) -> list:
     """Run expert episodes, replay each successful one's joint targets from its initial state in
     a joint-control env, count the replays that succeed."""
     rows = []
     for task in task_names:
         for domain in domains:
             env, jenv = make_env(task, domain), make_env(task, domain, control="joint", joint_kp=joint_kp)
-            eps = [run_expert_episode(env, s) for s in range(first_seed, first_seed + episodes)]
+            eps = [run_expert_episode(env, s, expert=expert) for s in range(first_seed, first_seed + episodes)]
             err = []
             ok = [replay_joint_actions(jenv, e["states"][0], e["joint_actions"], err) for e in eps if e["success"]]
             rows.append({"task": task, "domain": domain, "episodes": episodes, "joint_kp": joint_kp,
@@ -713,7 +720,6 @@ def check_replay(task_names, domains, episodes: int, first_seed: int = 0, joint_
 
 def save_frames(task_names, out_dir: str, seed: int = 0, size: int = 256):
     """One agentview frame per task x domain at the initial state of `seed` (README pictures)."""
-    import imageio
     os.makedirs(out_dir, exist_ok=True)
     for task in task_names:
         row = []
@@ -726,7 +732,6 @@ def save_frames(task_names, out_dir: str, seed: int = 0, size: int = 256):
 
 
 def main(argv=None):
-    import cli  # torch-free command-line helpers
     p = cli.ArgumentParser(description="Check the scripted experts or save domain pictures.")
     p.add_argument("command", choices=["experts", "replay", "frames"],
                    help="experts: expert success; replay: expert episodes replayed through joint "
@@ -737,7 +742,6 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="experts/replay: JSON file; frames: folder (default results/tasks)")
     p.add_argument("--joint-kp", type=float, default=JOINT_KP, help="stiffness of the joint-position controller")
     p.add_argument("--first-seed", type=int, default=0, help="experts/replay: the first episode seed")
-    import experts
     p.add_argument("--nut-expert", default="first", choices=list(experts.NUT_EXPERTS),
                    help="experts/replay: which NutAssembly expert (experts.NUT_EXPERTS; the flags "
                         "below change one of its settings)")
@@ -767,20 +771,13 @@ def main(argv=None):
         cli.die(f"--nut-lift-wait must be >= 0, got {a.nut_lift_wait}")
     if a.nut_dwell is not None and a.nut_dwell < 0:
         cli.die(f"--nut-dwell must be >= 0, got {a.nut_dwell}")
-    experts.use_nut_expert(a.nut_expert)
-    if a.nut_lift_wait is not None:
-        experts.NutAssemblyExpert.lift_wait = a.nut_lift_wait or None
-    if a.nut_grip_dz is not None:
-        experts.NutAssemblyExpert.grip_dz = a.nut_grip_dz
-    if a.nut_dwell is not None:
-        experts.NutAssemblyExpert.dwell = a.nut_dwell
-    if a.nut_carry is not None:
-        experts.NutAssemblyExpert.carry = a.nut_carry
+    expert = experts.nut_expert(a.nut_expert, grip_dz=a.nut_grip_dz, dwell=a.nut_dwell, carry=a.nut_carry,
+                                **({} if a.nut_lift_wait is None else {"lift_wait": a.nut_lift_wait or None}))
     if a.command == "frames":
         save_frames(task_names, a.out or "results/tasks")
         return
     if a.command == "replay":
-        rows = check_replay(task_names, domains, a.episodes, a.first_seed, joint_kp=a.joint_kp)
+        rows = check_replay(task_names, domains, a.episodes, a.first_seed, joint_kp=a.joint_kp, expert=expert)
         print("\n".join(f"{r['task']} {r['domain']} kp={a.joint_kp:g}: expert {r['expert_success']}/{r['episodes']}, "
                         f"replayed {r['replay_success']}/{r['expert_success']}, mean joint tracking error "
                         f"{r['mean_tracking_error_rad']:.4f} rad" for r in rows))
@@ -788,10 +785,11 @@ def main(argv=None):
             os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
             cli.write_json(a.out, rows)
         return
-    rows = check_experts(task_names, domains, a.episodes, a.first_seed)
+    rows = check_experts(task_names, domains, a.episodes, a.first_seed, expert=expert)
     lines = ["| task | domain | success | mean length (successes) | close: height / offset / speed (mm, mm/step) "
              "| seconds |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['domain']} | {r['success']:.2f} ({round(r['success'] * r['episodes'])}/{r['episodes']}) | "
+    lines += [f"| {r['task']} | {r['domain']} | {r['success']:.2f} "
+              f"({round(r['success'] * r['episodes'])}/{r['episodes']}) | "
               f"{r['mean_length_success']:.0f} | "
               + (" / ".join(f"{r['close'][k]:.1f}" for k in ("dz_mm", "dxy_mm", "speed_mm")) if r["close"] else "-")
               + f" | {r['seconds']:.0f} |" for r in rows]

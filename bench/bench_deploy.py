@@ -54,9 +54,11 @@ def main():
         for mode in ("sync", "async"):
             t = res[mode] = run(args.ckpt, hz, mode, args.steps, args.episodes)
             print(f"| {hz:g} | {mode} | {t['lead']} | {t['inference_ms_mean']:.1f} / {t['inference_ms_p95']:.1f} | "
-                  f"{t['loop_ms_p95']:.1f} / {t['loop_ms_max']:.1f} | {t['period_ms_mean']:.1f} +- {t['jitter_ms_std']:.1f} | "
+                  f"{t['loop_ms_p95']:.1f} / {t['loop_ms_max']:.1f} | "
+                  f"{t['period_ms_mean']:.1f} +- {t['jitter_ms_std']:.1f} | "
                   f"{t['period_ms_max']:.1f} | {t['steps_over_period']} |", flush=True)
-        print(f"|   | p95 step work sync / async | {res['sync']['loop_ms_p95'] / res['async']['loop_ms_p95']:.1f}x | | | | | |")
+        ratio = res['sync']['loop_ms_p95'] / res['async']['loop_ms_p95']
+        print(f"|   | p95 step work sync / async | {ratio:.1f}x | | | | | |")
 
 
 if __name__ == "__main__":

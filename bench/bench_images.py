@@ -22,10 +22,12 @@ import time
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import diffusion_policy  # noqa: E402
+import tasks  # noqa: E402
 
 CAMERAS = ("agentview", "robot0_eye_in_hand")
 # proprioception of the image policies (no object poses): joint positions, gripper, end effector
@@ -33,7 +35,6 @@ LOWDIM = {"robot0_joint_pos": 7, "robot0_gripper_qpos": 2, "robot0_eef_pos": 3, 
 
 
 def render_rate(task, cams, size, steps):
-    import tasks
     env = tasks.make_env(task, "source", cameras=cams, image_size=size)
     env.reset(0)
     zero = np.zeros(7)  # OSC: 6-D end-effector delta + gripper
@@ -79,7 +80,6 @@ def train_step_time(cfg, size, batch, steps):
 
 def step_flops(cfg, size, batch):
     """FLOPs of one forward + backward at `batch` (counted at batch 4, linear in the batch)."""
-    from torch.utils.flop_counter import FlopCounterMode
     torch.manual_seed(0)
     policy = diffusion_policy.DiffusionPolicy(cfg)
     g = torch.Generator().manual_seed(0)
@@ -102,7 +102,8 @@ def flops_table():
     print("| profile | batch | GFLOP per step |")
     print("|---|---|---|")
     print(f"| cpu_img (1 camera 64 px, crop 58, width 8, 2+1-layer width-128 transformer) | 64 | {f_small / 1e9:.2f} |")
-    print(f"| paper (2 cameras 84 px, crop 76, width 64, 8+4-layer width-256 transformer) | 256 | {f_paper / 1e9:.1f} |")
+    print("| paper (2 cameras 84 px, crop 76, width 64, 8+4-layer width-256 transformer) | 256 | "
+          f"{f_paper / 1e9:.1f} |")
     print(f"paper / cpu_img work per step: {f_paper / f_small:.0f}x")
 
 
@@ -132,7 +133,8 @@ def main():
     print("| cameras | px (crop) | ResNet18-GN width | parameters | ms per step | samples/s | vs no images |")
     print("|---|---|---|---|---|---|---|")
     base, n0 = train_step_time(policy_cfg(0, 0, 16), 0, a.batch, a.train_steps)
-    print(f"| none (baseline) | - | - | {n0 / 1e6:.2f} M | {1e3 * base:.0f} | {a.batch / base:.0f} | 1.00x |", flush=True)
+    print(f"| none (baseline) | - | - | {n0 / 1e6:.2f} M | {1e3 * base:.0f} | {a.batch / base:.0f} | 1.00x |",
+          flush=True)
     for n in (1, 2):
         for size in (64, 84):
             for width in (8, 16):

@@ -28,7 +28,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=200)
     a = p.parse_args()
-    import robosuite as suite
+    import robosuite as suite  # noqa: PLC0415 (slow: robosuite (~2 s), imported once an env is built)
     raw = suite.make("NutAssemblySquare", robots="Panda", has_renderer=False, has_offscreen_renderer=False,
                      use_camera_obs=False, control_freq=tasks.CONTROL_FREQ, ignore_done=True)
     raw.reset()

@@ -32,7 +32,8 @@ def env_for(threads: int, passive: bool) -> dict:
 
 
 def start_training(out: str, threads: int, passive: bool):
-    return subprocess.Popen([sys.executable, "02_train.py", "--profile", "cpu", "--method", "cotrain", "--steps", "100000",
+    return subprocess.Popen([sys.executable, "02_train.py", "--profile", "cpu", "--method", "cotrain",
+                             "--steps", "100000",
                              "--log-every", "25", "--save-every", "100000", "--snapshot-every", "0", "--out", out],
                             cwd=ROOT, env=env_for(threads, passive), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)

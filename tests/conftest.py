@@ -1,8 +1,11 @@
 import importlib.util
+import json
 import os
 import subprocess
 import sys
 
+import h5py
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,9 +41,6 @@ def make_fake_dataset(path, num_demos=3, T=20, seed=0, domain="target", images=0
     position), optional `images`-sized camera frames and 8-D joint actions, for training tests.
     home: joints and joint targets stay within a few hundredths of a radian of the Panda's
     initial pose (a policy trained on it commands safe, slow targets: deployment tests)."""
-    import json
-    import h5py
-    import numpy as np
     rng = np.random.default_rng(seed)
     lowdim = lowdim or {"robot0_joint_pos": 7, "robot0_gripper_qpos": 2, "nut_pos": 3}
     with h5py.File(path, "w") as f:

@@ -1,11 +1,19 @@
 """04_analyze.py: alignment metrics and the domain probe on point clouds with known answers."""
 import json
 import os
+import shlex
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+import torch
 
 import common
-from conftest import load_stage
+import methods
+import records
+from conftest import ROOT, load_stage, make_fake_dataset, run_stage
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +78,6 @@ def test_correlation_hand_example(an):
 
 
 def test_smoke_end_to_end_tables_and_bad_input(tmp_path):
-    import json
-    import os
-    import torch
-    from conftest import make_fake_dataset, run_stage
     tgt = make_fake_dataset(tmp_path / "t.hdf5", 3, 20, seed=0)
     src = make_fake_dataset(tmp_path / "s.hdf5", 4, 20, seed=1, domain="source")
     runs = tmp_path / "runs"
@@ -112,7 +116,8 @@ def test_smoke_end_to_end_tables_and_bad_input(tmp_path):
     gl = json.loads((out / "guideline.json").read_text())
     assert len(gl) == 1 and gl[0]["N"] == 3 and gl[0]["M"] == 4 and gl[0]["ratios"] == [0.3, 0.6]
     for f in ("alignment.md", "alignment_vs_ratio.png", "regimes.png", "methods_vs_ratio.png",
-              "guidance_sweep.png", "guideline.png", "umap/cotrain.png", "umap_grid_NutAssembly_target_visual_physics_smoke.png"):
+              "guidance_sweep.png", "guideline.png", "umap/cotrain.png",
+              "umap_grid_NutAssembly_target_visual_physics_smoke.png"):
         assert (out / f).stat().st_size > 0, f
     missing = (out / "missing.md").read_text()
     assert "Table 3" in missing and "pretrain_ft" in missing and "still training" in missing
@@ -141,15 +146,15 @@ def test_smoke_end_to_end_tables_and_bad_input(tmp_path):
 
 
 def test_every_method_of_the_table_has_a_place(an, monkeypatch):
-    """04_analyze.py orders, groups and draws methods from common.METHODS: every row is placed,
+    """04_analyze.py orders, groups and draws methods from methods.METHODS: every row is placed,
     and a row it cannot tell apart from another (a marker already taken) fails the check."""
     an.check_placement()
-    assert an.method_order() == list(common.METHODS) + ["pretrain_ft"]
+    assert an.method_order() == list(methods.METHODS) + ["pretrain_ft"]
     assert [m for m in an.method_order() if an.in_ratio_sweep(m)] == ["real_only", "sim_only", "cotrain"]
-    monkeypatch.setitem(common.METHODS, "twin", common.Method(marker=common.METHODS["cotrain"].marker))
+    monkeypatch.setitem(methods.METHODS, "twin", methods.Method(marker=methods.METHODS["cotrain"].marker))
     with pytest.raises(ValueError, match="twin"):
         an.check_placement()
-    monkeypatch.setitem(common.METHODS, "twin", common.Method(marker="h"))  # pretrain_ft's
+    monkeypatch.setitem(methods.METHODS, "twin", methods.Method(marker="h"))  # pretrain_ft's
     with pytest.raises(ValueError, match="apart"):
         an.check_placement()
 
@@ -157,10 +162,6 @@ def test_every_method_of_the_table_has_a_place(an, monkeypatch):
 def test_tables_rebuild_from_committed_results_in_a_clone_without_runs_or_data(tmp_path):
     """04_analyze.py --runs <committed results> needs nothing but the repository: the tracked files
     copied to another folder (no runs/, no data/) rebuild the fixture's committed tables."""
-    import shutil
-    import subprocess
-    import sys
-    from conftest import ROOT
     clone = tmp_path / "clone"
     files = subprocess.run(["git", "-C", ROOT, "ls-files", "-co", "--exclude-standard"], capture_output=True,
                            text=True, check=True).stdout.split()
@@ -176,9 +177,11 @@ def test_tables_rebuild_from_committed_results_in_a_clone_without_runs_or_data(t
     assert r.returncode == 0, r.stderr[-2000:]
     for name in ("alignment", "methods", "guidance", "table1", "table2", "table3", "comparisons", "guideline",
                  "correlations", "repeats", "compute", "failures"):
-        assert (tmp_path / "out" / f"{name}.md").read_text() == (clone / fixture / "analysis" / f"{name}.md").read_text(), name
+        want = (clone / fixture / "analysis" / f"{name}.md").read_text()
+        assert (tmp_path / "out" / f"{name}.md").read_text() == want, name
     assert (tmp_path / "out" / "missing.md").read_text() == (clone / fixture / "analysis" / "missing.md").read_text()
-    for f in ("alignment_vs_ratio.png", "methods_vs_ratio.png", "guidance_sweep.png", "umap_grid_NutAssembly_target_visual_physics_smoke.png"):
+    for f in ("alignment_vs_ratio.png", "methods_vs_ratio.png", "guidance_sweep.png",
+              "umap_grid_NutAssembly_target_visual_physics_smoke.png"):
         assert (tmp_path / "out" / f).stat().st_size > 0, f
     assert not (clone / "runs").exists() and not (clone / "data").exists()  # nothing written beside
 
@@ -186,7 +189,6 @@ def test_tables_rebuild_from_committed_results_in_a_clone_without_runs_or_data(t
 def test_paper_tables_from_the_smoke_study_fixture(an):
     """Tables 1-3, the comparisons and Fig. 9's builders on the committed smoke study
     (plans/smoke_study.toml: N = 1, M = 2, auto = 0.471; 2 episodes per evaluation)."""
-    from conftest import ROOT
     runs, unfinished = an.discover(os.path.join(ROOT, "tests/fixtures/results_smoke"))
     assert not unfinished and len(runs) == 8 and not any(r["superseded"] for r in runs)
     auto = common.resolve_ratio("auto", 1, 2)
@@ -221,8 +223,6 @@ def test_paper_tables_from_the_smoke_study_fixture(an):
 def test_repeated_episodes_agree_and_a_changed_one_is_caught(an, tmp_path):
     """The smoke study runs CFG-ADDA at lambda = -0.5 in two folders on the same seeds (its evaluation
     and its guidance sweep): the repeats check pairs them; a changed outcome shows as disagreement."""
-    import shutil
-    from conftest import ROOT
     root = str(tmp_path / "r")
     shutil.copytree(os.path.join(ROOT, "tests/fixtures/results_smoke"), root)
     rows, _, _ = an.repeats(root)
@@ -241,8 +241,6 @@ def test_repeated_episodes_agree_and_a_changed_one_is_caught(an, tmp_path):
 
 
 def test_compute_table_sums_what_the_records_measured(an, tmp_path):
-    import shutil
-    from conftest import ROOT
     root = tmp_path / "r"
     shutil.copytree(os.path.join(ROOT, "tests/fixtures/results_smoke"), root)
     run = root / "train" / "NutAssembly_target_visual_physics_cotrain_r0.1_encdec_s0"
@@ -268,7 +266,8 @@ def test_correlations_over_the_sweep_and_every_checkpoint(an):
     got = {(r["checkpoints"], r["metric"]): r for r in out}
     assert got["ratio sweep", "W trunk"]["n"] == 3 and got["all checkpoints", "W trunk"]["n"] == 4
     assert got["ratio sweep", "W trunk"]["spearman_alignment"] == pytest.approx(1.0)
-    assert got["all checkpoints", "GW trunk"]["pearson_alignment"] > 0.9 and got["all checkpoints", "GW trunk"]["pearson"] < 0
+    gw = got["all checkpoints", "GW trunk"]
+    assert gw["pearson_alignment"] > 0.9 and gw["pearson"] < 0
     assert "same" in got["ratio sweep", "W stem"]["note"] and "pearson" not in got["ratio sweep", "W stem"]
     assert not missing
     assert an.correlations(rows[:2])[2] == ["correlation S (ratio sweep): 2 evaluated checkpoint(s), needs 3",
@@ -279,10 +278,11 @@ def test_failures_table_counts_where_episodes_failed(an, tmp_path):
     d = tmp_path / "eval" / "e"
     os.makedirs(d)
     key = "results/train/r/ckpt.pt|target_visual_physics|guidance=None"
-    eps = [{"key": key, "seed": 0, "success": True, "reached": {"grasp": 50}, "nut_path": {"lift_mm": 90, "min_peg_xy_mm": 1.0}},
-           {"key": key, "seed": 1, "success": False, "reached": {"grasp": None}, "nut_path": {"lift_mm": 0, "min_peg_xy_mm": None}},
-           *[{"key": key, "seed": 2 + i, "success": False, "reached": {"grasp": 60}, "nut_path": {"lift_mm": 80, "min_peg_xy_mm": x}}
-             for i, x in enumerate((10.0, 20.0, 30.0))],
+    def ep(seed, success, grasp, lift, xy):
+        return {"key": key, "seed": seed, "success": success, "reached": {"grasp": grasp},
+                "nut_path": {"lift_mm": lift, "min_peg_xy_mm": xy}}
+    eps = [ep(0, True, 50, 90, 1.0), ep(1, False, None, 0, None),
+           *[ep(2 + i, False, 60, 80, x) for i, x in enumerate((10.0, 20.0, 30.0))],
            {"key": key, "seed": 9, "success": False, "reached": {}, "nut_path": {}}]  # another task: skipped
     (d / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eps) + '{"key": "cut by a ki')
     (row,), _, _ = an.failures_table(str(tmp_path))  # the cut last line is skipped, as 03_eval.py does
@@ -294,8 +294,8 @@ def test_fisher_and_superseded_runs(an):
     f = an.fisher_exact(125, 200, 95, 200)  # the cpu recipe's cotrain vs real_only (RESULTS)
     assert f["p_two_sided"] == pytest.approx(0.0035, abs=5e-4) and f["p_a_greater"] < f["p_two_sided"]
     assert an.fisher_exact(3, 10, 3, 10)["p_two_sided"] == pytest.approx(1.0)
-    base = {"task": "NutAssembly", "domain": "target_visual_physics", "profile": "cpu", "method": "real_only",
-            "ratio": 1.0, "arch": "encdec", "n_target": 50, "n_source": 500}
+    base = {"task": "NutAssembly", "target_domain": "target_visual_physics", "profile": "cpu", "method": "real_only",
+            "mixing_ratio": 1.0, "arch": "encdec", "n_target": 50, "n_source": 500}
     cfg = {"args": {"seed": 0, "disc_weight": 0.1}, "guidance_scale": None}
     short, long_ = {**base, "step": 15000, "cfg": cfg}, {**base, "step": 20000, "cfg": cfg}
     other = {**base, "step": 15000, "cfg": {"args": {"seed": 1, "disc_weight": 0.1}, "guidance_scale": None}}
@@ -304,8 +304,6 @@ def test_fisher_and_superseded_runs(an):
 
 
 def test_no_committed_record_holds_a_machine_path():
-    import records
-    from conftest import ROOT
     for root in ("results", "tests/fixtures"):
         assert records.find_machine_paths(os.path.join(ROOT, root)) == [], root
 
@@ -313,8 +311,6 @@ def test_no_committed_record_holds_a_machine_path():
 def test_commands_that_missing_md_suggests_are_valid(an, tmp_path):
     """Every 02_train.py command a generated missing.md suggests parses and passes 02's checks
     (--print-config resolves the settings and runs nothing)."""
-    import shlex
-    from conftest import ROOT, run_stage
     cmds = []
     for path in [os.path.join(ROOT, "tests/fixtures/results_smoke/analysis/missing.md")]:
         for line in open(path):

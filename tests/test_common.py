@@ -1,5 +1,10 @@
 """Unit tests of common.py: diffusion core, CFG, mixing-ratio sampler and guideline, ANOVA."""
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -7,6 +12,8 @@ import torch
 
 import common
 import diffusion_policy
+import methods
+from conftest import ROOT
 
 
 # --- noise schedule --------------------------------------------------------------------------
@@ -129,48 +136,6 @@ def test_ema_update_and_decay():
     assert 0.99 < common.ema_decay(10_000) < 0.9999 + 1e-12
 
 
-# --- mixing-ratio sampler (Eq. 1) ------------------------------------------------------------
-@pytest.mark.parametrize("w", [0.0, 0.016, 0.1, 0.5, 0.8, 1.0])
-def test_sampler_composition_matches_w(w):
-    g = torch.Generator().manual_seed(1)
-    is_t, idx = common.sample_mixed_batch(50, 3000, w, 256, g)
-    assert is_t.shape == idx.shape == (256,)
-    fracs = [common.sample_mixed_batch(50, 3000, w, 256, g)[0].float().mean().item() for _ in range(400)]
-    mean = float(np.mean(fracs))
-    se = math.sqrt(max(w * (1 - w), 1e-12) / (256 * 400))
-    assert abs(mean - w) < 5 * se + 1e-12
-    if w == 0.0:
-        assert max(fracs) == 0.0
-    if w == 1.0:
-        assert min(fracs) == 1.0
-
-
-def test_sampler_indices_in_range_and_vector_w():
-    g = torch.Generator().manual_seed(2)
-    w = torch.tensor([0.0, 0.3, 1.0])
-    is_t, idx = common.sample_mixed_batch(7, 11, w, 5000, g)
-    assert is_t.shape == (3, 5000)
-    assert not is_t[0].any() and is_t[2].all()
-    assert (idx[is_t] < 7).all() and (idx[~is_t] < 11).all() and (idx >= 0).all()
-    assert set(idx[is_t].tolist()) == set(range(7))  # uniform within the domain: all drawn
-    assert abs(is_t[1].float().mean().item() - 0.3) < 0.03
-
-
-@pytest.mark.parametrize("w", [-0.1, 1.5, float("nan")])
-def test_sampler_rejects_bad_ratio(w):
-    with pytest.raises(common.UsageError):
-        common.sample_mixed_batch(5, 5, w, 8)
-
-
-def test_sampler_rejects_empty_domain():
-    with pytest.raises(common.UsageError):
-        common.sample_mixed_batch(0, 5, 0.5, 8)
-    with pytest.raises(common.UsageError):
-        common.sample_mixed_batch(5, 0, 0.5, 8)
-    common.sample_mixed_batch(5, 0, 1.0, 8)  # real-only needs no source
-    common.sample_mixed_batch(0, 5, 0.0, 8)  # sim-only needs no target
-
-
 # --- the guideline (App. B.3, D.5) -----------------------------------------------------------
 def test_guideline_numbers():
     assert common.natural_ratio(50, 3000) == pytest.approx(50 / 3050)
@@ -201,38 +166,6 @@ def test_resolve_ratio():
             common.resolve_ratio(bad, 50, 3000)
 
 
-# --- ANOVA -----------------------------------------------------------------------------------
-def test_two_way_anova_hand_example():
-    # cells (A, B): A1B1 {1, 3}, A1B2 {5, 7}, A2B1 {2, 4}, A2B2 {10, 12}; grand mean 5.5.
-    # By hand: SS_A = 2*2*((4-5.5)^2 + (7-5.5)^2) = 18; SS_B = 2*2*((2.5-5.5)^2 + (8.5-5.5)^2) = 72;
-    # interaction residuals of the cell means are +-1, so SS_AB = 2*4*1 = 8; within cells every
-    # value is +-1 from its mean, SS_E = 8; total 106. F_A = 18 / (8 / 4) = 9.
-    y = np.array([[[1, 3], [5, 7]], [[2, 4], [10, 12]]], dtype=float)
-    r = common.two_way_anova(y)
-    assert r["A"]["ss"] == pytest.approx(18)
-    assert r["B"]["ss"] == pytest.approx(72)
-    assert r["AB"]["ss"] == pytest.approx(8)
-    assert r["residual"]["ss"] == pytest.approx(8)
-    assert r["ss_total"] == pytest.approx(106)
-    assert (r["A"]["df"], r["B"]["df"], r["AB"]["df"], r["residual"]["df"]) == (1, 1, 1, 4)
-    assert r["A"]["F"] == pytest.approx(9)
-    assert r["B"]["F"] == pytest.approx(36)
-    assert r["A"]["share"] == pytest.approx(18 / 106)
-    # p of F(1, 4) = 9: the F(1, 4) tail equals the two-sided t(4) tail at t = 3
-    from scipy import stats
-    assert r["A"]["p"] == pytest.approx(2 * stats.t.sf(3, 4))
-    assert sum(r[k]["share"] for k in ("A", "B", "AB", "residual")) == pytest.approx(1)
-
-
-def test_two_way_anova_pure_factor():
-    rng = np.random.default_rng(0)
-    y = np.arange(4)[:, None, None] + np.zeros((4, 3, 5)) + 1e-6 * rng.standard_normal((4, 3, 5))
-    r = common.two_way_anova(y)
-    assert r["A"]["share"] > 0.999 and r["B"]["share"] < 1e-6
-    with pytest.raises(ValueError):
-        common.two_way_anova(np.zeros((2, 2, 1)))
-
-
 # --- seeding and argument parsing ------------------------------------------------------------
 def test_seed_everything_reproducible():
     common.seed_everything(5)
@@ -257,13 +190,13 @@ def test_parse_args_profiles_and_flags(toy):
 def test_gradient_reversal_flips_the_encoders_gradient_only():
     torch.manual_seed(0)
     enc = torch.nn.Linear(4, 6)
-    disc = common.Discriminator(6, hidden=8)
+    disc = methods.Discriminator(6, hidden=8)
     x = torch.randn(32, 4)
     domain = torch.randint(0, 2, (32,))
     grads = {}
     for reverse in (False, True):
         enc.zero_grad(); disc.zero_grad()
-        loss, acc = common.discriminator_loss(disc, enc(x), domain, reverse=reverse)
+        loss, acc = methods.discriminator_loss(disc, enc(x), domain, reverse=reverse)
         loss.backward()
         grads[reverse] = ([p.grad.clone() for p in enc.parameters()],
                           [p.grad.clone() for p in disc.parameters()])
@@ -274,7 +207,7 @@ def test_gradient_reversal_flips_the_encoders_gradient_only():
     for g_plain, g_rev in zip(grads[False][1], grads[True][1]):
         assert torch.allclose(g_rev, g_plain)  # the discriminator itself learns as usual
     x = torch.randn(3, requires_grad=True)
-    common.grad_reverse(x, 0.5).sum().backward()
+    methods.grad_reverse(x, 0.5).sum().backward()
     assert torch.allclose(x.grad, torch.full((3,), -0.5))
 
 
@@ -282,8 +215,8 @@ def test_cfg_null_label_is_used_at_the_drop_rate():
     g = torch.Generator().manual_seed(0)
     domain = torch.randint(0, 2, (200_000,), generator=g)
     for p in (0.0, 0.2, 0.5, 1.0):
-        out = common.drop_labels(domain, p, g)
-        dropped = out == common.NULL_LABEL
+        out = methods.drop_labels(domain, p, g)
+        dropped = out == methods.NULL_LABEL
         assert dropped.float().mean().item() == pytest.approx(p, abs=0.005)
         assert torch.equal(out[~dropped], domain[~dropped])
 
@@ -291,20 +224,20 @@ def test_cfg_null_label_is_used_at_the_drop_rate():
 def test_ot_loss_zero_for_identical_batches_and_grows_with_shift():
     g = torch.Generator().manual_seed(0)
     z = torch.randn(64, 16, generator=g)
-    losses = [common.ot_loss(z + s, z).item() for s in (0.25, 0.5, 1.0, 2.0)]
+    losses = [methods.ot_loss(z + s, z).item() for s in (0.25, 0.5, 1.0, 2.0)]
     # zero up to the entropic blur of the plan (off-diagonal mass ~ exp(-cost / reg))
-    assert common.ot_loss(z, z.clone()).item() < 1e-3 * losses[0]
+    assert methods.ot_loss(z, z.clone()).item() < 1e-3 * losses[0]
     assert all(b > a for a, b in zip(losses, losses[1:])) and losses[0] > 1e-3
-    assert common.ot_loss(z[:0], z).item() == 0.0  # no source sample in the batch
+    assert methods.ot_loss(z[:0], z).item() == 0.0  # no source sample in the batch
     # the plan is held constant: the gradient is sum(plan * dC/dz), pulling source toward target
     zs = (z + 1.0).requires_grad_(True)
-    common.ot_loss(zs, z).backward()
+    methods.ot_loss(zs, z).backward()
     assert (zs.grad > 0).float().mean() > 0.9
 
 
 def test_unbalanced_sinkhorn_plan_matches_marginals_when_relaxation_is_strong():
     C = torch.rand(5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    P = common.unbalanced_sinkhorn(C, reg=0.1, reg_m=1e4, iters=2000)
+    P = methods.unbalanced_sinkhorn(C, reg=0.1, reg_m=1e4, iters=2000)
     assert torch.allclose(P.sum(1), torch.full((5,), 1 / 5, dtype=torch.float64), atol=1e-3)
     assert torch.allclose(P.sum(0), torch.full((7,), 1 / 7, dtype=torch.float64), atol=1e-3)
 
@@ -317,13 +250,6 @@ def test_mixed_batch_counts_exact_in_expectation():
         assert n.mean() == pytest.approx(w * B, abs=0.02)
     with pytest.raises(common.UsageError):
         common.mixed_batch_counts(1.5, 8, g)
-
-
-def test_get_lr_warmup_then_cosine():
-    assert common.get_lr(0, 1.0, 10, 110) == pytest.approx(0.1)
-    assert common.get_lr(9, 1.0, 10, 110) == pytest.approx(1.0)
-    assert common.get_lr(60, 1.0, 10, 110) == pytest.approx(0.5)
-    assert common.get_lr(110, 1.0, 10, 110) == pytest.approx(0.0)
 
 
 # --- policy networks ----------------------------------------------------------------------------
@@ -361,7 +287,7 @@ def test_guidance_combines_conditional_and_null_predictions():
     run = lambda lam, label=0: pol.predict_action(obs, label=label, guidance_scale=lam, sample_steps=1,
                                                   generator=torch.Generator().manual_seed(1))
     # with one DDIM step the output is linear in eps, so the guided chunk is the CFG mix
-    a0, a_null, a_g = run(0.0), run(0.0, common.NULL_LABEL), run(-0.5)
+    a0, a_null, a_g = run(0.0), run(0.0, methods.NULL_LABEL), run(-0.5)
     assert not torch.allclose(a0, a_null)
     assert torch.allclose(a_g, 0.5 * a0 + 0.5 * a_null, atol=1e-4)
 
@@ -448,14 +374,9 @@ def test_old_run_configs_upgrade_to_todays_form(tmp_path):
 
 def test_a_pool_worker_exits_when_its_parent_is_killed():
     """cli.exit_with_parent: the generation and rollout workers do not run on as orphans."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    from conftest import ROOT
     child = ("import cli, time; cli.exit_with_parent(0.05); time.sleep(60)")
-    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
                                "print(p.pid, flush=True); time.sleep(60)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     pid = int(parent.stdout.readline())
     time.sleep(0.5)

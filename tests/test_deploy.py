@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import common
+import tasks
 from conftest import PANDA_HOME, load_stage, make_fake_dataset, run_stage
 
 
@@ -29,7 +30,6 @@ def ckpt(tmp_path_factory):
 
 
 def test_forward_kinematics_matches_the_simulated_panda(dep):
-    import tasks
     env = tasks.make_env("NutAssembly", "source", control="joint")
     obs = env.reset(0)
     sim, robot = env.sim, env.env.robots[0]

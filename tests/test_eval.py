@@ -1,14 +1,23 @@
 """03_eval.py: smoke evaluation, determinism across workers, resume, video, guidance, bad input."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import h5py
+import imageio.v3 as iio
+import numpy as np
 import pytest
+import torch
 
-from conftest import ROOT, make_fake_dataset, run_stage, load_stage
+import diffusion_policy
+import methods
+import records
+from conftest import ROOT, load_stage, make_fake_dataset, run_stage
+from diffusion_policy import load_policy
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +134,6 @@ def test_sigterm_ends_the_rollout_workers_and_keeps_the_episodes(ckpts, tmp_path
 def test_moved_checkpoint_keeps_its_episodes(ckpts, tmp_path):
     """The same weights at another path (a checkpoint copied under results/) resume the evaluation
     instead of running every episode again."""
-    import shutil
     out = tmp_path / "ev"
     assert evaluate(ckpts["cotrain"], out, "--trials", "2").returncode == 0
     moved = tmp_path / "moved" / "ckpt.pt"
@@ -135,13 +143,11 @@ def test_moved_checkpoint_keeps_its_episodes(ckpts, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "1 to run, 2 done before" in r.stdout
     (ev,) = results(out).values()
-    import records  # records name a checkpoint portably: <parent>/<file> outside the repository
     assert ev["ckpt"] == records.portable(str(moved)) == "moved/ckpt.pt"
     assert [e["seed"] for e in ev["episodes"]] == [1_000_000, 1_000_001, 1_000_002]
 
 
 def test_guidance_sweep_and_video(ckpts, tmp_path):
-    import imageio.v3 as iio
     r = evaluate(ckpts["cfg"], tmp_path / "g", "--guidance", "-1,0.5", "--trials", "1", "--video", "1")
     assert r.returncode == 0, r.stderr
     res = results(tmp_path / "g")
@@ -207,22 +213,20 @@ def test_bad_input_exits_2_and_writes_nothing(ckpts, tmp_path, case):
 def test_label_reaches_the_policy(ckpts, monkeypatch):
     """--label picks the domain label a CFG policy is conditioned on; by default it is the
     evaluated domain's (source in the source domain), where the agent used to pass target always."""
-    import common
-    import diffusion_policy
     ev = load_stage("03_eval.py")
     seen = []
     orig = diffusion_policy.DiffusionPolicy.predict_action
 
-    def spy(self, obs, label=common.TARGET, *args, **kw):
+    def spy(self, obs, label=methods.TARGET, *args, **kw):
         seen.append(int(label))
         return orig(self, obs, label, *args, **kw)
 
     monkeypatch.setattr(diffusion_policy.DiffusionPolicy, "predict_action", spy)
     worker = ev.Worker()
-    for domain, label, want in [("source", "", common.SOURCE), ("source", "target", common.TARGET),
-                                ("target_visual", "", common.TARGET), ("target_visual", "source", common.SOURCE)]:
+    for domain, label, want in [("source", "", methods.SOURCE), ("source", "target", methods.TARGET),
+                                ("target_visual", "", methods.TARGET), ("target_visual", "source", methods.SOURCE)]:
         (e,) = ev.plan(ev.Args(ckpt=[ckpts["cfg"]], domain=domain, label=label))
-        assert e["label"] == {common.SOURCE: "source", common.TARGET: "target"}[want]
+        assert e.label == {methods.SOURCE: "source", methods.TARGET: "target"}[want]
         seen.clear()
         worker.episode(ev.make_job(e, 5, max_steps=9))
         assert seen and set(seen) == {want}
@@ -241,7 +245,6 @@ def test_n_action_sets_how_often_the_policy_replans(ckpts, monkeypatch, tmp_path
     """--n-action executes fewer (or more) actions of each chunk than training's n_action: over the
     same 9 steps the policy predicts ceil(9 / n_action) chunks. Episodes record the subtasks they
     reached (tasks.py's signals), and results.json their rates."""
-    import diffusion_policy
     ev = load_stage("03_eval.py")
     calls = []
     orig = diffusion_policy.DiffusionPolicy.predict_action
@@ -255,8 +258,8 @@ def test_n_action_sets_how_often_the_policy_replans(ckpts, monkeypatch, tmp_path
     trained = None
     for n_action, want in [(0, 3), (2, 5), (1, 9)]:  # smoke profile: horizon 8, n_action 4
         (e,) = ev.plan(ev.Args(ckpt=[ckpts["cotrain"]], n_action=n_action))
-        trained = trained or e["n_action"]
-        assert e["n_action"] == (n_action or trained) and ("n_action=" in e["key"]) == (n_action > 0)
+        trained = trained or e.n_action
+        assert e.n_action == (n_action or trained) and ("n_action=" in e.key) == (n_action > 0)
         calls.clear()
         r = worker.episode(ev.make_job(e, 5, max_steps=9))
         assert len(calls) == want, (n_action, len(calls))
@@ -273,8 +276,6 @@ def test_osc_action_space_trains_on_the_osc_commands_and_runs_with_the_osc_contr
     """--action-space osc: the policy learns the stored OSC_POSE commands (`actions`, 7-D), not the
     joint targets, and 03_eval.py executes its chunks with robosuite's OSC controller (a joint
     controller would refuse 7-D actions); 05_real_deploy.py refuses it (its robots take joints)."""
-    import h5py
-    import numpy as np
     paths = []
     for name, seed, domain in (("t", 0, "target"), ("s", 1, "source")):
         p = make_fake_dataset(tmp_path / f"{name}.hdf5", 2, 16, seed=seed, home=True, domain=domain,
@@ -288,8 +289,6 @@ def test_osc_action_space_trains_on_the_osc_commands_and_runs_with_the_osc_contr
                   "--method", "real_only", "--obs-set", "rel", "--action-space", "osc", "--out", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
     ckpt = str(tmp_path / "run" / "ckpt.pt")
-    import torch
-    from diffusion_policy import load_policy
     policy = load_policy(ckpt)[0]
     assert policy.cfg["action_dim"] == 7 and policy.cfg["action_space"] == "osc"
     span = policy.normalizer.inverse("actions", torch.tensor([[-1.0] * 7, [1.0] * 7]))  # fitted on `actions`
@@ -309,8 +308,6 @@ def test_derived_observations_and_relative_actions_run_closed_loop(tmp_path):
     """A policy on the cpu profile's observation and action spaces (--obs-set rel: gripper-relative
     positions and 6-D rotations derived from the stored keys; --action-space rel) runs in the
     simulator through 03_eval.py and 05_real_deploy.py's sim robot, the same episodes both ways."""
-    import h5py
-    import numpy as np
     lowdim = {"robot0_joint_pos": 7, "robot0_gripper_qpos": 2, "robot0_eef_pos": 3,
               "robot0_eef_quat": 4, "nut_pos": 3, "nut_quat": 4, "peg_pos": 3}
     tgt = make_fake_dataset(tmp_path / "t.hdf5", 2, 16, seed=0, lowdim=lowdim, home=True)
@@ -334,8 +331,6 @@ def test_derived_observations_and_relative_actions_run_closed_loop(tmp_path):
 def test_image_policy_rendered_at_its_training_size(tmp_path):
     """A policy trained on 32x32 frames is evaluated on 32x32 renders (the checkpoint's
     image_size, not the envs' default 84), and PolicyAgent refuses frames of another size."""
-    import numpy as np
-    import diffusion_policy
     tgt = make_fake_dataset(tmp_path / "t.hdf5", 2, 12, seed=0, images=32)
     src = make_fake_dataset(tmp_path / "s.hdf5", 2, 12, seed=1, images=32, domain="source")
     r = run_stage("02_train.py", "--profile", "smoke", "--target-data", tgt, "--source-data", src, "--images",

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, load_stage, run_stage
+from experts import rotvec, rotvec_to_mat
+from tasks import OSC_POS_SCALE, OSC_ROT_SCALE, TASK_CLASSES, eef_pose
 
 GEN = "01_generate_data.py"
 TASK = "NutAssembly"
@@ -45,7 +47,6 @@ def _arrays(path):
 
 # --- MimicGen pieces ---------------------------------------------------------------------------
 def test_interpolation_ends_on_target_and_respects_speed(gen):
-    from experts import rotvec, rotvec_to_mat
     T0, T1 = np.eye(4), np.eye(4)
     T1[:3, 3] = [0.1, -0.05, 0.02]
     T1[:3, :3] = rotvec_to_mat([0, 0, 1.2])
@@ -69,8 +70,6 @@ def test_subtask_ends_follow_signals(gen, files):
 def test_seed_targets_reproduce_the_recorded_actions(gen, files):
     """The stored target poses, turned back into OSC actions from the recorded eef poses, give the
     recorded (clipped) actions: the retargeting starts from what the controller was told."""
-    from experts import rotvec
-    from tasks import OSC_POS_SCALE, OSC_ROT_SCALE, eef_pose
     src = gen.SeedDemos(files["seed"], TASK)
     with h5py.File(files["seed"], "r") as f:
         g = f["data/demo_1"]
@@ -86,7 +85,6 @@ def test_seed_targets_reproduce_the_recorded_actions(gen, files):
 # --- the written files ---------------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["seed", "mimicgen"])
 def test_robomimic_layout(files, which):
-    from tasks import TASK_CLASSES
     with h5py.File(files[which], "r") as f:
         data = f["data"]
         names = sorted(data, key=lambda n: int(n.split("_")[1]))
@@ -142,7 +140,7 @@ def test_per_subtask_random_selection(files):
 
 def test_robomimic_sequence_dataset_reads_our_file(files):
     ObsUtils = pytest.importorskip("robomimic.utils.obs_utils")
-    from robomimic.utils.dataset import SequenceDataset
+    from robomimic.utils.dataset import SequenceDataset  # noqa: PLC0415 (optional: installed without its dependencies (requirements-nodeps.txt))
     keys = ("robot0_joint_pos", "robot0_gripper_qpos", "nut_pos")
     ObsUtils.initialize_obs_utils_with_obs_specs({"obs": {"low_dim": list(keys)}})
     ds = SequenceDataset(hdf5_path=files["mimicgen"], obs_keys=keys, dataset_keys=("actions", "joint_actions"),

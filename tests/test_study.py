@@ -9,9 +9,8 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_stage
-
 import study
+from conftest import ROOT, run_stage
 
 
 def test_smoke_plan_expands_to_its_runs():
@@ -84,7 +83,8 @@ def test_nut_study_plan_expands_to_exactly_the_issues_runs():
 
 def test_a_run_that_needs_another_waits_for_it(tmp_path):
     plan = tmp_path / "p.toml"
-    plan.write_text('[[run]]\nmethod = "real_only"\nname = "ft"\nflags = ["--init-from", "{results}/train/pre/ckpt.pt"]\n'
+    plan.write_text('[[run]]\nmethod = "real_only"\nname = "ft"\n'
+                    'flags = ["--init-from", "{results}/train/pre/ckpt.pt"]\n'
                     '[[run]]\nmethod = "sim_only"\nname = "pre"\n')
     runs = study.load_plan(str(plan))
     assert [[r.name for r in w] for w in study.waves(runs)] == [["pre"], ["ft"]]
@@ -200,7 +200,8 @@ def test_local_pool_submitit_and_a_kill_give_the_same_outputs(tmp_path, smoke_da
     a = run_plan(tmp_path / "a", smoke_data)
     assert a.returncode == 0, a.stderr[-2000:]
     ref = outputs(tmp_path / "a" / "results")
-    assert len([k for k in ref if k.endswith("run.json")]) == 3 and len([k for k in ref if k.endswith("episodes.jsonl")]) == 3
+    assert len([k for k in ref if k.endswith("run.json")]) == 3
+    assert len([k for k in ref if k.endswith("episodes.jsonl")]) == 3
     log = tmp_path / "a" / "runs" / "logs" / "NutAssembly_target_visual_physics_real_only_r1_encdec_s0.log"
     before = log.read_text()
     again = run_plan(tmp_path / "a", smoke_data)  # everything done: nothing trains or rolls out again

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+import experts
 import tasks
 from conftest import run_stage
 
@@ -73,7 +74,8 @@ def test_domains_change_what_they_claim(envs):
         assert size(phy, pgeoms) == pytest.approx(gap.object_size_scale * size(src, geoms), rel=0.1)
     if gap.fixture_damping_scale != 1.0:
         j = src.joint_name2id("drawer_slide")
-        assert phy.dof_damping[src.jnt_dofadr[j]] == pytest.approx(gap.fixture_damping_scale * src.dof_damping[src.jnt_dofadr[j]])
+        dof = src.jnt_dofadr[j]
+        assert phy.dof_damping[dof] == pytest.approx(gap.fixture_damping_scale * src.dof_damping[dof])
     # ... and not the visuals
     assert np.array_equal(phy.cam_pos, src.cam_pos) and np.array_equal(phy.light_diffuse, src.light_diffuse)
     # visual: colors, light, camera; physics untouched
@@ -107,14 +109,7 @@ def test_expert_episode_succeeds_and_records(episode, envs):
     assert set(np.unique(episode["actions"][:, -1])) == set(envs["source"].gripper_levels)
 
 
-def use_nut_expert(monkeypatch, name):
-    """experts.use_nut_expert for one test (monkeypatch restores the class defaults after it)."""
-    import experts
-    for k, v in experts.NUT_EXPERTS[name].items():
-        monkeypatch.setattr(experts.NutAssemblyExpert, k, v)
-
-
-def test_expert_lifts_only_once_the_fingers_closed(episode, envs, monkeypatch):
+def test_expert_lifts_only_once_the_fingers_closed(episode, envs):
     """A policy sees the fingers, so an expert should start lifting only when the fingers have
     closed and stopped: otherwise its demos hold a lift time no observation gives (RESULTS.md "A CPU
     recipe", item 7). Every task's default expert does, except NutAssembly's first (the default,
@@ -124,8 +119,7 @@ def test_expert_lifts_only_once_the_fingers_closed(episode, envs, monkeypatch):
         pytest.skip("the task does not start with a grasp")
     for name in ["second", "third"] if envs["source"].task == "NutAssembly" else [None]:
         if name:
-            use_nut_expert(monkeypatch, name)
-            episode = tasks.run_expert_episode(envs["source"], seed=0)
+            episode = tasks.run_expert_episode(envs["source"], seed=0, expert=experts.nut_expert(name))
         i = int(np.argmax(episode["actions"][:, -1] > 0))        # first close command
         q = episode["obs_robot0_gripper_qpos"][:, 0]              # one finger's opening
         z = episode["obs_robot0_eef_pos"][:, 2]
@@ -140,8 +134,10 @@ def test_first_nut_expert_is_the_default_and_grips_low_with_a_fixed_wait(episode
     whatever the fingers do (RESULTS.md "A CPU recipe", items 7-8)."""
     if envs["source"].task != "NutAssembly":
         pytest.skip("NutAssembly's expert")
-    import experts
-    assert {k: getattr(experts.NutAssemblyExpert, k) for k in experts.NUT_EXPERTS["first"]} == experts.NUT_EXPERTS["first"]
+    third = experts.make_expert(envs["source"], 0, **experts.nut_expert("third"))
+    first = experts.make_expert(envs["source"], 0)  # the default settings are the first expert's
+    assert {k: getattr(first, k) for k in experts.NUT_EXPERTS["first"]} == experts.NUT_EXPERTS["first"]
+    assert (third.dwell, first.dwell) == (4, 0)  # instance settings: one expert's never leak into another's
     i = int(np.argmax(episode["actions"][:, -1] > 0))                  # first close command
     assert tasks.grasp_close("NutAssembly", episode)["dz_mm"] < 0       # below the handle's centre
     up = episode["actions"][i:, 2] > 0.1                                # commanded upward (OSC dz)
@@ -153,35 +149,32 @@ def test_first_nut_expert_is_the_default_and_grips_low_with_a_fixed_wait(episode
     assert not os.path.exists(out) and not os.path.exists(str(out) + ".parts")
 
 
-def test_nut_expert_holds_still_before_closing(envs, monkeypatch):
+def test_nut_expert_holds_still_before_closing(envs):
     """The third NutAssembly expert stops at the grip height, hand open, for `dwell` steps before
     its close command (under 1.5 mm/step): a policy then decides to close on a nearly still hand
     instead of timing a discrete event on a hand moving 3-4 mm/step (RESULTS.md "A CPU recipe",
     item 8)."""
     if envs["source"].task != "NutAssembly":
         pytest.skip("NutAssembly's expert")
-    import experts
-    use_nut_expert(monkeypatch, "third")
-    episode = tasks.run_expert_episode(envs["source"], seed=0)
-    assert experts.NutAssemblyExpert.dwell >= 2
+    third = experts.nut_expert("third")
+    episode = tasks.run_expert_episode(envs["source"], seed=0, expert=third)
+    assert third["dwell"] >= 2
     i = int(np.argmax(episode["actions"][:, -1] > 0))                  # first close command
     eef = episode["obs_robot0_eef_pos"]
     speed = np.linalg.norm(np.diff(eef, axis=0), axis=1)               # m per step
-    before = speed[i - experts.NutAssemblyExpert.dwell:i]
+    before = speed[i - third["dwell"]:i]
     assert before.max() < 1.5e-3, f"hand moving {before.max() * 1000:.1f} mm/step before the close"
     assert (episode["obs_robot0_gripper_qpos"][i - 3:i, 0] > 0.035).all()  # still open while it holds
     r = run_stage("tasks.py", "experts", "--tasks", "NutAssembly", "--nut-dwell", "-1", "--episodes", "1")
     assert r.returncode == 2 and "--nut-dwell must be >= 0" in r.stderr
 
 
-def test_nut_expert_carry_rule(monkeypatch):
+def test_nut_expert_carry_rule():
     """--nut-carry y: the expert carries the nut with its handle to +y or -y, never -x (the default
     rule's closest direction for a nut whose handle starts near -x, seed 5: yaw -174.5 deg), and
     still inserts it aligned with the square peg."""
-    import experts
-    monkeypatch.setattr(experts.NutAssemblyExpert, "carry", "y")
     env = tasks.make_env("NutAssembly", "source")
-    ep = tasks.run_expert_episode(env, 5)
+    ep = tasks.run_expert_episode(env, 5, expert=experts.nut_expert("first", carry="y"))
     assert ep["success"]
     w, x, y, z = ep["obs_nut_quat"][-1]
     yaw = np.degrees(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))

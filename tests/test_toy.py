@@ -3,9 +3,12 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 
+import common
 from conftest import run_stage
 
 
@@ -72,7 +75,8 @@ def test_smoke_run_end_to_end_and_resume(tmp_path):
 
     before = cell("d_1.json")
     os.remove(out / "cells" / "d_1.json")
-    (out / "cells" / "d_0.json").write_text(json.dumps({**json.loads((out / "cells" / "d_0.json").read_text()), "marker": 1}))
+    d0 = out / "cells" / "d_0.json"
+    d0.write_text(json.dumps({**json.loads(d0.read_text()), "marker": 1}))
     r = run_stage("00_toy.py", "--profile", "smoke", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert cell("d_1.json") == before
@@ -107,7 +111,6 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, flags, words):
 
 
 def paper_args(toy, argv=()):
-    import common
     return common.parse_args(toy.Args, toy.PROFILES, ["--design", "paper", *argv], presets={"design": toy.DESIGNS})
 
 
@@ -162,6 +165,80 @@ def test_paper_design_smoke_run(tmp_path):
         assert (out / f).exists(), f
     m = json.loads((out / "metrics.json").read_text())
     # smoke: d in {0, 1} x w in {0.1, 1}, plus Fig. 3's w = 0 and 0.01 on its row d = 1; 2 seeds
-    assert sorted({(c["d"], c["w"]) for c in m["cells"]}) == [(0, 0.1), (0, 1.0), (1, 0.0), (1, 0.01), (1, 0.1), (1, 1.0)]
+    want = [(0, 0.1), (0, 1.0), (1, 0.0), (1, 0.01), (1, 0.1), (1, 1.0)]
+    assert sorted({(c["d"], c["w"]) for c in m["cells"]}) == want
     assert m["anova"]["ratios"] == [0.1, 1.0]  # the ANOVA stays on the grid
     assert "0.48" in (out / "summary.md").read_text()
+
+
+# --- mixing-ratio sampler (Eq. 1) ------------------------------------------------------------
+@pytest.mark.parametrize("w", [0.0, 0.016, 0.1, 0.5, 0.8, 1.0])
+def test_sampler_composition_matches_w(toy, w):
+    g = torch.Generator().manual_seed(1)
+    is_t, idx = toy.sample_mixed_batch(50, 3000, w, 256, g)
+    assert is_t.shape == idx.shape == (256,)
+    fracs = [toy.sample_mixed_batch(50, 3000, w, 256, g)[0].float().mean().item() for _ in range(400)]
+    mean = float(np.mean(fracs))
+    se = math.sqrt(max(w * (1 - w), 1e-12) / (256 * 400))
+    assert abs(mean - w) < 5 * se + 1e-12
+    if w == 0.0:
+        assert max(fracs) == 0.0
+    if w == 1.0:
+        assert min(fracs) == 1.0
+
+
+def test_sampler_indices_in_range_and_vector_w(toy):
+    g = torch.Generator().manual_seed(2)
+    w = torch.tensor([0.0, 0.3, 1.0])
+    is_t, idx = toy.sample_mixed_batch(7, 11, w, 5000, g)
+    assert is_t.shape == (3, 5000)
+    assert not is_t[0].any() and is_t[2].all()
+    assert (idx[is_t] < 7).all() and (idx[~is_t] < 11).all() and (idx >= 0).all()
+    assert set(idx[is_t].tolist()) == set(range(7))  # uniform within the domain: all drawn
+    assert abs(is_t[1].float().mean().item() - 0.3) < 0.03
+
+
+@pytest.mark.parametrize("w", [-0.1, 1.5, float("nan")])
+def test_sampler_rejects_bad_ratio(toy, w):
+    with pytest.raises(toy.common.UsageError):
+        toy.sample_mixed_batch(5, 5, w, 8)
+
+
+def test_sampler_rejects_empty_domain(toy):
+    with pytest.raises(toy.common.UsageError):
+        toy.sample_mixed_batch(0, 5, 0.5, 8)
+    with pytest.raises(toy.common.UsageError):
+        toy.sample_mixed_batch(5, 0, 0.5, 8)
+    toy.sample_mixed_batch(5, 0, 1.0, 8)  # real-only needs no source
+    toy.sample_mixed_batch(0, 5, 0.0, 8)  # sim-only needs no target
+
+
+# --- ANOVA -----------------------------------------------------------------------------------
+def test_two_way_anova_hand_example(toy):
+    # cells (A, B): A1B1 {1, 3}, A1B2 {5, 7}, A2B1 {2, 4}, A2B2 {10, 12}; grand mean 5.5.
+    # By hand: SS_A = 2*2*((4-5.5)^2 + (7-5.5)^2) = 18; SS_B = 2*2*((2.5-5.5)^2 + (8.5-5.5)^2) = 72;
+    # interaction residuals of the cell means are +-1, so SS_AB = 2*4*1 = 8; within cells every
+    # value is +-1 from its mean, SS_E = 8; total 106. F_A = 18 / (8 / 4) = 9.
+    y = np.array([[[1, 3], [5, 7]], [[2, 4], [10, 12]]], dtype=float)
+    r = toy.two_way_anova(y)
+    assert r["A"]["ss"] == pytest.approx(18)
+    assert r["B"]["ss"] == pytest.approx(72)
+    assert r["AB"]["ss"] == pytest.approx(8)
+    assert r["residual"]["ss"] == pytest.approx(8)
+    assert r["ss_total"] == pytest.approx(106)
+    assert (r["A"]["df"], r["B"]["df"], r["AB"]["df"], r["residual"]["df"]) == (1, 1, 1, 4)
+    assert r["A"]["F"] == pytest.approx(9)
+    assert r["B"]["F"] == pytest.approx(36)
+    assert r["A"]["share"] == pytest.approx(18 / 106)
+    # p of F(1, 4) = 9: the F(1, 4) tail equals the two-sided t(4) tail at t = 3
+    assert r["A"]["p"] == pytest.approx(2 * stats.t.sf(3, 4))
+    assert sum(r[k]["share"] for k in ("A", "B", "AB", "residual")) == pytest.approx(1)
+
+
+def test_two_way_anova_pure_factor(toy):
+    rng = np.random.default_rng(0)
+    y = np.arange(4)[:, None, None] + np.zeros((4, 3, 5)) + 1e-6 * rng.standard_normal((4, 3, 5))
+    r = toy.two_way_anova(y)
+    assert r["A"]["share"] > 0.999 and r["B"]["share"] < 1e-6
+    with pytest.raises(ValueError):
+        toy.two_way_anova(np.zeros((2, 2, 1)))

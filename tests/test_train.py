@@ -13,7 +13,8 @@ import torch
 
 import common
 import diffusion_policy
-from conftest import ROOT, make_fake_dataset, run_stage, load_stage
+import methods
+from conftest import ROOT, load_stage, make_fake_dataset, run_stage
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +38,14 @@ def metrics(out):
         return [json.loads(r) for r in f]
 
 
-@pytest.mark.parametrize("method", list(common.METHODS))
+@pytest.mark.parametrize("method", list(methods.METHODS))
 def test_every_method_trains_at_smoke(data, tmp_path, method):
     r = train(data, tmp_path / "run", "--method", method, "--ratio", "0.5")
     assert r.returncode == 0, r.stderr
     rows = metrics(tmp_path / "run")
     assert [row["step"] for row in rows] == [5, 10, 15, 20]
     assert all(np.isfinite(row["loss"]) for row in rows)
-    row = common.METHODS[method]  # the table says which loss terms the method adds
+    row = methods.METHODS[method]  # the table says which loss terms the method adds
     want = ({"disc", "disc_acc", "grl_coeff"} if row.disc else set()) | ({"ot"} if row.ot else set())
     extra = set(rows[0]) - {"step", "loss", "diffusion", "lr", "target_fraction", "samples_per_s",
                             "frac_outside_model"}
@@ -77,49 +78,79 @@ def test_architectures_and_images(data, tmp_path, extra):
 
 def test_method_table_as_the_paper_names_it():
     """Sec. 5.1: which method adds what (the table every stage reads)."""
-    M = common.METHODS
+    M = methods.METHODS
     assert list(M) == ["real_only", "sim_only", "cotrain", "ot", "adda", "discriminate", "cfg", "cfg_adda"]
-    assert [m for m in M if M[m].label] == ["cfg", "cfg_adda"] == common.label_methods()
+    assert [m for m in M if M[m].label] == ["cfg", "cfg_adda"] == methods.label_methods()
     assert {m: M[m].disc for m in M if M[m].disc} == {"adda": "reverse", "discriminate": "plain",
                                                      "cfg_adda": "reverse"}
     assert [m for m in M if M[m].ot] == ["ot"]
     assert (M["real_only"].ratio, M["sim_only"].ratio, M["cotrain"].ratio) == (1.0, 0.0, None)
     assert (M["cfg"].guidance, M["cfg_adda"].guidance) == (0.0, -0.5)  # Table 2: lambda = -0.5
-    common.check_methods()
+    methods.check_methods()
 
 
-def test_a_new_method_is_one_row_and_one_branch(data, tmp_path, monkeypatch):
-    """02_train.py's "add a method" recipe: a row in common.METHODS and one ALGO LOGIC branch of
-    the objective; no other edit. The throwaway method here pulls the mean of the batch's target
-    features onto the mean of its source features; it trains at smoke size, its checkpoint loads,
-    and 04_analyze.py places it."""
-    train_mod = load_stage("02_train.py")
-    monkeypatch.setitem(common.METHODS, "center", common.Method(marker="p"))
+def add_center_method(src: str) -> str:
+    """methods.py with a throwaway method added as its docstring says, and nothing else: one row
+    in METHODS, one setting in MethodArgs, one ALGO LOGIC block in CoTrainObjective.forward. The
+    method pulls the mean of the batch's target features onto the mean of its source features."""
+    edits = [
+        ('    "cfg_adda":     Method(', '    "center":       Method(marker="p"),  # throwaway: feature means matched\n'
+                                      '    "cfg_adda":     Method('),
+        ('    ot_action_weight: float = arg(', '    center_weight: float = arg(0.1, "center: loss weight")\n'
+                                            '    ot_action_weight: float = arg('),
+        ('        terms["loss"] = loss\n',
+         '        # ALGO LOGIC (center): the batch\'s target and source feature means pulled together\n'
+         '        if a.method == "center":\n'
+         '            is_t = batch["domain"] == TARGET\n'
+         '            terms["center"] = (z[is_t].mean(0) - z[~is_t].mean(0)).pow(2).mean()\n'
+         '            loss = loss + a.center_weight * terms["center"]\n'
+         '        terms["loss"] = loss\n')]
+    for anchor, text in edits:
+        assert src.count(anchor) == 1, anchor
+        src = src.replace(anchor, text)
+    return src
 
-    class Objective(train_mod.CoTrainObjective):
-        def forward(self, batch, step, gen):
-            terms = super().forward(batch, step, gen)
-            if self.a.method == "center":  # ALGO LOGIC (center): the new method's one branch
-                _, z = self.policy.encode(batch["obs"], gen)
-                is_t = batch["domain"] == common.TARGET
-                terms["center"] = (z[is_t].mean(0) - z[~is_t].mean(0)).pow(2).mean()
-                terms["loss"] = terms["loss"] + 0.1 * terms["center"]
-            return terms
 
-    monkeypatch.setattr(train_mod, "CoTrainObjective", Objective)
-    a = common.parse_args(train_mod.Args, train_mod.PROFILES,
-                          ["--profile", "smoke", "--method", "center", "--ratio", "0.5", "--target-data",
-                           data["target"], "--source-data", data["source"], "--out", str(tmp_path / "run")])
-    out = train_mod.train(a)
-    rows = metrics(out)
-    assert [r["step"] for r in rows] == [5, 10, 15, 20]
-    assert all(np.isfinite(r["center"]) and r["center"] > 0 for r in rows)
-    assert rows[0]["target_fraction"] == pytest.approx(0.5, abs=0.25)
-    _, cfg, _ = diffusion_policy.load_policy(os.path.join(out, "ckpt.pt"))
-    assert cfg["args"]["method"] == "center" and cfg["guidance_scale"] is None
-    analyze = load_stage("04_analyze.py")
-    analyze.check_placement()
-    assert analyze.marker("center") == "p" and analyze.method_order()[-2:] == ["center", "pretrain_ft"]
+def test_a_new_method_is_one_row_and_one_block_in_methods_py(data, tmp_path):
+    """The "add a method" recipe (methods.py's docstring) in a copy of the repository where only
+    methods.py is edited: the new method trains at smoke size with its own flag and loss term,
+    its checkpoint loads and evaluates, older runs still resume, and 04_analyze.py places it."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for f in os.listdir(ROOT):
+        if f.endswith(".py"):
+            (repo / f).write_text(open(os.path.join(ROOT, f)).read())
+    (repo / "methods.py").write_text(add_center_method((repo / "methods.py").read_text()))
+    env = dict(os.environ, MPLBACKEND="Agg")
+
+    def run(*args):
+        return subprocess.run([sys.executable, *args], cwd=repo, capture_output=True, text=True, env=env,
+                              timeout=600)
+    common_flags = ["--profile", "smoke", "--target-data", data["target"], "--source-data", data["source"]]
+    r = run("02_train.py", *common_flags, "--method", "center", "--center-weight", "0.2", "--ratio", "0.5",
+            "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    rows = metrics(tmp_path / "run")
+    assert [row["step"] for row in rows] == [5, 10, 15, 20]
+    assert all(np.isfinite(row["center"]) and row["center"] > 0 for row in rows)
+    cfg = json.load(open(tmp_path / "run" / "config.json"))
+    assert cfg["args"]["method"] == "center" and cfg["args"]["center_weight"] == 0.2
+    assert cfg["guidance_scale"] is None
+    # a run made before the method existed (trained by the unedited repository) still resumes
+    r = train(data, tmp_path / "old", "--method", "cotrain", "--steps", "10")
+    assert r.returncode == 0, r.stderr
+    r = run("02_train.py", *common_flags, "--method", "cotrain", "--steps", "10", "--resume",
+            "--out", str(tmp_path / "old"))
+    assert r.returncode == 0, r.stderr
+    check = ("import importlib.util, diffusion_policy; "
+             "s = importlib.util.spec_from_file_location('an', '04_analyze.py'); "
+             "an = importlib.util.module_from_spec(s); "
+             "s.loader.exec_module(an); an.check_placement(); "
+             f"p, c, _ = diffusion_policy.load_policy({str(tmp_path / 'run' / 'ckpt.pt')!r}); "
+             "print(an.marker('center'), an.method_order()[-3:], c['model']['use_label'])")
+    r = run("-c", check)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[0] == "p ['center', 'cfg_adda', 'pretrain_ft'] False"
 
 
 def test_discriminator_sees_only_label_free_dims(data):
@@ -197,7 +228,7 @@ def corrupt(tmp_path, name, **kw):
                                   "missing", "not_hdf5", "resume_other_arch", "guidance"])
 def test_bad_input_exits_2_and_writes_nothing(data, tmp_path, case):
     out = tmp_path / "run"
-    extra, kw = [], {}
+    extra = []
     if case == "method":
         extra = ["--method", "mixup"]
     elif case == "ratio":
@@ -314,39 +345,39 @@ def test_balanced_discriminator_loss_ignores_the_majority_class():
     at logit 0, while a discriminator that separates the domains scores 1."""
     y = torch.tensor([0.0] * 17 + [1.0] * 83)
     for c in (-3.0, 0.0, 3.0):
-        assert common.balanced_accuracy(torch.full((100,), c), y) == pytest.approx(0.5)
-    losses = {c: float(common.balanced_bce(torch.full((100,), c), y)) for c in (-1.0, 0.0, 1.6)}
+        assert methods.balanced_accuracy(torch.full((100,), c), y) == pytest.approx(0.5)
+    losses = {c: float(methods.balanced_bce(torch.full((100,), c), y)) for c in (-1.0, 0.0, 1.6)}
     assert min(losses, key=losses.get) == 0.0
     plain = torch.nn.functional.binary_cross_entropy_with_logits
     assert float(plain(torch.full((100,), 1.6), y)) < float(plain(torch.zeros(100), y))  # the old trap
-    assert common.balanced_accuracy(torch.where(y > 0.5, 2.0, -2.0), y) == 1.0
+    assert methods.balanced_accuracy(torch.where(y > 0.5, 2.0, -2.0), y) == 1.0
     # a discriminator trained on imbalanced constant features stays at chance
-    disc = common.Discriminator(4, 16)
+    disc = methods.Discriminator(4, 16)
     opt = torch.optim.Adam(disc.parameters(), 1e-2)
     z = torch.ones(100, 4)
     for _ in range(200):
-        loss, acc = common.discriminator_loss(disc, z, y.long(), reverse=True)
+        loss, acc = methods.discriminator_loss(disc, z, y.long(), reverse=True)
         opt.zero_grad(); loss.backward(); opt.step()
     assert float(acc) == pytest.approx(0.5) and loss.item() == pytest.approx(np.log(2), abs=1e-3)
 
 
 def test_grl_coefficient_and_warmup():
-    assert common.grl_coeff(99, 100, 50) == 0.0
-    assert common.grl_coeff(100, 100, 50) == 0.0
-    assert 0 < common.grl_coeff(110, 100, 50) < common.grl_coeff(130, 100, 50) < 1
-    assert common.grl_coeff(150, 100, 50) == pytest.approx(2 / (1 + np.exp(-10)) - 1)
-    assert common.grl_coeff(100, 100, 0) == 1.0
+    assert methods.grl_coeff(99, 100, 50) == 0.0
+    assert methods.grl_coeff(100, 100, 50) == 0.0
+    assert 0 < methods.grl_coeff(110, 100, 50) < methods.grl_coeff(130, 100, 50) < 1
+    assert methods.grl_coeff(150, 100, 50) == pytest.approx(2 / (1 + np.exp(-10)) - 1)
+    assert methods.grl_coeff(100, 100, 0) == 1.0
     # in warm-up the encoder gets no gradient from the discriminator, the discriminator does
-    disc = common.Discriminator(3, 8)
+    disc = methods.Discriminator(3, 8)
     z = torch.randn(6, 3, requires_grad=True)
-    loss, _ = common.discriminator_loss(disc, z, torch.tensor([0, 1] * 3), reverse=True, coeff=0.0)
+    loss, _ = methods.discriminator_loss(disc, z, torch.tensor([0, 1] * 3), reverse=True, coeff=0.0)
     loss.backward()
     assert z.grad is None and disc.net[0].weight.grad.abs().sum() > 0
     # after it, the encoder's gradient is the discriminator's reversed and scaled by coeff
     z2 = z.detach().clone().requires_grad_(True)
-    common.discriminator_loss(disc, z2, torch.tensor([0, 1] * 3), reverse=False)[0].backward()
+    methods.discriminator_loss(disc, z2, torch.tensor([0, 1] * 3), reverse=False)[0].backward()
     z3 = z.detach().clone().requires_grad_(True)
-    common.discriminator_loss(disc, z3, torch.tensor([0, 1] * 3), reverse=True, coeff=0.3)[0].backward()
+    methods.discriminator_loss(disc, z3, torch.tensor([0, 1] * 3), reverse=True, coeff=0.3)[0].backward()
     torch.testing.assert_close(z3.grad, -0.3 * z2.grad)
 
 
@@ -354,7 +385,7 @@ def test_relative_actions_round_trip(data, tmp_path):
     """--action-space rel: the policy learns joint targets minus the current joint positions and
     adds them back, so its chunks come out in robot units like an absolute policy's."""
     ds = common.load_demos(data["target"], ["robot0_joint_pos", "robot0_gripper_qpos"], 2, 8)
-    rel = common.relative_chunks(ds)
+    rel = load_stage("02_train.py").relative_chunks(ds)
     i = 7
     q = ds.obs["robot0_joint_pos"][ds.obs_index[i, -1]]
     np.testing.assert_allclose(rel[i, :, :7], ds.actions[ds.act_index[i]][:, :7] - q, rtol=1e-6)
@@ -370,3 +401,11 @@ def test_relative_actions_round_trip(data, tmp_path):
     b = policy.predict_action(obs, sample_steps=2, generator=g())
     torch.testing.assert_close(a[..., :7] - b[..., :7], obs["robot0_joint_pos"][:, -1, None].expand(-1, 8, -1))
     torch.testing.assert_close(a[..., 7], b[..., 7])
+
+
+def test_get_lr_warmup_then_cosine():
+    train_mod = load_stage("02_train.py")
+    assert train_mod.get_lr(0, 1.0, 10, 110) == pytest.approx(0.1)
+    assert train_mod.get_lr(9, 1.0, 10, 110) == pytest.approx(1.0)
+    assert train_mod.get_lr(60, 1.0, 10, 110) == pytest.approx(0.5)
+    assert train_mod.get_lr(110, 1.0, 10, 110) == pytest.approx(0.0)

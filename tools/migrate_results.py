@@ -28,9 +28,11 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
+import diffusion_policy  # noqa: E402
 import records  # noqa: E402
 
 R = os.path.join(records.REPO, "results")
@@ -129,7 +131,6 @@ def fix_evaluations(moves: dict, digests: dict) -> int:
 def committed_runs(moves: dict) -> dict:
     """{run: weights digest} of every run under results/train with a checkpoint; writes run.json,
     a portable config.json and (low-dim policies, if the observation sets can be had) features."""
-    import diffusion_policy
     digests = {}
     for ck_path in sorted(glob.glob(os.path.join(R, "train", "*", "ckpt.pt"))):
         folder = os.path.dirname(ck_path)
@@ -143,7 +144,7 @@ def committed_runs(moves: dict) -> dict:
         common.write_json(cfg_path, records.portable_config(cfg))
         old = os.path.join(folder, "run.json")
         keep = common.read_json(old) if os.path.exists(old) else {}
-        rec = {**records.run_record(ck, digest), "commit": keep.get("commit", ""),
+        rec = {**asdict(records.run_record(ck, digest)), "commit": keep.get("commit", ""),
                **{k: keep[k] for k in ("note",) if k in keep}}
         common.write_json(old, rec)
         feat = os.path.join(folder, "features.npz")
@@ -241,8 +242,10 @@ def main():
     #    from data/; image observation sets are not kept): into its run folder, so the rebuilt
     #    tables carry them
     kept_alignment(os.path.join(R, "analysis_img", "alignment.json"), os.path.join(R, "train"),
-                   "measured by 04_analyze.py on the image policy's training windows from data/ (RESULTS 'Image policies')")
-    print(f"{len(moves)} checkpoints under results/train, {len(digests)} committed runs, {n} evaluation files rewritten")
+                   "measured by 04_analyze.py on the image policy's training windows from data/ "
+                   "(RESULTS 'Image policies')")
+    print(f"{len(moves)} checkpoints under results/train, {len(digests)} committed runs, "
+          f"{n} evaluation files rewritten")
     bad = records.find_machine_paths(R)
     print("\n".join(bad[:20]) or "no machine paths left under results/")
 
