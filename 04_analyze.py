@@ -58,6 +58,7 @@ import records
 from alignment import (  # noqa: F401
     correlation,
     domain_probe,
+    exact_p,
     gromov_wasserstein,
     standardize,
     wasserstein,  # App. D.2's metrics and Sec. 4.2's probe (alignment.py; tests use them here)
@@ -512,7 +513,8 @@ def correlations(rows: list) -> tuple:
                          "pearson_alignment": "{:+.2f}", "spearman_alignment": "{:+.2f}"})
     md += ("\n\n*_alignment: correlation of alignment (-log distance) with success, the paper's direction "
            f"(Fig. 7: {PAPER_CORRELATION}); pearson / spearman: of log distance itself, with two-sided "
-           "p-values (exact, over every ordering of the checkpoints, up to 8 of them). ratio sweep: "
+           "permutation p-values (exact, over every ordering of the checkpoints, up to 8 of them; above, "
+           "200,000 seeded random orderings; the t-approximation's in correlations.json). ratio sweep: "
            "co-training at each ratio with sim_only (w = 0) and real_only (w = 1); "
            "all checkpoints: every method of the setting too.*")
     return out, md, missing

@@ -14,7 +14,7 @@
    of contact dynamics can amplify: the largest difference is printed).
 The commit is checked out with `git worktree` into a temporary folder (removed at the end); both
 trees run with this checkout's .venv. Exit code 0 when everything is equal, 1 otherwise (each
-difference listed).
+difference listed), 2 for bad input (one line).
 """
 import argparse
 import json
@@ -30,6 +30,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import methods  # noqa: E402
+from cli import die  # noqa: E402
 
 # committed evaluations re-run in step 3 (one per kind of method: the paper's, OT, plain co-training)
 EVALS = ["NutAssembly_target_visual_physics_cfg_adda_r0.17_encdec_s0",
@@ -162,8 +163,11 @@ def main():
     p.add_argument("--skip", default="", help="comma list of checks to skip: data, train, eval")
     a = p.parse_args()
     skip = set(filter(None, a.skip.split(",")))
-    if subprocess.run(["git", "rev-parse", "--verify", a.ref], cwd=REPO, capture_output=True).returncode:
-        sys.exit(f"error: {a.ref!r} is not a commit of this repository")
+    if skip - {"data", "train", "eval"}:
+        die(f"--skip takes data, train, eval; got {', '.join(sorted(skip - {'data', 'train', 'eval'}))}")
+    known = subprocess.run(["git", "rev-parse", "--verify", f"{a.ref}^{{commit}}"], cwd=REPO, capture_output=True)
+    if known.returncode:
+        die(f"{a.ref!r} is not a commit of this repository")
     with tempfile.TemporaryDirectory() as tmp:
         ref = os.path.join(tmp, "ref")
         subprocess.run(["git", "worktree", "add", "--detach", ref, a.ref], cwd=REPO, check=True, capture_output=True)
