@@ -36,6 +36,10 @@ pooled mean distance (local geometry, comparable across policies). The features 
 committed sample (records.py: its checkpoint on fixed source and target observation sets), so
 `--runs results` rebuilds everything from the repository alone, without runs/ or data/. Metrics
 and UMAP embeddings are cached per run under <out>/analysis_cache.
+
+Split by concept (this file: the features, the tables and the stage): the metrics in alignment.py,
+the figures in figures.py, reading runs and evaluations back in records.py (`discover`), where each
+method goes in tables and plots in methods.py.
 """
 import glob
 import json
@@ -44,8 +48,6 @@ import statistics
 import warnings
 from dataclasses import dataclass
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from scipy import stats
@@ -64,7 +66,18 @@ from alignment import (  # noqa: F401
     wasserstein,  # App. D.2's metrics and Sec. 4.2's probe (alignment.py; tests use them here)
 )
 from common import UsageError, arg, die
-from methods import METHODS
+from figures import (
+    disc_curves,
+    plot_alignment,
+    plot_discriminator,
+    plot_guidance,
+    plot_guideline,
+    plot_methods,
+    plot_regimes,
+    plot_umaps,
+)
+from methods import METHODS, PRETRAIN_FT, in_ratio_sweep, method_order
+from records import discover, setting
 
 # ----------------------------------------------------------------------------------------------
 # arguments
@@ -178,163 +191,8 @@ def umap_embedding(feats: dict, seed: int = 0, cache: str = "") -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# runs and evaluation results
+# tables: shared formatting
 # ----------------------------------------------------------------------------------------------
-# Where each method goes in tables and plots, read from methods.METHODS when asked (so a row added
-# there is placed without an edit here): the ratio sweep (plain co-training; w = 1 and w = 0 are
-# its ends), the table order, one marker per method. App. D.4's pre-train + fine-tune is a
-# real_only run started from a checkpoint (method_of), drawn with its own marker.
-PRETRAIN_FT, PRETRAIN_FT_MARKER = "pretrain_ft", "h"
-
-
-def in_ratio_sweep(method: str) -> bool:
-    return method in METHODS and METHODS[method].sweep
-
-
-def method_order() -> list:
-    return list(METHODS) + [PRETRAIN_FT]
-
-
-def marker(method: str) -> str:
-    return PRETRAIN_FT_MARKER if method == PRETRAIN_FT else METHODS[method].marker
-
-
-def check_placement():
-    """Every row of the method table has a place here: valid, with a marker of its own
-    (ValueError otherwise; tests/test_analyze.py runs it on the table)."""
-    methods.check_methods()
-    markers = [marker(m) for m in method_order()]
-    if len(set(markers)) != len(markers):
-        raise ValueError(f"04_analyze.py cannot tell the methods apart: markers {dict(zip(method_order(), markers))}")
-
-
-def method_of(cfg: dict) -> str:
-    """The method as the paper's tables name it: a real_only run started from a checkpoint is
-    App. D.4's pre-train + fine-tune."""
-    m = cfg["args"]["method"]
-    return PRETRAIN_FT if m == "real_only" and cfg["args"].get("init_from") else m
-
-
-def read_run(folder: str) -> dict:
-    """A run folder's record: its (upgraded) config, the step it reached, whether it finished,
-    its weights digest and checkpoint. A folder with ckpt.pt (runs/train/<run>/, or a committed
-    results/train/<run>/) is read from the checkpoint ("finished" = it reached its step budget);
-    one without (a committed record whose weights were not kept) from config.json + run.json."""
-    ckpt = os.path.join(folder, "ckpt.pt")
-    rec_path = os.path.join(folder, "run.json")
-    rec = common.read_json(rec_path) if os.path.exists(rec_path) else {}
-    if os.path.isfile(ckpt):
-        ck = common.load_checkpoint(ckpt)
-        digest = rec.get("weights_digest") if rec.get("step") == ck["step"] else None
-        if digest is None and ck["final"]:
-            digest = diffusion_policy.weights_digest(diffusion_policy.load_policy(ckpt)[0])
-        return {"cfg": ck["config"], "step": int(ck["step"]), "final": ck["final"], "digest": digest, "ckpt": ckpt,
-                "profile": rec.get("profile") or ck["config"]["args"]["profile"]}
-    if rec and os.path.exists(os.path.join(folder, "config.json")):
-        return {"cfg": common.upgrade_config(common.read_json(os.path.join(folder, "config.json"))),
-                "step": rec["step"], "final": rec["final"], "digest": rec["weights_digest"], "ckpt": None,
-                "profile": rec.get("profile") or "cpu"}
-    return None
-
-
-def join_key(digest, ckpt: str) -> str:
-    """How an evaluation finds its run: the weights digest; records made before digests existed
-    (the cpu_v1 study) by the run folder of their checkpoint."""
-    return digest or f"run:{os.path.basename(os.path.dirname(ckpt))}"
-
-
-def read_evaluations(runs_dir: str) -> dict:
-    """Every evaluation under <runs>/eval/*/results.json made as trained (the checkpoint's own
-    label and execution), keyed by (weights digest, evaluated domain), then folder, then guidance."""
-    evals = {}
-    for path in sorted(glob.glob(os.path.join(runs_dir, "eval", "*", "results.json"))):
-        for ev in common.read_json(path)["evaluations"].values():
-            if ev.get("as_trained") is False:  # another label or execution (03 --label / --n-action)
-                continue
-            where = os.path.dirname(path)
-            evals.setdefault((join_key(ev.get("digest"), ev["ckpt"]), ev["domain"]), {}) \
-                .setdefault(where, {})[ev["guidance"]] = {**ev, "where": where}
-    return evals
-
-
-def by_guidance(folders: dict) -> tuple:
-    """A run's evaluations in one domain ({folder: {guidance: ev}}) as (each guidance value with its
-    largest evaluation: a 200-episode evaluation beats a 100-episode sweep on its first seeds; the
-    folder with the most guidance values, Fig. 10's sweep: every value on the same seeds)."""
-    best, sweep = {}, {}
-    for where in sorted(folders):
-        for g, ev in folders[where].items():
-            if g not in best or ev["trials"] > best[g]["trials"]:
-                best[g] = ev
-        if len(folders[where]) > len(sweep):
-            sweep = folders[where]
-    return best, dict(sweep)
-
-
-def discover(runs_dir: str, only_ckpts: list = None) -> tuple:
-    """One record per finished run (<runs>/train/*/, or the given checkpoints) with its config
-    and its evaluations in its own target domain (<runs>/eval/*/results.json, joined by weights
-    digest), keyed by guidance; and the runs still training (skipped)."""
-    if only_ckpts:
-        for c in only_ckpts:
-            if not os.path.isfile(c):
-                raise UsageError(f"checkpoint not found: {c}")
-        folders = [os.path.dirname(os.path.abspath(c)) for c in only_ckpts]
-    else:
-        folders = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(runs_dir, "train", "*", "config.json")))
-        folders += sorted(os.path.dirname(p) for p in glob.glob(os.path.join(runs_dir, "train", "*", "ckpt.pt"))
-                          if not os.path.exists(os.path.join(os.path.dirname(p), "config.json")))
-    evals = read_evaluations(runs_dir)
-    runs, unfinished = [], []
-    for folder, given in zip(folders, only_ckpts or [None] * len(folders)):
-        rec = read_run(folder) if given is None or os.path.basename(given) == "ckpt.pt" else None
-        if given is not None and rec is None:  # an explicit snapshot ckpt_<step>.pt
-            ck = common.load_checkpoint(given)
-            rec = {"cfg": ck["config"], "step": int(ck["step"]), "final": True, "ckpt": given,
-                   "profile": ck["config"]["args"]["profile"],
-                   "digest": diffusion_policy.weights_digest(diffusion_policy.load_policy(given)[0])}
-        if rec is None:
-            continue
-        cfg, args = rec["cfg"], rec["cfg"]["args"]
-        name = os.path.basename(folder)
-        if not rec["final"]:
-            unfinished.append(f"{name} (step {rec['step']} of {args['steps']})")
-            continue
-        by_g, sweep = by_guidance(evals.get((join_key(rec["digest"], os.path.join(folder, "ckpt.pt")),
-                                             args["target_domain"]), {}))
-        runs.append({"ckpt": rec["ckpt"], "folder": folder, "run": name, "cfg": cfg, "step": rec["step"],
-                     "digest": rec["digest"], "profile": rec["profile"],
-                     "task": args["task"], "target_domain": args["target_domain"], "method": method_of(cfg),
-                     "arch": args["arch"], "mixing_ratio": cfg["mixing_ratio"], "use_label": cfg["model"]["use_label"],
-                     "n_target": cfg["data"]["target"]["num_demos"], "n_source": cfg["data"]["source"]["num_demos"],
-                     "evals": by_g, "sweep": sweep, "eval": by_g.get(cfg.get("guidance_scale"))})
-    return mark_superseded(runs), unfinished
-
-
-def mark_superseded(runs: list) -> list:
-    """Runs that differ only in their step budget (the study's real_only at 20k beside the earlier
-    15k one) compare through the one trained longest; the others get superseded=True and stay in
-    the alignment table only."""
-    def key(r):
-        a = r["cfg"]["args"]
-        return (setting(r), r["method"], round(r["mixing_ratio"], 6), r["arch"], r["n_target"], r["n_source"],
-                a["seed"], a.get("disc_weight"), r["cfg"].get("guidance_scale"), a.get("init_from", ""))
-    longest = {}
-    for r in runs:
-        k = key(r)
-        if k not in longest or r["step"] > longest[k]["step"]:
-            longest[k] = r
-    for r in runs:
-        r["superseded"] = longest[key(r)] is not r
-    return runs
-
-
-def setting(r: dict) -> str:
-    """The comparison a run belongs to: task / target domain, and its profile when that is not the
-    cpu recipe (never mix profiles inside one comparison: image policies are their own)."""
-    return f"{r['task']}/{r['target_domain']}" + ("" if r["profile"] == "cpu" else f" ({r['profile']})")
-
-
 def cell(ev) -> str:
     """A success rate with its trial count and Wilson 95% interval, for a markdown table."""
     if not ev:
@@ -894,232 +752,22 @@ def compute_table(runs_dir: str) -> tuple:
     return rows, md, []
 
 
-# ----------------------------------------------------------------------------------------------
-# figures (PNG, written to a temporary file, then renamed)
-# ----------------------------------------------------------------------------------------------
-def new_figure(*args, **kw):
-    matplotlib.use("Agg")
-    return plt.subplots(*args, **kw)
-
-
-def save(fig, path: str):
-    tmp = path[:-4] + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-
-
-def plot_alignment(rows: list, path: str):
-    """Fig. 6 (right) / Fig. 7 form: W and GW of the trunk features against the mixing ratio (the
-    ratio sweep as lines, other methods as markers), and success against W."""
-    fig, ax = new_figure(1, 3, figsize=(13, 3.8))
-    for name in sorted({r["setting"] for r in rows}):
-        rs = sorted((r for r in rows if r["setting"] == name), key=lambda r: r["mixing_ratio"])
-        sweep = [r for r in rs if in_ratio_sweep(r["method"])]
-        for i, key in enumerate(("w_trunk", "gw_trunk")):
-            line, = ax[i].plot([r["mixing_ratio"] for r in sweep], [r[key] for r in sweep], "o-",
-                               label=f"{name} (cotrain)")
-            for r in rs:
-                if not in_ratio_sweep(r["method"]):
-                    ax[i].scatter(r["mixing_ratio"], r[key], marker=marker(r["method"]), s=60,
-                                  color=line.get_color(), edgecolor="k", label=f"{name} ({r['method']})")
-        for r in (r for r in rs if r["success"] is not None):
-            ax[2].scatter(r["w_trunk"], r["success"], marker=marker(r["method"]), s=50)
-            ax[2].annotate(f"{r['method']} w={r['mixing_ratio']:.2g}", (r["w_trunk"], r["success"]), fontsize=7)
-    for i, (t, yl) in enumerate([("Wasserstein (trunk)", "W2"), ("Gromov-Wasserstein (trunk)", "GW"),
-                                 ("success vs alignment (Fig. 7)", "success rate")]):
-        ax[i].set_title(t, fontsize=10)
-        ax[i].set_ylabel(yl)
-        if i < 2:
-            ax[i].set_xscale("symlog", linthresh=0.01)
-            ax[i].set_xlabel("mixing ratio w (symlog)")
-        else:
-            ax[i].set_xscale("log")
-            ax[i].set_xlabel("W2 (trunk), log scale")
-    ax[0].legend(fontsize=6)
-    fig.tight_layout()
-    save(fig, path)
-
-
-def plot_umap_one(emb: np.ndarray, ax, title: str):
-    n = len(emb) // 2
-    ax.scatter(emb[n:, 0], emb[n:, 1], s=2, alpha=0.4, c="tab:blue", label="source (sim)")
-    ax.scatter(emb[:n, 0], emb[:n, 1], s=2, alpha=0.4, c="tab:red", label="target (real)")
-    ax.set_title(title, fontsize=8)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def plot_umaps(runs: list, a, out: str) -> tuple:
-    """Fig. 6 (left): UMAP of source vs target trunk features, one PNG per run under umap/, and
-    one grid per setting across the mixing-ratio sweep. Returns (files written, missing)."""
-    os.makedirs(os.path.join(out, "umap"), exist_ok=True)
-    embs, written, missing = {}, [], []
+def umap_embeddings(runs: list, a) -> tuple:
+    """Fig. 6's UMAP embedding of each run's trunk features (cached per run). Returns
+    ({run name: embedding}, missing)."""
+    embs, missing = {}, []
     for r in tqdm(runs, desc="umap"):
         key = os.path.join(cache_dir(a), f"{r['run']}_{r['digest']}_n{a.num_samples}_s{a.seed}_umap.npy")
         if os.path.exists(key):
-            emb = np.load(key)
-        else:
-            feats, where = run_features(r, a)
-            if feats is None:
-                missing.append(f"umap {r['run']}: no features ({where})")
-                continue
-            os.makedirs(cache_dir(a), exist_ok=True)
-            emb = umap_embedding(feats, a.seed, key)
-        embs[r["run"]] = emb
-        fig, ax = new_figure(figsize=(4, 4))
-        plot_umap_one(emb, ax, f"{r['run']}\n{umap_title(r)}")
-        ax.legend(fontsize=7, markerscale=4)
-        fig.tight_layout()
-        save(fig, os.path.join(out, "umap", f"{r['run']}.png"))
-        written.append(f"umap/{r['run']}.png")
-    for name in sorted({setting(r) for r in runs}):
-        sweep = sorted((r for r in runs if setting(r) == name and in_ratio_sweep(r["method"]) and r["run"] in embs),
-                       key=lambda r: r["mixing_ratio"])
-        if len(sweep) < 2:
+            embs[r["run"]] = np.load(key)
             continue
-        fig, axes = new_figure(1, len(sweep), figsize=(3.2 * len(sweep), 3.4), squeeze=False)
-        for ax, r in zip(axes[0], sweep):
-            plot_umap_one(embs[r["run"]], ax, umap_title(r))
-        axes[0][0].legend(fontsize=7, markerscale=4)
-        fig.suptitle(f"{name}: trunk features across mixing ratios (Fig. 6)", fontsize=10)
-        fig.tight_layout()
-        fname = f"umap_grid_{name.replace('/', '_').replace(' (', '_').rstrip(')')}.png"
-        save(fig, os.path.join(out, fname))
-        written.append(fname)
-    return written, missing
-
-
-def umap_title(r: dict) -> str:
-    s = f"{r['method']} w={r['mixing_ratio']:.3g}"
-    return s + (f", success {r['eval']['success_rate']:.2f}" if r["eval"] else ", not evaluated")
-
-
-def plot_regimes(rows: list, path: str):
-    """Fig. 16 form: alignment (W, trunk) against discernibility (probe accuracy), coloured by
-    success; one marker shape per method."""
-    fig, ax = new_figure(figsize=(6.4, 4.6))
-    ev = [r for r in rows if r["success"] is not None]
-    if ev:
-        sc = None
-        for m in sorted({r["method"] for r in ev}):
-            rs = [r for r in ev if r["method"] == m]
-            sc = ax.scatter([r["w_trunk"] for r in rs], [r["probe_trunk"] for r in rs], c=[r["success"] for r in rs],
-                            cmap="viridis", vmin=0, vmax=max(r["success"] for r in ev) or 1, s=70,
-                            marker=marker(m), edgecolor="k", label=m)
-            for r in rs:
-                ax.annotate(f"w={r['mixing_ratio']:.2g}", (r["w_trunk"], r["probe_trunk"]), fontsize=7,
-                            xytext=(4, 4), textcoords="offset points")
-        fig.colorbar(sc, ax=ax, label="success rate")
-        ax.legend(fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("W2 between domains (trunk), lower = more aligned")
-    ax.set_ylabel("domain probe accuracy (held out)")
-    ax.set_ylim(0.45, 1.03)  # 0.5: indiscernible, 1: fully discernible
-    ax.set_title("alignment vs discernibility (Fig. 16)", fontsize=10)
-    fig.tight_layout()
-    save(fig, path)
-
-
-def plot_methods(runs: list, path: str):
-    """Fig. 9 form: success (Wilson 95% bars) against the mixing ratio, one series per method."""
-    names = sorted({setting(r) for r in runs if r["eval"]})
-    fig, axes = new_figure(1, max(1, len(names)), figsize=(5.5 * max(1, len(names)), 4), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        rs = [r for r in runs if setting(r) == name and r["eval"]]
-        for m in [m for m in method_order() if any(r["method"] == m for r in rs)]:
-            plot_success(ax, [r for r in rs if r["method"] == m], marker(m), m)
-        ax.set_xscale("symlog", linthresh=0.01)
-        ax.set_xlabel("mixing ratio w (symlog)")
-        ax.set_ylabel("success rate")
-        ax.set_title(f"{name} (Fig. 9 form)", fontsize=10)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    save(fig, path)
-
-
-def plot_success(ax, runs: list, marker: str, label: str):
-    """Success rate (Wilson 95% bars) against the mixing ratio, one series."""
-    pts = sorted(runs, key=lambda r: r["mixing_ratio"])
-    y = np.array([r["eval"]["success_rate"] for r in pts])
-    err = np.abs(np.array([r["eval"]["wilson95"] for r in pts]).T - y)
-    ax.errorbar([r["mixing_ratio"] for r in pts], y, yerr=err, marker=marker, capsize=3,
-                linestyle="-" if len(pts) > 1 else "none", label=label)
-
-
-def disc_curves(runs: list) -> dict:
-    """{run: (steps, balanced discriminator accuracy)} from metrics.jsonl, for every run with a
-    domain discriminator (adda, cfg_adda, discriminate): 0.5 = it cannot tell the domains apart
-    (features aligned, or a collapsed discriminator), 1.0 = it always can."""
-    out = {}
-    for r in runs:
-        path = os.path.join(r["folder"], "metrics.jsonl")
-        if not METHODS.get(r["cfg"]["args"]["method"], METHODS["cotrain"]).disc or not os.path.exists(path):
+        feats, where = run_features(r, a)
+        if feats is None:
+            missing.append(f"umap {r['run']}: no features ({where})")
             continue
-        with open(path) as f:
-            rows = [json.loads(x) for x in f if x.strip()]
-        pts = [(x["step"], x["disc_acc"]) for x in rows if x.get("disc_acc") is not None]
-        if pts:
-            out[r["run"]] = tuple(map(list, zip(*pts)))
-    return out
-
-
-def plot_discriminator(curves: dict, runs: list, path: str):
-    """The discriminator's balanced accuracy over training (App. C: alone for --disc-warmup steps,
-    then gradient reversal for adda / cfg_adda); smoothed over 10 logged points."""
-    fig, ax = new_figure(figsize=(6, 4))
-    for name, (steps, acc) in sorted(curves.items()):
-        r = next(x for x in runs if x["run"] == name)
-        k = min(10, len(acc))
-        sm = np.convolve(acc, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1:], sm, label=f"{r['method']} w={r['mixing_ratio']:.3g} ({setting(r)})", lw=1)
-        warm = r["cfg"]["args"].get("disc_warmup")
-        if warm:
-            ax.axvline(warm, color="gray", ls=":", lw=0.8)
-    ax.axhline(0.5, color="k", lw=0.6)
-    ax.set_ylim(0.0, 1.02)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("discriminator balanced accuracy")
-    ax.set_title("domain discriminator over training (dotted: end of its warm-up)", fontsize=9)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    save(fig, path)
-
-
-def plot_guidance(rows: list, path: str):
-    """Fig. 10 form: success against the guidance scale lambda, one line per checkpoint."""
-    fig, ax = new_figure(figsize=(5.5, 4))
-    for run in sorted({r["run"] for r in rows}):
-        rs = sorted((r for r in rows if r["run"] == run), key=lambda r: r["guidance"])
-        ax.plot([r["guidance"] for r in rs], [r["success"] for r in rs], marker=marker(rs[0]["method"]),
-                label=f"{rs[0]['method']} w={rs[0]['mixing_ratio']:.3g} ({rs[0]['task']})")
-    ax.axvline(0, color="grey", lw=0.8)
-    ax.set_xlabel("guidance scale lambda (0 = conditional, -1 = label-free)")
-    ax.set_ylabel("success rate")
-    ax.set_title("guidance sweep (Fig. 10)", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    save(fig, path)
-
-
-def plot_guideline(runs: list, rows: list, path: str):
-    """Fig. 15 form: the co-training sweep's success against w, with the guideline's range shaded."""
-    fig, axes = new_figure(1, max(1, len(rows)), figsize=(5.5 * max(1, len(rows)), 4), squeeze=False)
-    for ax, g in zip(axes[0], rows):
-        plot_success(ax, [r for r in runs if r["method"] == "cotrain" and r["eval"] and r["task"] == g["task"]
-                          and r["target_domain"] == g["target_domain"] and r["n_target"] == g["N"]
-                          and r["n_source"] == g["M"]], "o", "co-training")
-        ax.axvspan(g["w_n"], g["w_q"], color="tab:green", alpha=0.2, label="guideline [w_n, w_q]")
-        ax.axvline(g["auto"], color="tab:green", ls="--", lw=1, label="auto = sqrt(w_n w_q)")
-        ax.set_xscale("log")
-        ax.set_xlabel("mixing ratio w")
-        ax.set_ylabel("success rate")
-        ax.set_title(f"{g['task']}/{g['target_domain']} N={g['N']} M={g['M']} (Fig. 15)", fontsize=9)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    save(fig, path)
+        os.makedirs(cache_dir(a), exist_ok=True)
+        embs[r["run"]] = umap_embedding(feats, a.seed, key)
+    return embs, missing
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1189,8 +837,8 @@ def analyze(a: Args):
         plot_guideline(headline, tables["guideline"][0], os.path.join(a.out, "guideline.png"))
         figures.append("guideline.png")
     if "umap" in want:
-        written, miss = plot_umaps(headline, a, a.out)
-        figures += written
+        embs, miss = umap_embeddings(headline, a)
+        figures += plot_umaps(embs, headline, a.out)
         missing += miss
     common.write_text(os.path.join(a.out, "missing.md"),
                       "".join(f"- {m}\n" for m in missing) or "- nothing: every table has its runs\n")

@@ -84,6 +84,44 @@ def label_methods() -> list:
 
 
 # ----------------------------------------------------------------------------------------------
+# where each method goes in tables and plots
+# ----------------------------------------------------------------------------------------------
+# Where each method goes in 04_analyze.py's tables and figures, read from METHODS when asked (so a
+# row added there is placed without another edit): the ratio sweep (plain co-training; w = 1 and w = 0 are
+# its ends), the table order, one marker per method. App. D.4's pre-train + fine-tune is a
+# real_only run started from a checkpoint (method_of), drawn with its own marker.
+PRETRAIN_FT, PRETRAIN_FT_MARKER = "pretrain_ft", "h"
+
+
+def in_ratio_sweep(method: str) -> bool:
+    return method in METHODS and METHODS[method].sweep
+
+
+def method_order() -> list:
+    return list(METHODS) + [PRETRAIN_FT]
+
+
+def marker(method: str) -> str:
+    return PRETRAIN_FT_MARKER if method == PRETRAIN_FT else METHODS[method].marker
+
+
+def check_placement():
+    """Every row of the method table has a place here: valid, with a marker of its own
+    (ValueError otherwise; tests/test_analyze.py runs it on the table)."""
+    check_methods()
+    markers = [marker(m) for m in method_order()]
+    if len(set(markers)) != len(markers):
+        raise ValueError(f"04_analyze.py cannot tell the methods apart: markers {dict(zip(method_order(), markers))}")
+
+
+def method_of(cfg: dict) -> str:
+    """The method as the paper's tables name it: a real_only run started from a checkpoint is
+    App. D.4's pre-train + fine-tune."""
+    m = cfg["args"]["method"]
+    return PRETRAIN_FT if m == "real_only" and cfg["args"].get("init_from") else m
+
+
+# ----------------------------------------------------------------------------------------------
 # the methods' settings (02_train.py's Args extends this; App. C, D.6)
 # ----------------------------------------------------------------------------------------------
 @dataclass

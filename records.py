@@ -18,7 +18,8 @@ No record holds a machine path: a checkpoint is named by its repo-relative path 
 <run>/<file> outside the repository) and evaluations are joined to runs by weights digest.
 `python records.py collect RUN_DIR` puts a finished run under results/ (`collect-into DIR RUN_DIR`:
 under DIR); `python records.py check [DIR]` lists machine paths. 04_analyze.py and the study runner
-(study.py) use the functions below.
+(study.py) use the functions below; the last section reads the records back (`discover`: the
+finished runs of a folder, each joined to its evaluations by weights digest).
 """
 import glob
 import json
@@ -33,6 +34,7 @@ import torch
 
 import common
 import diffusion_policy
+from methods import method_of
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 FEATURE_SAMPLES = 2048  # App. D.2: a large batch of features per domain
@@ -307,6 +309,129 @@ def collect_run(run_dir: str, results: str = "results", checkpoint: bool = True,
             if k in ("profile", "note", "commit")}  # a rerun keeps what the first collect said
     common.write_json(old, {**asdict(run_record(ck, digest)), **keep})
     return dest
+
+
+# ----------------------------------------------------------------------------------------------
+# reading results back (04_analyze.py): runs, their evaluations, the comparison each belongs to
+# ----------------------------------------------------------------------------------------------
+def read_run(folder: str) -> dict:
+    """A run folder's record: its (upgraded) config, the step it reached, whether it finished,
+    its weights digest and checkpoint. A folder with ckpt.pt (runs/train/<run>/, or a committed
+    results/train/<run>/) is read from the checkpoint ("finished" = it reached its step budget);
+    one without (a committed record whose weights were not kept) from config.json + run.json."""
+    ckpt = os.path.join(folder, "ckpt.pt")
+    rec_path = os.path.join(folder, "run.json")
+    rec = common.read_json(rec_path) if os.path.exists(rec_path) else {}
+    if os.path.isfile(ckpt):
+        ck = common.load_checkpoint(ckpt)
+        digest = rec.get("weights_digest") if rec.get("step") == ck["step"] else None
+        if digest is None and ck["final"]:
+            digest = diffusion_policy.weights_digest(diffusion_policy.load_policy(ckpt)[0])
+        return {"cfg": ck["config"], "step": int(ck["step"]), "final": ck["final"], "digest": digest, "ckpt": ckpt,
+                "profile": rec.get("profile") or ck["config"]["args"]["profile"]}
+    if rec and os.path.exists(os.path.join(folder, "config.json")):
+        return {"cfg": common.upgrade_config(common.read_json(os.path.join(folder, "config.json"))),
+                "step": rec["step"], "final": rec["final"], "digest": rec["weights_digest"], "ckpt": None,
+                "profile": rec.get("profile") or "cpu"}
+    return None
+
+
+def join_key(digest, ckpt: str) -> str:
+    """How an evaluation finds its run: the weights digest; records made before digests existed
+    (the cpu_v1 study) by the run folder of their checkpoint."""
+    return digest or f"run:{os.path.basename(os.path.dirname(ckpt))}"
+
+
+def read_evaluations(runs_dir: str) -> dict:
+    """Every evaluation under <runs>/eval/*/results.json made as trained (the checkpoint's own
+    label and execution), keyed by (weights digest, evaluated domain), then folder, then guidance."""
+    evals = {}
+    for path in sorted(glob.glob(os.path.join(runs_dir, "eval", "*", "results.json"))):
+        for ev in common.read_json(path)["evaluations"].values():
+            if ev.get("as_trained") is False:  # another label or execution (03 --label / --n-action)
+                continue
+            where = os.path.dirname(path)
+            evals.setdefault((join_key(ev.get("digest"), ev["ckpt"]), ev["domain"]), {}) \
+                .setdefault(where, {})[ev["guidance"]] = {**ev, "where": where}
+    return evals
+
+
+def by_guidance(folders: dict) -> tuple:
+    """A run's evaluations in one domain ({folder: {guidance: ev}}) as (each guidance value with its
+    largest evaluation: a 200-episode evaluation beats a 100-episode sweep on its first seeds; the
+    folder with the most guidance values, Fig. 10's sweep: every value on the same seeds)."""
+    best, sweep = {}, {}
+    for where in sorted(folders):
+        for g, ev in folders[where].items():
+            if g not in best or ev["trials"] > best[g]["trials"]:
+                best[g] = ev
+        if len(folders[where]) > len(sweep):
+            sweep = folders[where]
+    return best, dict(sweep)
+
+
+def discover(runs_dir: str, only_ckpts: list = None) -> tuple:
+    """One record per finished run (<runs>/train/*/, or the given checkpoints) with its config
+    and its evaluations in its own target domain (<runs>/eval/*/results.json, joined by weights
+    digest), keyed by guidance; and the runs still training (skipped)."""
+    if only_ckpts:
+        for c in only_ckpts:
+            if not os.path.isfile(c):
+                raise common.UsageError(f"checkpoint not found: {c}")
+        folders = [os.path.dirname(os.path.abspath(c)) for c in only_ckpts]
+    else:
+        folders = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(runs_dir, "train", "*", "config.json")))
+        folders += sorted(os.path.dirname(p) for p in glob.glob(os.path.join(runs_dir, "train", "*", "ckpt.pt"))
+                          if not os.path.exists(os.path.join(os.path.dirname(p), "config.json")))
+    evals = read_evaluations(runs_dir)
+    runs, unfinished = [], []
+    for folder, given in zip(folders, only_ckpts or [None] * len(folders)):
+        rec = read_run(folder) if given is None or os.path.basename(given) == "ckpt.pt" else None
+        if given is not None and rec is None:  # an explicit snapshot ckpt_<step>.pt
+            ck = common.load_checkpoint(given)
+            rec = {"cfg": ck["config"], "step": int(ck["step"]), "final": True, "ckpt": given,
+                   "profile": ck["config"]["args"]["profile"],
+                   "digest": diffusion_policy.weights_digest(diffusion_policy.load_policy(given)[0])}
+        if rec is None:
+            continue
+        cfg, args = rec["cfg"], rec["cfg"]["args"]
+        name = os.path.basename(folder)
+        if not rec["final"]:
+            unfinished.append(f"{name} (step {rec['step']} of {args['steps']})")
+            continue
+        by_g, sweep = by_guidance(evals.get((join_key(rec["digest"], os.path.join(folder, "ckpt.pt")),
+                                             args["target_domain"]), {}))
+        runs.append({"ckpt": rec["ckpt"], "folder": folder, "run": name, "cfg": cfg, "step": rec["step"],
+                     "digest": rec["digest"], "profile": rec["profile"],
+                     "task": args["task"], "target_domain": args["target_domain"], "method": method_of(cfg),
+                     "arch": args["arch"], "mixing_ratio": cfg["mixing_ratio"], "use_label": cfg["model"]["use_label"],
+                     "n_target": cfg["data"]["target"]["num_demos"], "n_source": cfg["data"]["source"]["num_demos"],
+                     "evals": by_g, "sweep": sweep, "eval": by_g.get(cfg.get("guidance_scale"))})
+    return mark_superseded(runs), unfinished
+
+
+def mark_superseded(runs: list) -> list:
+    """Runs that differ only in their step budget (the study's real_only at 20k beside the earlier
+    15k one) compare through the one trained longest; the others get superseded=True and stay in
+    the alignment table only."""
+    def key(r):
+        a = r["cfg"]["args"]
+        return (setting(r), r["method"], round(r["mixing_ratio"], 6), r["arch"], r["n_target"], r["n_source"],
+                a["seed"], a.get("disc_weight"), r["cfg"].get("guidance_scale"), a.get("init_from", ""))
+    longest = {}
+    for r in runs:
+        k = key(r)
+        if k not in longest or r["step"] > longest[k]["step"]:
+            longest[k] = r
+    for r in runs:
+        r["superseded"] = longest[key(r)] is not r
+    return runs
+
+
+def setting(r: dict) -> str:
+    """The comparison a run belongs to: task / target domain, and its profile when that is not the
+    cpu recipe (never mix profiles inside one comparison: image policies are their own)."""
+    return f"{r['task']}/{r['target_domain']}" + ("" if r["profile"] == "cpu" else f" ({r['profile']})")
 
 
 def main(argv=None):

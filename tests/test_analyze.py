@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import common
+import figures
 import methods
 import records
 from conftest import ROOT, load_stage, make_fake_dataset, run_stage
@@ -152,15 +153,15 @@ def test_smoke_end_to_end_tables_and_bad_input(tmp_path):
 def test_every_method_of_the_table_has_a_place(an, monkeypatch):
     """04_analyze.py orders, groups and draws methods from methods.METHODS: every row is placed,
     and a row it cannot tell apart from another (a marker already taken) fails the check."""
-    an.check_placement()
-    assert an.method_order() == list(methods.METHODS) + ["pretrain_ft"]
-    assert [m for m in an.method_order() if an.in_ratio_sweep(m)] == ["real_only", "sim_only", "cotrain"]
+    methods.check_placement()
+    assert methods.method_order() == list(methods.METHODS) + ["pretrain_ft"]
+    assert [m for m in methods.method_order() if methods.in_ratio_sweep(m)] == ["real_only", "sim_only", "cotrain"]
     monkeypatch.setitem(methods.METHODS, "twin", methods.Method(marker=methods.METHODS["cotrain"].marker))
     with pytest.raises(ValueError, match="twin"):
-        an.check_placement()
+        methods.check_placement()
     monkeypatch.setitem(methods.METHODS, "twin", methods.Method(marker="h"))  # pretrain_ft's
     with pytest.raises(ValueError, match="apart"):
-        an.check_placement()
+        methods.check_placement()
 
 
 def test_tables_rebuild_from_committed_results_in_a_clone_without_runs_or_data(tmp_path):
@@ -193,7 +194,7 @@ def test_tables_rebuild_from_committed_results_in_a_clone_without_runs_or_data(t
 def test_paper_tables_from_the_smoke_study_fixture(an):
     """Tables 1-3, the comparisons and Fig. 9's builders on the committed smoke study
     (plans/smoke_study.toml: N = 1, M = 2, auto = 0.471; 2 episodes per evaluation)."""
-    runs, unfinished = an.discover(os.path.join(ROOT, "tests/fixtures/results_smoke"))
+    runs, unfinished = records.discover(os.path.join(ROOT, "tests/fixtures/results_smoke"))
     assert not unfinished and len(runs) == 8 and not any(r["superseded"] for r in runs)
     auto = common.resolve_ratio("auto", 1, 2)
     t1, _, _ = an.table1(runs)
@@ -221,7 +222,7 @@ def test_paper_tables_from_the_smoke_study_fixture(an):
     grid = out["NutAssembly/target_visual_physics (smoke)"]
     assert sorted(grid["cotrain"]) == sorted(f"{w:.3g}" for w in (0.1, auto, 0.9))
     assert "pretrain_ft" not in grid and set(grid) >= {"real_only", "sim_only", "cotrain", "discriminate", "cfg_adda"}
-    assert set(an.disc_curves(runs)) == {r["run"] for r in runs if r["method"] in ("discriminate", "cfg_adda")}
+    assert set(figures.disc_curves(runs)) == {r["run"] for r in runs if r["method"] in ("discriminate", "cfg_adda")}
 
 
 def test_repeated_episodes_agree_and_a_changed_one_is_caught(an, tmp_path):
@@ -303,7 +304,7 @@ def test_fisher_and_superseded_runs(an):
     cfg = {"args": {"seed": 0, "disc_weight": 0.1}, "guidance_scale": None}
     short, long_ = {**base, "step": 15000, "cfg": cfg}, {**base, "step": 20000, "cfg": cfg}
     other = {**base, "step": 15000, "cfg": {"args": {"seed": 1, "disc_weight": 0.1}, "guidance_scale": None}}
-    an.mark_superseded([short, long_, other])
+    records.mark_superseded([short, long_, other])
     assert short["superseded"] and not long_["superseded"] and not other["superseded"]
 
 

@@ -114,7 +114,7 @@ def add_center_method(src: str) -> str:
 def test_a_new_method_is_one_row_and_one_block_in_methods_py(data, tmp_path):
     """The "add a method" recipe (methods.py's docstring) in a copy of the repository where only
     methods.py is edited: the new method trains at smoke size with its own flag and loss term,
-    its checkpoint loads and evaluates, older runs still resume, and 04_analyze.py places it."""
+    its checkpoint loads, older runs still resume, and the tables and figures place it (methods.check_placement)."""
     repo = tmp_path / "repo"
     repo.mkdir()
     for f in os.listdir(ROOT):
@@ -142,12 +142,9 @@ def test_a_new_method_is_one_row_and_one_block_in_methods_py(data, tmp_path):
     r = run("02_train.py", *common_flags, "--method", "cotrain", "--steps", "10", "--resume",
             "--out", str(tmp_path / "old"))
     assert r.returncode == 0, r.stderr
-    check = ("import importlib.util, diffusion_policy; "
-             "s = importlib.util.spec_from_file_location('an', '04_analyze.py'); "
-             "an = importlib.util.module_from_spec(s); "
-             "s.loader.exec_module(an); an.check_placement(); "
+    check = ("import diffusion_policy, methods; methods.check_placement(); "
              f"p, c, _ = diffusion_policy.load_policy({str(tmp_path / 'run' / 'ckpt.pt')!r}); "
-             "print(an.marker('center'), an.method_order()[-3:], c['model']['use_label'])")
+             "print(methods.marker('center'), methods.method_order()[-3:], c['model']['use_label'])")
     r = run("-c", check)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[0] == "p ['center', 'cfg_adda', 'pretrain_ft'] False"
