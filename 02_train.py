@@ -300,7 +300,7 @@ def checkpoint_to_resume(a: Args, out: str, config: dict, world: int):
     common.check_same_settings(
         {**old["args"], **{f"data.{k}.digest": old["data"][k]["digest"] for k in ("target", "source")}},
         {**config["args"], **{f"data.{k}.digest": config["data"][k]["digest"] for k in ("target", "source")}},
-        f"--resume: {ckpt_path}", free=RESUME_FREE, hint=RESUME_HINT)
+        f"--resume: {ckpt_path}", free=RESUME_FREE | methods.unused_settings(a.method), hint=RESUME_HINT)
     if len(ck["rng"]) != world and not (ck.get("final") and ck["step"] >= a.steps):
         raise UsageError(f"--resume: {ckpt_path} was made by {len(ck['rng'])} process(es), this run has {world}")
     return ck
@@ -410,14 +410,15 @@ def to_device(batch: dict, device) -> dict:
 def new_interval() -> dict:
     """Accumulators between two metrics lines; wall time counts everything (data, model,
     logging, checkpoints), model time only forward + backward + optimizer + EMA."""
-    return {"t_start": time.perf_counter(), "t_model": 0.0, "n": 0, "n_target": 0, "terms": {}}
+    return {"t_start": time.perf_counter(), "t_model": 0.0, "n": 0, "n_target": 0, "terms": {}, "count": {}}
 
 
 def log_metrics(acc: dict, step: int, lr: float, local_batch: int, world: int, path, tb) -> dict:
-    """One metrics line (losses and the target fraction of this process's batches)."""
+    """One metrics line (losses and the target fraction of this process's batches); a term is the
+    mean over the steps that had it (the discriminator's start after its warm-up)."""
     n = max(acc["n"], 1)
     wall = max(time.perf_counter() - acc["t_start"], 1e-9)
-    row = {"step": step, **{k: float(v) / n for k, v in acc["terms"].items()}, "lr": lr,
+    row = {"step": step, **{k: float(v) / acc["count"][k] for k, v in acc["terms"].items()}, "lr": lr,
            "target_fraction": acc["n_target"] / (n * local_batch),
            "samples_per_s": acc["n"] * local_batch * world / wall,
            "frac_outside_model": max(0.0, 1 - acc["t_model"] / wall)}
@@ -490,9 +491,11 @@ def train(a: Args):
     policy, objective, ema, opt, gens = build_model(a, config, target, source, init_ck, rank, device)
     step = restore(resume_ck, objective, ema, opt, gens, rank) if resume_ck is not None else 0
     model = objective
-    if world > 1:  # every parameter gets a gradient each step (the disc loss is weighted 0 in warm-up)
+    if world > 1:  # a discriminator that waits out its warm-up gets no gradient until then
+        late_disc = bool(METHODS[a.method].disc) and not a.disc_during_warmup
         model = torch.nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None)
+            objective, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=late_disc)
     metrics_path = os.path.join(out, "metrics.jsonl") if main_proc else None
     tb = prepare_run_folder(a, out, config, step) if main_proc else None
 
@@ -524,6 +527,7 @@ def train(a: Args):
         acc["n_target"] += int((batch["domain"] == methods.TARGET).sum())
         for k, v in terms.items():
             acc["terms"][k] = acc["terms"].get(k, 0.0) + v.detach().float()
+            acc["count"][k] = acc["count"].get(k, 0) + 1
         if step % a.log_every == 0 or step == a.steps:
             row = log_metrics(acc, step, lr, local_batch, world, metrics_path, tb)
             bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.0f}")

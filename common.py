@@ -262,11 +262,14 @@ def save_checkpoint(obj: dict, path: str):
 # A setting added to 02_train.py's Args or to the model config after runs were made gets one line
 # in LATER_SETTINGS with the value those older runs had, and CONFIG_VERSION goes up by one: every
 # reader (--resume, --init-from, 03_eval, 04_analyze, 05_real_deploy) sees the upgraded config.
-# A method setting (methods.MethodArgs) needs no line: an older config lacking it reads its
-# default, which leaves the methods that existed before unchanged (methods.py's rule).
-CONFIG_VERSION = 2
-LATER_SETTINGS = {  # version 1 -> 2: settings added before versions existed, at their old values
-    "args": {"obs_set": "world", "action_space": "abs", "image_suffix": "_img", "vision_pool": "avg"},
+# A method setting (methods.MethodArgs) needs no line when its default leaves the methods that
+# existed before unchanged (methods.py's rule): an older config lacking it reads its default.
+# Two method settings whose defaults changed the methods (version 2 -> 3: the paper's discriminator
+# starts after its warm-up; OT's plan is computed on the cost scaled to the batch) are listed too.
+CONFIG_VERSION = 3
+LATER_SETTINGS = {  # versions 1, 2 -> 3: settings a config lacks, at the value its run had
+    "args": {"obs_set": "world", "action_space": "abs", "image_suffix": "_img", "vision_pool": "avg",
+             "disc_during_warmup": True, "ot_cost_scale": "none"},  # version 2 -> 3
     "model": {"action_space": "abs", "vision_pool": "avg",
               "image_size": lambda m: 84 if m.get("image_keys") else 0},  # 84 px: the paper's frames
 }

@@ -127,17 +127,39 @@ def method_of(cfg: dict) -> str:
 @dataclass
 class MethodArgs:
     disc_weight: float = arg(0.05, "ADDA/CFG-ADDA discriminator loss weight alpha (App. D.6 sweep: 0, 0.05, 0.5)")
-    disc_warmup: int = arg(5000, "steps the discriminator trains alone (detached features) before "
-                                 "the encoder gets its gradient (App. C: 5000)")
+    disc_warmup: int = arg(5000, "warm-up steps before the discriminator starts: it neither trains nor "
+                                 "sends a gradient until then (App. C: 5000)")
+    disc_during_warmup: bool = arg(False, "train the discriminator on detached features during the "
+                                          "warm-up (how runs made before config version 3 trained; "
+                                          "not the paper's)")
     grl_ramp: int = arg(0, "steps over which the encoder's reversed-gradient coefficient ramps "
                            "0 -> 1 after warm-up (Ganin & Lempitsky schedule; 0 = at once)")
     disc_hidden: int = arg(256, "discriminator hidden width (3-layer MLP, App. C)")
     cfg_drop_prob: float = arg(0.2, "CFG: probability of replacing the domain label by the null label")
     guidance: str = arg("", "default guidance lambda stored for eval (empty: CFG 0, CFG-ADDA -0.5)")
     ot_weight: float = arg(0.1, "OT: loss weight")
-    ot_reg: float = arg(0.05, "OT: entropic regularization of the unbalanced Sinkhorn plan")
-    ot_reg_m: float = arg(1.0, "OT: marginal relaxation (KL weight) of the unbalanced plan")
+    ot_reg: float = arg(0.05, "OT: entropic regularization of the unbalanced Sinkhorn plan, in units "
+                              "of the batch's mean cost (--ot-cost-scale mean)")
+    ot_reg_m: float = arg(1.0, "OT: marginal relaxation (KL weight) of the unbalanced plan, same units")
+    ot_cost_scale: str = arg("mean", "OT: mean: the plan is computed on the cost divided by the batch's "
+                                     "mean cost, so --ot-reg and --ot-reg-m are fractions of it (POT's "
+                                     "M /= M.max() idiom); none: on the raw cost (runs made before config "
+                                     "version 3; a plan that is ~uniform)")
     ot_action_weight: float = arg(0.0, "OT: weight of the action-chunk distance in the cost")
+
+
+OT_COST_SCALES = ("mean", "none")
+# The settings each part of a method reads: a method without that part never reads them, so they
+# may differ on --resume (02_train.py) and an older run's value of them changes nothing.
+PART_SETTINGS = {"disc": ("disc_weight", "disc_warmup", "disc_during_warmup", "grl_ramp", "disc_hidden"),
+                 "label": ("cfg_drop_prob", "guidance"),
+                 "ot": ("ot_weight", "ot_reg", "ot_reg_m", "ot_cost_scale", "ot_action_weight")}
+
+
+def unused_settings(method: str) -> set:
+    """The method settings (MethodArgs fields) this method never reads."""
+    m = METHODS[method]
+    return {k for part, keys in PART_SETTINGS.items() if not getattr(m, part) for k in keys}
 
 
 def check_method_args(a):
@@ -146,6 +168,10 @@ def check_method_args(a):
         raise UsageError(f"unknown method {a.method!r}; choose from {', '.join(METHODS)}")
     if not 0 <= a.cfg_drop_prob <= 1:
         raise UsageError(f"--cfg-drop-prob must be in [0, 1], got {a.cfg_drop_prob}")
+    if a.ot_cost_scale not in OT_COST_SCALES:
+        raise UsageError(f"--ot-cost-scale must be one of {', '.join(OT_COST_SCALES)}, got {a.ot_cost_scale!r}")
+    if a.ot_reg <= 0 or a.ot_reg_m <= 0:
+        raise UsageError(f"--ot-reg and --ot-reg-m must be positive, got {a.ot_reg} and {a.ot_reg_m}")
     if a.guidance and not METHODS[a.method].label:
         raise UsageError(f"--guidance needs a domain label (methods {', '.join(label_methods())}), "
                          f"not {a.method}")
@@ -184,9 +210,10 @@ class CoTrainObjective(nn.Module):
         terms = {"diffusion": policy.diffusion_loss(batch["actions"], cond, gen, origin).mean()}
         loss = terms["diffusion"]
         # ALGO LOGIC (ADDA, CFG-ADDA, +discrimination): a discriminator on z (label-free dims)
-        if m.disc:
-            # App. C: 5000 warm-up steps; here the discriminator trains on detached features
-            # during warm-up, then the encoder's reversed gradient ramps in (Ganin & Lempitsky)
+        if m.disc and (step >= a.disc_warmup or a.disc_during_warmup):
+            # App. C: the discriminator starts after the warm-up (neither trains nor sends a
+            # gradient before); then the encoder's reversed gradient ramps in (Ganin & Lempitsky).
+            # --disc-during-warmup: it trains on detached features during the warm-up (older runs)
             coeff = grl_coeff(step, a.disc_warmup, a.grl_ramp)
             d_loss, acc = discriminator_loss(self.disc, z, batch["domain"], reverse=m.disc == "reverse",
                                              coeff=coeff)
@@ -196,8 +223,9 @@ class CoTrainObjective(nn.Module):
         # ALGO LOGIC (OT): unbalanced Sinkhorn between the batch's source and target features
         if m.ot:
             is_t = batch["domain"] == TARGET
-            terms["ot"] = ot_loss(z[~is_t], z[is_t], a.ot_reg, a.ot_reg_m,
-                                  batch["actions"][~is_t], batch["actions"][is_t], a.ot_action_weight)
+            terms["ot"], terms["ot_entropy"] = ot_loss(
+                z[~is_t], z[is_t], a.ot_reg, a.ot_reg_m, batch["actions"][~is_t], batch["actions"][is_t],
+                a.ot_action_weight, a.ot_cost_scale)
             loss = loss + a.ot_weight * terms["ot"]
         terms["loss"] = loss
         return terms
@@ -301,21 +329,39 @@ def unbalanced_sinkhorn(C: torch.Tensor, reg: float, reg_m: float, iters: int = 
     return torch.exp((f[:, None] + g[None] - C) / reg)
 
 
+def plan_entropy(plan: torch.Tensor) -> torch.Tensor:
+    """Entropy of a transport plan (normalized to sum 1) over log(n m), the entropy of the uniform
+    plan: 1 = uniform (every pair weighted alike: moment matching, not transport); a one-to-one
+    assignment of n rows to m >= n columns gives log(n) / log(n m)."""
+    p = plan / plan.sum().clamp_min(1e-300)
+    return -(p * torch.log(p.clamp_min(1e-300))).sum() / math.log(max(p.numel(), 2))
+
+
 def ot_loss(z_src: torch.Tensor, z_tgt: torch.Tensor, reg: float = 0.05, reg_m: float = 1.0,
-            a_src: torch.Tensor = None, a_tgt: torch.Tensor = None, action_weight: float = 0.0):
+            a_src: torch.Tensor = None, a_tgt: torch.Tensor = None, action_weight: float = 0.0,
+            cost_scale: str = "mean"):
     """OT alignment loss (Cheng et al. 2025, as the paper runs it: no pairing sampler): an
     unbalanced Sinkhorn plan between the batch's source and target features, with cost = mean
     squared feature difference (+ action_weight x mean squared action-chunk difference), the plan
     held constant; loss = sum(plan * cost) / sum(plan), the mean cost of the matched pairs (the
     unbalanced plan drops mass between far-apart pairs, so its raw sum shrinks for large shifts;
-    normalized, the loss grows with the shift). Zero when either side is empty."""
+    normalized, the loss grows with the shift).
+    cost_scale "mean": the plan sees cost / mean(cost), so reg and reg_m are fractions of the
+    batch's mean cost and the plan pairs near neighbours whatever the features' scale; "none": the
+    raw cost (reg 0.05 against costs ~0.02 gave a plan at 0.998-1.000 of the uniform plan's
+    entropy: runs made before config version 3).
+    Returns (loss, the plan's normalized entropy, plan_entropy); both zero when a side is empty."""
     if len(z_src) == 0 or len(z_tgt) == 0:
-        return z_src.sum() * 0 + z_tgt.sum() * 0
+        zero = z_src.sum() * 0 + z_tgt.sum() * 0
+        return zero, zero.detach()
     zs, zt = z_src.flatten(1).float(), z_tgt.flatten(1).float()
     C = (zs[:, None] - zt[None]).pow(2).mean(-1)
     if action_weight and a_src is not None:
         C = C + action_weight * (a_src.flatten(1)[:, None] - a_tgt.flatten(1)[None]).pow(2).mean(-1)
     with torch.no_grad():
-        plan = unbalanced_sinkhorn(C.detach().double(), reg, reg_m)
+        Cp = C.detach().double()
+        if cost_scale == "mean":
+            Cp = Cp / Cp.mean().clamp_min(1e-30)
+        plan = unbalanced_sinkhorn(Cp, reg, reg_m)
         plan = (plan / plan.sum().clamp_min(1e-300)).to(C.dtype)
-    return (plan * C).sum()
+    return (plan * C).sum(), plan_entropy(plan)

@@ -224,15 +224,48 @@ def test_cfg_null_label_is_used_at_the_drop_rate():
 def test_ot_loss_zero_for_identical_batches_and_grows_with_shift():
     g = torch.Generator().manual_seed(0)
     z = torch.randn(64, 16, generator=g)
-    losses = [methods.ot_loss(z + s, z).item() for s in (0.25, 0.5, 1.0, 2.0)]
-    # zero up to the entropic blur of the plan (off-diagonal mass ~ exp(-cost / reg))
-    assert methods.ot_loss(z, z.clone()).item() < 1e-3 * losses[0]
+    losses = [methods.ot_loss(z + s, z)[0].item() for s in (0.25, 0.5, 1.0, 2.0)]
+    # zero up to the entropic blur of the plan (off-diagonal mass ~ exp(-cost / reg), reg 5 % of
+    # the mean cost: near neighbours keep a little)
+    assert methods.ot_loss(z, z.clone())[0].item() < 0.05 * losses[0]
+    assert methods.ot_loss(z, z.clone(), cost_scale="none")[0].item() < 1e-3 * losses[0]
     assert all(b > a for a, b in zip(losses, losses[1:])) and losses[0] > 1e-3
-    assert methods.ot_loss(z[:0], z).item() == 0.0  # no source sample in the batch
+    assert methods.ot_loss(z[:0], z)[0].item() == 0.0  # no source sample in the batch
     # the plan is held constant: the gradient is sum(plan * dC/dz), pulling source toward target
     zs = (z + 1.0).requires_grad_(True)
-    methods.ot_loss(zs, z).backward()
+    methods.ot_loss(zs, z)[0].backward()
     assert (zs.grad > 0).float().mean() > 0.9
+
+
+def ot_plan(zs, zt, scale):
+    """The normalized plan ot_loss holds constant, and ot_loss's entropy of it."""
+    C = (zs[:, None] - zt[None]).pow(2).mean(-1).double()
+    Cp = C / C.mean() if scale == "mean" else C
+    P = methods.unbalanced_sinkhorn(Cp, 0.05, 1.0)
+    return P / P.sum(), methods.ot_loss(zs, zt, cost_scale=scale)[1].item()
+
+
+def test_ot_plan_transports_instead_of_averaging():
+    """Issue 44: with the cost scaled to the batch, the plan pairs each source point with its true
+    partner (a shuffled, slightly moved and shifted copy of the target batch) and its entropy is
+    near a one-to-one assignment's; on the raw cost of features at the trunk's scale (mean cost
+    ~0.02, reg 0.05) it is ~uniform, which is what runs before config version 3 trained with."""
+    g = torch.Generator().manual_seed(0)
+    zt = 0.15 * torch.randn(24, 32, generator=g)          # trunk-like scale: mean cost ~0.05
+    perm = torch.randperm(24, generator=g)
+    zs = zt[perm] + 0.01 * torch.randn(24, 32, generator=g) + 0.02  # source i <-> target perm[i]
+    plan, H = ot_plan(zs, zt, "mean")
+    assert torch.equal(plan.argmax(1), perm)
+    assert plan.max(1).values.sum() > 0.9  # > 90 % of the mass on the true pairs
+    one_to_one = math.log(24) / math.log(24 * 24)  # 0.5
+    assert H < one_to_one + 0.1 and H == pytest.approx(methods.plan_entropy(plan).item(), abs=1e-6)
+    _, H_raw = ot_plan(zs, zt, "none")
+    assert H_raw > 0.99  # the uniform plan's entropy is 1
+    assert methods.plan_entropy(torch.ones(5, 7)).item() == pytest.approx(1.0)
+    # a shifted cloud: the plan is far from uniform whatever the features' scale
+    for s in (0.01, 1.0, 100.0):
+        z = s * torch.randn(64, 16, generator=g)
+        assert ot_plan(z + 0.5 * s, z, "mean")[1] < 0.85
 
 
 def test_unbalanced_sinkhorn_plan_matches_marginals_when_relaxation_is_strong():

@@ -46,10 +46,10 @@ def test_every_method_trains_at_smoke(data, tmp_path, method):
     assert [row["step"] for row in rows] == [5, 10, 15, 20]
     assert all(np.isfinite(row["loss"]) for row in rows)
     row = methods.METHODS[method]  # the table says which loss terms the method adds
-    want = ({"disc", "disc_acc", "grl_coeff"} if row.disc else set()) | ({"ot"} if row.ot else set())
-    extra = set(rows[0]) - {"step", "loss", "diffusion", "lr", "target_fraction", "samples_per_s",
-                            "frac_outside_model"}
-    assert extra == want
+    want = ({"disc", "disc_acc", "grl_coeff"} if row.disc else set()) | ({"ot", "ot_entropy"} if row.ot else set())
+    base = {"step", "loss", "diffusion", "lr", "target_fraction", "samples_per_s", "frac_outside_model"}
+    assert set(rows[0]) - base == (want - {"disc", "disc_acc", "grl_coeff"})  # in warm-up (5 steps)
+    assert set(rows[-1]) - base == want
     frac = np.mean([row["target_fraction"] for row in rows])
     assert frac == {"real_only": 1.0, "sim_only": 0.0}.get(method, pytest.approx(0.5, abs=0.15))
     policy, cfg, _ = diffusion_policy.load_policy(str(tmp_path / "run" / "ckpt.pt"))
@@ -169,21 +169,81 @@ def test_discriminator_sees_only_label_free_dims(data):
     assert policy.condition(z, batch["domain"]).shape == (8, 2, 18)  # the denoiser gets the label
 
 
+def test_discriminator_waits_out_its_warmup(data, tmp_path):
+    """App. C (issue 44): before --disc-warmup steps the discriminator neither trains nor sends a
+    gradient: after 8 of 10 warm-up steps its weights are those it was built with, and the policy
+    equals plain co-training's bit for bit (the same batches and noise, no other term). With
+    --disc-during-warmup (runs before config version 3) it trains on detached features."""
+    flags = ["--ratio", "0.5", "--steps", "8", "--disc-warmup", "10", "--snapshot-every", "0"]
+    for name, extra in (("cotrain", []), ("adda", []), ("discriminate", []), ("old", ["--disc-during-warmup"])):
+        r = train(data, tmp_path / name, "--method", "cotrain" if name == "cotrain" else
+                  ("adda" if name == "old" else name), *flags, *extra)
+        assert r.returncode == 0, r.stderr
+    train_mod = load_stage("02_train.py")
+    ck = {n: torch.load(tmp_path / n / "ckpt.pt", weights_only=False)
+          for n in ("cotrain", "adda", "discriminate", "old")}
+    a = common.parse_args(train_mod.Args, train_mod.PROFILES, ["--profile", "smoke", "--method", "adda", *flags])
+    target, source, *_ = train_mod.load_data(train_mod.Args(target_data=data["target"], source_data=data["source"],
+                                                            horizon=a.horizon, obs_set=a.obs_set))
+    _, built, *_ = train_mod.build_model(a, ck["adda"]["config"], target, source, None, 0, torch.device("cpu"))
+    disc0 = {k: v for k, v in built.state_dict().items() if k.startswith("disc.")}
+    assert disc0
+    for n in ("adda", "discriminate"):
+        assert all(torch.equal(ck[n]["objective"][k], v) for k, v in disc0.items()), n
+        pol = [k for k in ck[n]["objective"] if k.startswith("policy.")]
+        assert all(torch.equal(ck[n]["objective"][k], ck["cotrain"]["objective"][k]) for k in pol), n
+        assert all("disc" not in row for row in metrics(tmp_path / n))
+    assert not all(torch.equal(ck["old"]["objective"][k], v) for k, v in disc0.items())
+    assert all("disc" in row for row in metrics(tmp_path / "old"))
+    assert ck["adda"]["config"]["args"]["disc_during_warmup"] is False
+
+
+def killed_run(data, out, args):
+    """02_train.py killed as soon as its first checkpoint is written; returns the step it holds."""
+    cmd = [sys.executable, "02_train.py", "--profile", "smoke", "--target-data", data["target"],
+           "--source-data", data["source"], "--out", str(out), *args]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not os.path.exists(out / "ckpt.pt") and p.poll() is None:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    return torch.load(out / "ckpt.pt", weights_only=False)["step"]
+
+
+def test_a_run_made_before_config_version_3_resumes_as_it_was_trained(data, tmp_path):
+    """A run whose config predates the discriminator's late start and OT's scaled cost (version 2,
+    no such settings) reads their old values (common.LATER_SETTINGS): resumed with them, it ends
+    with the weights of an uninterrupted run of the old behaviour; settings its method never reads
+    may differ on --resume (methods.unused_settings); without the old flag it is refused."""
+    for method, old, unread in (("cfg_adda", "--disc-during-warmup", "--ot-reg=0.3"),
+                                ("ot", "--ot-cost-scale=none", "--cfg-drop-prob=0.5")):
+        args = ["--method", method, "--ratio", "0.3", "--steps", "300", "--save-every", "50",
+                "--snapshot-every", "0", old]
+        r = train(data, tmp_path / f"{method}_a", *args)
+        assert r.returncode == 0, r.stderr
+        assert 0 < killed_run(data, tmp_path / f"{method}_b", args) < 300
+        ck_path = tmp_path / f"{method}_b" / "ckpt.pt"  # made "before version 3": the new keys removed
+        ck = torch.load(ck_path, weights_only=False)
+        ck["config"]["version"] = 2
+        for k in ("disc_during_warmup", "ot_cost_scale"):
+            del ck["config"]["args"][k]
+        torch.save(ck, ck_path)
+        r = train(data, tmp_path / f"{method}_b", *args[:-1], "--resume")
+        assert r.returncode == 2 and ("disc_during_warmup" if method == "cfg_adda" else "ot_cost_scale") in r.stderr
+        r = train(data, tmp_path / f"{method}_b", *args, unread, "--resume")
+        assert r.returncode == 0, r.stderr
+        A = torch.load(tmp_path / f"{method}_a" / "ckpt.pt", weights_only=False)
+        B = torch.load(ck_path, weights_only=False)
+        assert B["step"] == 300 and all(torch.equal(A["ema"][k], B["ema"][k]) for k in A["ema"]), method
+
+
 def test_resumed_run_equals_uninterrupted(data, tmp_path):
     args = ["--method", "cfg_adda", "--ratio", "0.3", "--steps", "400", "--save-every", "50",
             "--snapshot-every", "0"]
     r = train(data, tmp_path / "a", *args)
     assert r.returncode == 0, r.stderr
-    cmd = [sys.executable, "02_train.py", "--profile", "smoke", "--target-data", data["target"],
-           "--source-data", data["source"], "--out", str(tmp_path / "b"), *args]
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not os.path.exists(tmp_path / "b" / "ckpt.pt") and p.poll() is None:
-        time.sleep(0.01)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert p.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)["step"]
-    assert 0 < killed_at < 400
+    assert 0 < killed_run(data, tmp_path / "b", args) < 400
     again = train(data, tmp_path / "b", *args)  # without --resume: refused, nothing touched
     assert again.returncode == 2 and "--resume" in again.stderr
     r = train(data, tmp_path / "b", *args, "--resume")
