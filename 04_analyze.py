@@ -7,14 +7,16 @@
 Reads runs/train/*/ckpt.pt (02_train.py) and runs/eval/*/results.json (03_eval.py); writes, each as
 markdown (for RESULTS.md) and JSON, with PNG figures:
   alignment     W and GW between source and target features at the two feature points (after the
-                vision stem; trunk output), domain-probe accuracy (2-layer MLP and linear), success
+                vision stem; trunk output), domain-probe accuracy (2-layer MLP and linear), the
+                task-state probe (error of a linear readout of the peg's xy, tasks.PROBE_STATE), success
                 (Fig. 6 right, Fig. 17)
   umap          UMAP of source vs target trunk features per checkpoint, grid across ratios (Fig. 6)
   correlations  Pearson / Spearman of log W and log GW (trunk, stem) vs success over the ratio sweep
                 and over every checkpoint of a setting (Fig. 7; the scatter: alignment_vs_ratio.png)
   regimes       alignment (W) vs discernibility (probe) coloured by success (Fig. 16)
   methods       success per method x mixing ratio (Fig. 9 / Table 2 form), and the domain
-                discriminator's accuracy over training of every adversarial run (discriminator.png)
+                discriminator's accuracy and BCE over training of every adversarial run
+                (discriminator.png), OT's plan entropy over training (ot_plan.png)
   table1        co-training vs +discrimination (Table 1), the paper's numbers beside
   table2        every method at one mixing ratio (Table 2's form), the paper's sim-and-real numbers beside
   table3        sim pre-training + real fine-tuning vs co-training (Table 3, App. D.4)
@@ -57,22 +59,26 @@ import common
 import diffusion_policy
 import methods
 import records
+import tasks
 from alignment import (  # noqa: F401
     correlation,
     domain_probe,
     exact_p,
     gromov_wasserstein,
     standardize,
+    state_probe,
     wasserstein,  # App. D.2's metrics and Sec. 4.2's probe (alignment.py; tests use them here)
 )
 from common import UsageError, arg, die
 from figures import (
     disc_curves,
+    metric_curves,
     plot_alignment,
     plot_discriminator,
     plot_guidance,
     plot_guideline,
     plot_methods,
+    plot_ot_entropy,
     plot_regimes,
     plot_umaps,
 )
@@ -162,6 +168,22 @@ def alignment_row(feats: dict, gw_method: str = "exact", seed: int = 0) -> dict:
         row[f"w_{point}"] = wasserstein(xs, xt)
         row[f"gw_{point}"] = gromov_wasserstein(xs, xt, gw_method, seed=seed)
     return {**row, **probe_row(feats, seed)}
+
+
+def state_row(r: dict, feats: dict, roots: list, seed: int = 0) -> dict:
+    """The task-state probe on the trunk features (alignment.state_probe): mean held-out error in
+    mm of a linear readout of tasks.PROBE_STATE (NutAssembly: the peg's xy) from both domains'
+    features; None where the features are not of the fixed observation sets (image policies)."""
+    key, dims = tasks.PROBE_STATE.get(r["task"], (None, None))
+    root = next((x for x in roots if all(os.path.exists(records.obs_set_path(x, r["task"], d))
+                                         for d in (r["target_domain"], "source"))), None)
+    if key is None or root is None or r["cfg"]["model"]["image_keys"]:
+        return {"state_probe_mm": None}
+    n = len(feats["target"]["trunk"])
+    ys, yt = (records.load_obs_set(records.obs_set_path(root, r["task"], d))[key][:n, -1][:, list(dims)]
+              for d in ("source", r["target_domain"]))
+    return {"state_probe_mm": 1000 * state_probe(feats["source"]["trunk"], feats["target"]["trunk"], ys, yt,
+                                                  seed=seed)}
 
 
 def probe_row(feats: dict, seed: int = 0) -> dict:
@@ -292,12 +314,13 @@ def alignment_rows(runs: list, a) -> tuple:
         key = os.path.join(cache_dir(a), f"{r['run']}_{r['digest']}_n{a.num_samples}_s{a.seed}_{a.gw_method}.json")
         kept = os.path.join(r["folder"], "alignment.json")
         settings = {"num_samples": a.num_samples, "seed": a.seed, "gw_method": a.gw_method}
+        roots = [a.runs, os.path.join(records.REPO, "results")]
         if os.path.exists(key):
             metrics = common.read_json(key)
-            if "probe_trunk_linear" not in metrics:  # cached before the linear probe: add it (GW kept)
-                feats, _ = run_features(r, a)
+            if "probe_trunk_linear" not in metrics or "state_probe_mm" not in metrics:  # cached before
+                feats, _ = run_features(r, a)                                             # them (GW kept)
                 if feats is not None:
-                    metrics = {**metrics, **probe_row(feats, a.seed)}
+                    metrics = {**metrics, **probe_row(feats, a.seed), **state_row(r, feats, roots, a.seed)}
                     common.write_json(key, metrics)
         elif os.path.exists(kept) and not os.path.exists(os.path.join(r["folder"], "features.npz")) \
                 and all(common.read_json(kept).get(k) == v for k, v in settings.items()):
@@ -307,7 +330,7 @@ def alignment_rows(runs: list, a) -> tuple:
             if feats is None:
                 missing.append(f"alignment {r['run']}: no features ({where})")
                 continue
-            metrics = alignment_row(feats, a.gw_method, a.seed)
+            metrics = {**alignment_row(feats, a.gw_method, a.seed), **state_row(r, feats, roots, a.seed)}
             common.write_json(key, metrics)
         ev, args = r["eval"], r["cfg"]["args"]
         rows.append({"run": r["run"], "setting": setting(r), "task": r["task"], "target_domain": r["target_domain"],
@@ -320,10 +343,10 @@ def alignment_rows(runs: list, a) -> tuple:
 
 
 ALIGN_COLS = ["setting", "method", "mixing_ratio", "steps", "success", "trials", "w_stem", "w_trunk",
-              "gw_stem", "gw_trunk", "probe_trunk", "probe_trunk_linear"]
+              "gw_stem", "gw_trunk", "probe_trunk", "probe_trunk_linear", "state_probe_mm"]
 ALIGN_FMT = {"mixing_ratio": "{:.3g}", "success": "{:.3f}", "w_stem": "{:.3f}", "w_trunk": "{:.3f}",
              "gw_stem": "{:.4f}", "gw_trunk": "{:.4f}", "probe_trunk": "{:.3f}",
-             "probe_trunk_linear": "{:.3f}"}
+             "probe_trunk_linear": "{:.3f}", "state_probe_mm": "{:.2f}"}
 
 
 CORR_METRICS = (("W trunk", "w_trunk"), ("GW trunk", "gw_trunk"), ("W stem", "w_stem"), ("GW stem", "gw_stem"))
@@ -828,11 +851,15 @@ def analyze(a: Args):
     if "guidance" in want and tables["guidance"][0]:
         plot_guidance(tables["guidance"][0], os.path.join(a.out, "guidance_sweep.png"))
         figures.append("guidance_sweep.png")
-    if "methods" in want:
-        curves = disc_curves(headline)
+    if "methods" in want:  # before and after a method's fix: superseded runs drawn dotted
+        curves = disc_curves(runs)
         if curves:
-            plot_discriminator(curves, headline, os.path.join(a.out, "discriminator.png"))
+            plot_discriminator(curves, runs, os.path.join(a.out, "discriminator.png"))
             figures.append("discriminator.png")
+        curves = metric_curves(runs, "ot", ("ot_entropy",))
+        if curves:
+            plot_ot_entropy(curves, runs, os.path.join(a.out, "ot_plan.png"))
+            figures.append("ot_plan.png")
     if "guideline" in want and tables["guideline"][0]:
         plot_guideline(headline, tables["guideline"][0], os.path.join(a.out, "guideline.png"))
         figures.append("guideline.png")

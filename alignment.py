@@ -1,7 +1,8 @@
 """Alignment metrics of App. D.2 and the probe of Sec. 4.2, on two point clouds of features
 (split from 04_analyze.py by concept; 04 re-exports them): each domain standardized on its own,
 2-Wasserstein between the clouds, Gromov-Wasserstein between their distance matrices (pooled-mean
-normalized), a 2-layer MLP domain probe, Pearson / Spearman correlations."""
+normalized), a 2-layer MLP domain probe, a linear readout of task state, Pearson / Spearman
+correlations."""
 import itertools
 
 import numpy as np
@@ -86,6 +87,28 @@ def domain_probe(zs: np.ndarray, zt: np.ndarray, seed: int = 0, hidden: int = 64
         opt.step()
     with torch.no_grad():
         return float(((net(X[test]).squeeze(-1) > 0).float() == Y[test]).float().mean())
+
+
+def state_probe(zs: np.ndarray, zt: np.ndarray, ys: np.ndarray, yt: np.ndarray, folds: int = 5,
+                ridge: float = 1e-4, seed: int = 0) -> float:
+    """Task-state readout: how well a linear map recovers a task-relevant state y (e.g. the peg's
+    xy, tasks.PROBE_STATE) from the features of both domains pooled and standardized. The mean
+    Euclidean error of held-out predictions (y's units), `folds`-fold cross-validated with a
+    seeded split, ridge regression in closed form (deterministic: no training loop). Where y is
+    fixed per domain (the peg in the physics gap) this asks whether the features still carry
+    "where the goal is", the information a domain-confusion loss is built to remove."""
+    x = np.concatenate([zs, zt]).astype(np.float64)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    x = np.concatenate([x, np.ones((len(x), 1))], 1)
+    y = np.concatenate([ys, yt]).astype(np.float64)
+    parts = np.array_split(np.random.default_rng(seed).permutation(len(x)), folds)
+    errs = []
+    for k, test in enumerate(parts):
+        train = np.concatenate([p for j, p in enumerate(parts) if j != k])
+        A = x[train].T @ x[train] + ridge * len(train) * np.eye(x.shape[1])
+        coef = np.linalg.solve(A, x[train].T @ y[train])
+        errs.append(np.linalg.norm(x[test] @ coef - y[test], axis=1))
+    return float(np.concatenate(errs).mean())
 
 
 EXACT_P_MAX_N = 8  # up to 8! = 40,320 orderings: p-values by enumerating them

@@ -1,4 +1,4 @@
-"""04_analyze.py's figures (Fig. 6, 7, 9, 10, 15, 16 and the discriminator over training): each
+"""04_analyze.py's figures (Fig. 6, 7, 9, 10, 15, 16, the discriminator and OT's plan over training): each
 function takes rows and runs the stage has already built and writes one PNG (to a temporary file,
 then renamed). Only 04_analyze.py uses this file; it is split from it by concept, as alignment.py is.
 """
@@ -157,40 +157,80 @@ def plot_success(ax, runs: list, marker: str, label: str):
                 linestyle="-" if len(pts) > 1 else "none", label=label)
 
 
-def disc_curves(runs: list) -> dict:
-    """{run: (steps, balanced discriminator accuracy)} from metrics.jsonl, for every run with a
-    domain discriminator (adda, cfg_adda, discriminate): 0.5 = it cannot tell the domains apart
-    (features aligned, or a collapsed discriminator), 1.0 = it always can."""
+def metric_curves(runs: list, part: str, keys: tuple) -> dict:
+    """{run: {key: (steps, values)}} from metrics.jsonl, for every run whose method has `part`
+    (methods.Method: "disc" = adda, cfg_adda, discriminate; "ot"), each key where it was logged
+    (a discriminator that waits out its warm-up logs nothing before it starts)."""
     out = {}
     for r in runs:
         path = os.path.join(r["folder"], "metrics.jsonl")
-        if not METHODS.get(r["cfg"]["args"]["method"], METHODS["cotrain"]).disc or not os.path.exists(path):
+        if not getattr(METHODS.get(r["cfg"]["args"]["method"], METHODS["cotrain"]), part) or not os.path.exists(path):
             continue
         with open(path) as f:
             rows = [json.loads(x) for x in f if x.strip()]
-        pts = [(x["step"], x["disc_acc"]) for x in rows if x.get("disc_acc") is not None]
-        if pts:
-            out[r["run"]] = tuple(map(list, zip(*pts)))
+        curves = {k: tuple(map(list, zip(*[(x["step"], x[k]) for x in rows if x.get(k) is not None]))) for k in keys}
+        curves = {k: v for k, v in curves.items() if v}
+        if curves:
+            out[r["run"]] = curves
     return out
 
 
+def disc_curves(runs: list) -> dict:
+    """The discriminator's balanced accuracy (0.5 = it cannot tell the domains apart: features
+    aligned, or a collapsed discriminator; 1.0 = it always can) and its balanced BCE over training."""
+    return metric_curves(runs, "disc", ("disc_acc", "disc"))
+
+
+def run_label(r: dict) -> str:
+    return (f"{r['method']} w={r['mixing_ratio']:.3g} ({setting(r)})" +
+            (" superseded" if r.get("superseded") else ""))
+
+
+def smooth(steps: list, vals: list, k: int = 10) -> tuple:
+    k = max(1, min(k, len(vals)))
+    return steps[k - 1:], np.convolve(vals, np.ones(k) / k, mode="valid")
+
+
 def plot_discriminator(curves: dict, runs: list, path: str):
-    """The discriminator's balanced accuracy over training (App. C: alone for --disc-warmup steps,
-    then gradient reversal for adda / cfg_adda); smoothed over 10 logged points."""
-    fig, ax = new_figure(figsize=(6, 4))
-    for name, (steps, acc) in sorted(curves.items()):
+    """The discriminator's balanced accuracy and BCE over training (App. C: it starts after
+    --disc-warmup steps, then gradient reversal for adda / cfg_adda; superseded runs trained it
+    during the warm-up); smoothed over 10 logged points."""
+    fig, ax = new_figure(1, 2, figsize=(11, 4))
+    for name, c in sorted(curves.items()):
         r = next(x for x in runs if x["run"] == name)
-        k = min(10, len(acc))
-        sm = np.convolve(acc, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1:], sm, label=f"{r['method']} w={r['mixing_ratio']:.3g} ({setting(r)})", lw=1)
+        ls = ":" if r.get("superseded") else "-"
+        for i, key in enumerate(("disc_acc", "disc")):
+            if key in c:
+                ax[i].plot(*smooth(*c[key]), ls=ls, label=run_label(r), lw=1)
         warm = r["cfg"]["args"].get("disc_warmup")
         if warm:
-            ax.axvline(warm, color="gray", ls=":", lw=0.8)
-    ax.axhline(0.5, color="k", lw=0.6)
-    ax.set_ylim(0.0, 1.02)
+            for a in ax:
+                a.axvline(warm, color="gray", ls=":", lw=0.8)
+    ax[0].axhline(0.5, color="k", lw=0.6)
+    ax[0].set_ylim(0.0, 1.02)
+    ax[0].set_ylabel("discriminator balanced accuracy")
+    ax[1].set_yscale("log")
+    ax[1].set_ylabel("discriminator balanced BCE")
+    ax[1].axhline(np.log(2), color="k", lw=0.6)  # chance: a constant logit
+    for a in ax:
+        a.set_xlabel("training step")
+    fig.suptitle("domain discriminator over training (grey dotted: end of its warm-up; black: chance)", fontsize=9)
+    ax[0].legend(fontsize=6)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def plot_ot_entropy(curves: dict, runs: list, path: str):
+    """OT's transport plan over training: its entropy over the uniform plan's (1 = uniform: every
+    source-target pair weighted alike, moment matching rather than transport)."""
+    fig, ax = new_figure(figsize=(6, 4))
+    for name, c in sorted(curves.items()):
+        r = next(x for x in runs if x["run"] == name)
+        ax.plot(*smooth(*c["ot_entropy"]), label=run_label(r), lw=1)
+    ax.axhline(1.0, color="k", lw=0.6)
     ax.set_xlabel("training step")
-    ax.set_ylabel("discriminator balanced accuracy")
-    ax.set_title("domain discriminator over training (dotted: end of its warm-up)", fontsize=9)
+    ax.set_ylabel("plan entropy / uniform plan's")
+    ax.set_title("OT plan over training (1 = uniform)", fontsize=9)
     ax.legend(fontsize=6)
     fig.tight_layout()
     save(fig, path)

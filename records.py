@@ -306,7 +306,8 @@ def collect_run(run_dir: str, results: str = "results", checkpoint: bool = True,
         save_features(os.path.join(dest, "features.npz"), feats, sets)
     old = os.path.join(dest, "run.json")
     keep = {k: v for k, v in (common.read_json(old) if os.path.exists(old) else {}).items()
-            if k in ("profile", "note", "commit")}  # a rerun keeps what the first collect said
+            if k in ("profile", "note", "commit", "superseded_by", "superseded_reason")}  # a rerun keeps
+    # what the first collect said
     common.write_json(old, {**asdict(run_record(ck, digest)), **keep})
     return dest
 
@@ -328,12 +329,18 @@ def read_run(folder: str) -> dict:
         if digest is None and ck["final"]:
             digest = diffusion_policy.weights_digest(diffusion_policy.load_policy(ckpt)[0])
         return {"cfg": ck["config"], "step": int(ck["step"]), "final": ck["final"], "digest": digest, "ckpt": ckpt,
-                "profile": rec.get("profile") or ck["config"]["args"]["profile"]}
+                "profile": rec.get("profile") or ck["config"]["args"]["profile"], **superseded_by(rec)}
     if rec and os.path.exists(os.path.join(folder, "config.json")):
         return {"cfg": common.upgrade_config(common.read_json(os.path.join(folder, "config.json"))),
                 "step": rec["step"], "final": rec["final"], "digest": rec["weights_digest"], "ckpt": None,
-                "profile": rec.get("profile") or "cpu"}
+                "profile": rec.get("profile") or "cpu", **superseded_by(rec)}
     return None
+
+
+def superseded_by(rec: dict) -> dict:
+    """run.json's "superseded_by" (the run that replaces this one in every comparison, once it is
+    finished) and "superseded_reason"; a superseded run stays readable in the alignment table."""
+    return {"superseded_by": rec.get("superseded_by", ""), "superseded_reason": rec.get("superseded_reason", "")}
 
 
 def join_key(digest, ckpt: str) -> str:
@@ -406,14 +413,18 @@ def discover(runs_dir: str, only_ckpts: list = None) -> tuple:
                      "task": args["task"], "target_domain": args["target_domain"], "method": method_of(cfg),
                      "arch": args["arch"], "mixing_ratio": cfg["mixing_ratio"], "use_label": cfg["model"]["use_label"],
                      "n_target": cfg["data"]["target"]["num_demos"], "n_source": cfg["data"]["source"]["num_demos"],
-                     "evals": by_g, "sweep": sweep, "eval": by_g.get(cfg.get("guidance_scale"))})
+                     "evals": by_g, "sweep": sweep, "eval": by_g.get(cfg.get("guidance_scale")),
+                     "superseded_by": rec["superseded_by"], "superseded_reason": rec["superseded_reason"]})
     return mark_superseded(runs), unfinished
 
 
 def mark_superseded(runs: list) -> list:
     """Runs that differ only in their step budget (the study's real_only at 20k beside the earlier
-    15k one) compare through the one trained longest; the others get superseded=True and stay in
-    the alignment table only."""
+    15k one) compare through the one trained longest, and a run whose run.json names a finished
+    run that supersedes it (a method fixed since: "superseded_by") through that one; the others get
+    superseded=True and stay in the alignment table only."""
+    finished = {r.get("run") for r in runs}
+    replaced = {r.get("run") for r in runs if r.get("superseded_by") and r["superseded_by"] in finished}
     def key(r):
         a = r["cfg"]["args"]
         return (setting(r), r["method"], round(r["mixing_ratio"], 6), r["arch"], r["n_target"], r["n_source"],
@@ -421,10 +432,10 @@ def mark_superseded(runs: list) -> list:
     longest = {}
     for r in runs:
         k = key(r)
-        if k not in longest or r["step"] > longest[k]["step"]:
+        if r.get("run") not in replaced and (k not in longest or r["step"] > longest[k]["step"]):
             longest[k] = r
     for r in runs:
-        r["superseded"] = longest[key(r)] is not r
+        r["superseded"] = r.get("run") in replaced or longest[key(r)] is not r
     return runs
 
 

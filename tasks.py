@@ -622,6 +622,11 @@ def replay_joint_actions(env: TaskEnv, states0, joint_actions, tracking_errors: 
 
 
 GRASP_POINT = {"NutAssembly": "handle_pos"}  # the observation the hand should close on
+# The task-relevant state 04_analyze.py's state probe reads back from a policy's features
+# (alignment.state_probe): the goal's xy (stored observation key, dims), which the physics gap
+# fixes per domain, so "which domain" and "where the goal is" are one question there.
+PROBE_STATE = {"NutAssembly": ("peg_pos", (0, 1)), "MugCleanup": ("drawer_interior_pos", (0, 1)),
+               "MugHang": ("hook_tip_pos", (0, 1))}
 
 
 def grasp_close(task: str, ep: dict) -> dict:

@@ -306,6 +306,28 @@ def test_fisher_and_superseded_runs(an):
     other = {**base, "step": 15000, "cfg": {"args": {"seed": 1, "disc_weight": 0.1}, "guidance_scale": None}}
     records.mark_superseded([short, long_, other])
     assert short["superseded"] and not long_["superseded"] and not other["superseded"]
+    # a run fixed since (run.json "superseded_by") is replaced once its replacement is finished
+    old = {**base, "run": "adda", "step": 20000, "cfg": cfg, "superseded_by": "adda_v3"}
+    new = {**base, "run": "adda_v3", "step": 20000, "cfg": cfg}
+    records.mark_superseded([old, new])
+    assert old["superseded"] and not new["superseded"]
+    records.mark_superseded([old])  # its replacement not there (yet): it still counts
+    assert not old["superseded"]
+
+
+def test_state_probe_reads_back_a_linear_state_not_noise(an):
+    """The task-state probe: ~0 error where the state is a linear function of the features, about
+    the state's spread where the features carry nothing of it; deterministic."""
+    rng = np.random.default_rng(0)
+    zs, zt = rng.normal(size=(400, 16)), rng.normal(size=(400, 16)) + 0.5
+    W = rng.normal(size=(16, 2))
+    assert an.state_probe(zs, zt, zs @ W, zt @ W) < 1e-2
+    ys, yt = rng.normal(size=(400, 2)), rng.normal(size=(400, 2))
+    err = an.state_probe(zs, zt, ys, yt)
+    assert 1.0 < err < 1.5 and err == an.state_probe(zs, zt, ys, yt)  # E|N(0, I_2)| = 1.25
+    # a state fixed per domain (the peg in the physics gap): read back iff the features tell the domains
+    peg_s, peg_t = np.tile([0.23, 0.10], (400, 1)), np.tile([0.25, 0.07], (400, 1))
+    assert an.state_probe(zs, zs + 3, peg_s, peg_t) < 0.2 * an.state_probe(zs, zs[::-1], peg_s, peg_t)
 
 
 def test_no_committed_record_holds_a_machine_path():
