@@ -609,6 +609,7 @@ def _assemble(a: Args, out: str, parts: str, kept: list, attempts: int, seconds:
         data.attrs["success_rate"] = len(kept) / attempts
         data.attrs["seconds"] = seconds
         data.attrs["config"] = json.dumps(job_config(a))
+        data.attrs["machine"] = json.dumps(cli.machine())  # the CPU that made it (cli.PORTABLE_SIMD)
         data.attrs["action_spaces"] = json.dumps({
             "actions": "robosuite OSC_POSE delta: dpos/0.05 m, drot/0.5 rad (axis-angle, world), gripper",
             "joint_actions": "absolute joint positions (7, rad) reached after the step + gripper command"})
@@ -799,4 +800,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    cli.portable_simd()  # the same dataset bits on every x86-64 CPU (cli.PORTABLE_SIMD)
     main()

@@ -465,6 +465,7 @@ def train(a: Args):
     w = mixing_ratio(a, target, source)
     config = run_config(a, w, target, source, lowdim_keys, image_keys)
     config["device"] = str(device)
+    config["machine"] = common.machine()  # the CPU it trained on (cli.machine)
     out = a.out or os.path.join("runs", "train", run_name(a, w))
     ckpt_path = os.path.join(out, "ckpt.pt")
     if main_proc:

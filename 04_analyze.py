@@ -83,7 +83,7 @@ from figures import (
     plot_umaps,
 )
 from methods import METHODS, PRETRAIN_FT, in_ratio_sweep, method_order
-from records import discover, setting
+from records import data_version, discover, setting
 
 # ----------------------------------------------------------------------------------------------
 # arguments
@@ -335,7 +335,8 @@ def alignment_rows(runs: list, a) -> tuple:
         ev, args = r["eval"], r["cfg"]["args"]
         rows.append({"run": r["run"], "setting": setting(r), "task": r["task"], "target_domain": r["target_domain"],
                      "method": r["method"], "arch": r["arch"], "mixing_ratio": r["mixing_ratio"], "steps": r["step"],
-                     "superseded": r.get("superseded", False),
+                     "superseded": r.get("superseded", False), "data": data_version(r),
+                     "note": "superseded" if r.get("superseded") else None,
                      "disc_weight": args["disc_weight"] if METHODS[args["method"]].disc else None,
                      "success": ev["success_rate"] if ev else None, "trials": ev["trials"] if ev else None,
                      **metrics})
@@ -343,7 +344,7 @@ def alignment_rows(runs: list, a) -> tuple:
 
 
 ALIGN_COLS = ["setting", "method", "mixing_ratio", "steps", "success", "trials", "w_stem", "w_trunk",
-              "gw_stem", "gw_trunk", "probe_trunk", "probe_trunk_linear", "state_probe_mm"]
+              "gw_stem", "gw_trunk", "probe_trunk", "probe_trunk_linear", "state_probe_mm", "data", "note"]
 ALIGN_FMT = {"mixing_ratio": "{:.3g}", "success": "{:.3f}", "w_stem": "{:.3f}", "w_trunk": "{:.3f}",
              "gw_stem": "{:.4f}", "gw_trunk": "{:.4f}", "probe_trunk": "{:.3f}",
              "probe_trunk_linear": "{:.3f}", "state_probe_mm": "{:.2f}"}
@@ -496,11 +497,20 @@ def shared_ratio(rs: list):
     return max(counts, key=lambda w: (len(counts[w]), w)) if counts else None
 
 
-def find(rs: list, method: str, ratio=None):
-    """The evaluated run of a method (at a ratio; methods with a fixed ratio ignore it), or None."""
+def find(rs: list, method: str, ratio=None, like: dict = None):
+    """The evaluated run of a method (at a ratio; methods with a fixed ratio ignore it), or None;
+    with `like`, one trained on like's data version if there is one (data_version)."""
     fixed = METHODS[method].ratio is not None if method in METHODS else True
-    return next((r for r in rs if r["method"] == method and r["eval"]
-                 and (fixed or ratio is None or abs(r["mixing_ratio"] - ratio) < 1e-6)), None)
+    found = [r for r in rs if r["method"] == method and r["eval"]
+             and (fixed or ratio is None or abs(r["mixing_ratio"] - ratio) < 1e-6)]
+    same = [r for r in found if like is not None and data_version(r) == data_version(like)]
+    return (same or found or [None])[0]
+
+
+def data_mark(a: list, b: list) -> str:
+    """"same" when the runs on both sides of a comparison trained on one data version, else which."""
+    va, vb = ({data_version(r) for r in side if r} for side in (a, b))
+    return "same" if len(va | vb) <= 1 else f"mixed: {'+'.join(sorted(va))} vs {'+'.join(sorted(vb))}"
 
 
 def by_setting(runs: list) -> dict:
@@ -529,14 +539,14 @@ def table2(runs: list) -> tuple:
                 if method == PRETRAIN_FT or ev is None:
                     continue
                 rows.append({"setting": name, "task": task, "target_domain": dom, "N": n, "M": m,
-                             "method": label, "mixing_ratio": r["mixing_ratio"],
+                             "method": label, "mixing_ratio": r["mixing_ratio"], "data": data_version(r),
                              "guidance": ev["guidance"], "success": ev["success_rate"], "cell": cell(ev),
                              "paper_sim_and_real": PAPER_TABLE2.get(label) if task == "NutAssembly" else None})
         for method in METHODS:
             if method != "sim_only" and find(rs, method, w) is None:
                 missing.append(f"Table 2 {name}: no evaluated {method} run at w = {w:.3g} "
                                f"({train_cmd(name, method, w)})")
-    md = markdown_table(rows, ["setting", "method", "mixing_ratio", "guidance", "cell", "paper_sim_and_real"],
+    md = markdown_table(rows, ["setting", "method", "mixing_ratio", "guidance", "cell", "paper_sim_and_real", "data"],
                         {"mixing_ratio": "{:.3g}", "guidance": "{:g}", "paper_sim_and_real": "{:.3f}"})
     md += ("\n\n*paper_sim_and_real: Table 2 of the paper (sim-and-real NutAssembly, successes of 30 real "
            "trials, as a fraction); ours is sim-and-sim: another gap, 200 simulated episodes.*")
@@ -559,7 +569,7 @@ def comparisons(runs: list) -> tuple:
     not corrected for the number of tests (listed in the table)."""
     rows = []
 
-    def add(name, claim, a_label, ev_a, b_label, ev_b):
+    def add(name, claim, a_label, ev_a, b_label, ev_b, runs_a=(), runs_b=()):
         if ev_a is None or ev_b is None:  # Tables 1-3, the guidance and guideline tables say which run is missing
             return
         f = fisher_exact(ev_a["successes"], ev_a["trials"], ev_b["successes"], ev_b["trials"])
@@ -567,50 +577,58 @@ def comparisons(runs: list) -> tuple:
         rows.append({"setting": name, "claim": claim, "a": a_label, "b": b_label, "a_cell": cell(ev_a),
                      "b_cell": cell(ev_b), "difference": diff, **f,
                      "outcome": ("a > b" if diff > 0 else "a < b") if f["p_two_sided"] < 0.05
-                     else "no difference detected"})
+                     else "no difference detected", "data": data_mark(runs_a, runs_b)})
 
     def ev_of(r):
         return r["eval"] if r else None
+
+    def label(r, given):
+        return given or (f"{r['method']} w={r['mixing_ratio']:.3g}" if r else "")
+
+    def pair(name, claim, a, b, a_label="", b_label=""):  # two runs' headline evaluations
+        add(name, claim, label(a, a_label), ev_of(a), label(b, b_label), ev_of(b), [a], [b])
 
     for (name, n, m), rs in sorted(by_setting(runs).items()):
         w = shared_ratio(rs)
         if w is None:
             continue
-        at = f"w={w:.3g}"
         co = find(rs, "cotrain", w)
-        add(name, "C2 co-training > real-only", f"cotrain {at}", ev_of(co), "real_only", ev_of(find(rs, "real_only")))
+        pair(name, "C2 co-training > real-only", co, find(rs, "real_only", like=co), b_label="real_only")
         for method in [x for x in METHODS if METHODS[x].ratio is None and x not in ("cotrain", "discriminate")]:
-            add(name, f"C6 {method} > co-training", f"{method} {at}", ev_of(find(rs, method, w)),
-                f"cotrain {at}", ev_of(co))
+            r = find(rs, method, w)  # against co-training on its own data version where there is one
+            pair(name, f"C6 {method} > co-training", r, find(rs, "cotrain", w, like=r) if r else None)
         ca = find(rs, "cfg_adda", w)
         if ca is not None:
             add(name, "C6 CFG-ADDA lambda = -0.5 > lambda = 0", "cfg_adda lambda=-0.5", ca["sweep"].get(-0.5),
-                "cfg_adda lambda=0", ca["sweep"].get(0.0))
-            cf = find(rs, "cfg", w)  # CFG-ADDA's objective without the adversarial term: the control
+                "cfg_adda lambda=0", ca["sweep"].get(0.0), [ca], [ca])
+            cf = find(rs, "cfg", w, like=ca)  # CFG-ADDA's objective without the adversarial term: the control
             if cf is not None:
                 add(name, "C6 control: CFG-ADDA > CFG at lambda = -0.5 (the adversarial term)", "cfg_adda lambda=-0.5",
-                    ca["evals"].get(-0.5), "cfg lambda=-0.5", cf["evals"].get(-0.5))
-        add(name, "C7 co-training > +discrimination", f"cotrain {at}", ev_of(co), f"discriminate {at}",
-            ev_of(find(rs, "discriminate", w)))
-        add(name, "C8 co-training > pre-train + fine-tune", f"cotrain {at}", ev_of(co), PRETRAIN_FT,
-            ev_of(find(rs, PRETRAIN_FT)))
+                    ca["evals"].get(-0.5), "cfg lambda=-0.5", cf["evals"].get(-0.5), [ca], [cf])
+        d = find(rs, "discriminate", w)
+        pair(name, "C7 co-training > +discrimination", find(rs, "cotrain", w, like=d) if d else co, d)
+        ft = find(rs, PRETRAIN_FT)
+        pair(name, "C8 co-training > pre-train + fine-tune", find(rs, "cotrain", w, like=ft) if ft else co, ft,
+             b_label=PRETRAIN_FT)
         w_n, w_q = common.balanced_ratio_range(n, m)
         sweep = [r for r in rs if r["method"] == "cotrain" and r["eval"]]
-        inside = [r["eval"] for r in sweep if w_n - 1e-6 <= r["mixing_ratio"] <= w_q + 1e-6]
-        outside = [r["eval"] for r in sweep if not w_n - 1e-6 <= r["mixing_ratio"] <= w_q + 1e-6]
+        inside = [r for r in sweep if w_n - 1e-6 <= r["mixing_ratio"] <= w_q + 1e-6]
+        outside = [r for r in sweep if not w_n - 1e-6 <= r["mixing_ratio"] <= w_q + 1e-6]
         pool = lambda evs: ({"successes": sum(e["successes"] for e in evs), "trials": sum(e["trials"] for e in evs),  # noqa: E731
                              "success_rate": sum(e["successes"] for e in evs) / sum(e["trials"] for e in evs),
                              "wilson95": common.wilson_interval(sum(e["successes"] for e in evs),
                                                                 sum(e["trials"] for e in evs))}
                             if evs else None)
         add(name, f"C3 co-training inside [w_n, w_q] = [{w_n:.3g}, {w_q:.3g}] > outside",
-            f"cotrain inside ({len(inside)} ratios)", pool(inside),
-            f"cotrain outside ({len(outside)} ratios)", pool(outside))
+            f"cotrain inside ({len(inside)} ratios)", pool([r["eval"] for r in inside]),
+            f"cotrain outside ({len(outside)} ratios)", pool([r["eval"] for r in outside]), inside, outside)
     md = markdown_table(rows, ["setting", "claim", "a_cell", "b_cell", "difference", "p_a_greater", "p_two_sided",
-                               "outcome"], {"difference": "{:+.3f}", "p_a_greater": "{:.2g}", "p_two_sided": "{:.2g}"})
+                               "outcome", "data"],
+                        {"difference": "{:+.3f}", "p_a_greater": "{:.2g}", "p_two_sided": "{:.2g}"})
     md += (f"\n\n*{len(rows)} tests; Fisher's exact test on the episodes (a_cell vs b_cell: success rate, "
            "successes/trials, Wilson 95%); p_a_greater: one-sided, in the paper's direction; outcome at "
-           "two-sided p < 0.05, not corrected for the number of tests.*")
+           "two-sided p < 0.05, not corrected for the number of tests; data: whether both sides trained on one "
+           "data version (target/source dataset digests), else which.*")
     return rows, md, []
 
 

@@ -4,6 +4,7 @@ atomically, the resume rule. common.py re-exports all of it."""
 import argparse
 import json
 import os
+import platform
 import re
 import sys
 import threading
@@ -156,3 +157,38 @@ def exit_with_parent(poll_s: float = 1.0):
             time.sleep(poll_s)
         os._exit(1)
     threading.Thread(target=watch, daemon=True).start()
+
+
+# Datasets bitwise equal on every x86-64 CPU (docs/datasets.md, "Bitwise across machines"): at load
+# time numpy picks AVX-512 kernels for its ufuncs and OpenBLAS picks GEMM kernels for the CPU it
+# finds; their last bits differ from the AVX2 ones, and a scripted expert's or MimicGen's episode
+# amplifies one ulp into another trajectory (measured: NutAssembly's 50 target demos gave digest
+# fd97d463 with 15,597 steps on an AVX-512 machine, 0d8ece99 with 15,596 with both settings below).
+PORTABLE_SIMD = {"NPY_DISABLE_CPU_FEATURES": "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL",
+                 "OPENBLAS_CORETYPE": "Haswell"}
+
+
+def portable_simd():
+    """Re-execute this script with PORTABLE_SIMD in its environment (x86-64 only; nothing when it is
+    already set, so the re-executed process goes on). Call before main() in a stage's __main__."""
+    if platform.machine() not in ("x86_64", "AMD64") or all(os.environ.get(k) == v for k, v in PORTABLE_SIMD.items()):
+        return
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, **PORTABLE_SIMD})
+
+
+def machine() -> dict:
+    """What made a record, for tracing a difference: the CPU model, its SIMD flags (avx*, fma,
+    sse4*), the machine type and the SIMD settings in force (PORTABLE_SIMD's variables)."""
+    model, flags = platform.processor(), []
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        model = next((x.split(":", 1)[1].strip() for x in info.splitlines() if x.startswith("model name")), model)
+        line = next((x for x in info.splitlines() if x.startswith("flags")), "")
+        flags = sorted({x for x in line.split(":", 1)[-1].split() if x.startswith(("avx", "fma", "sse4"))})
+    except OSError:
+        pass
+    return {"cpu": model, "simd": flags, "arch": platform.machine(),
+            "env": {k: os.environ.get(k, "") for k in PORTABLE_SIMD}}
+

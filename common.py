@@ -32,6 +32,7 @@ from cli import (  # noqa: F401
     die,
     exit_with_parent,
     fmt_value,
+    machine,
     parse_args,
     read_json,
     write_json,

@@ -428,7 +428,8 @@ def mark_superseded(runs: list) -> list:
     def key(r):
         a = r["cfg"]["args"]
         return (setting(r), r["method"], round(r["mixing_ratio"], 6), r["arch"], r["n_target"], r["n_source"],
-                a["seed"], a.get("disc_weight"), r["cfg"].get("guidance_scale"), a.get("init_from", ""))
+                a["seed"], a.get("disc_weight"), r["cfg"].get("guidance_scale"), a.get("init_from", ""),
+                data_version(r))
     longest = {}
     for r in runs:
         k = key(r)
@@ -437,6 +438,13 @@ def mark_superseded(runs: list) -> list:
     for r in runs:
         r["superseded"] = r.get("run") in replaced or longest[key(r)] is not r
     return runs
+
+
+def data_version(r: dict) -> str:
+    """The data a run trained on: its target / source dataset digests (8 hex digits each). The same
+    command makes other bits on another CPU (docs/datasets.md), so comparisons say when they mix."""
+    d = r["cfg"].get("data", {})
+    return "/".join(d.get(k, {}).get("digest", "?")[:8] for k in ("target", "source"))
 
 
 def setting(r: dict) -> str:

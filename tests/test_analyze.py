@@ -348,3 +348,25 @@ def test_commands_that_missing_md_suggests_are_valid(an, tmp_path):
     for c in cmds:
         r = run_stage("02_train.py", *shlex.split(c), "--print-config")
         assert r.returncode == 0, (c, r.stderr)
+
+
+def test_comparisons_pair_runs_on_one_data_version_and_mark_mixed_ones(an):
+    """A method is compared with the co-training run of its own data version where there is one
+    (the same command makes other dataset bits on another CPU); a comparison across versions says so."""
+    def run(name, method, w, k, digests):
+        ev = {"successes": k, "trials": 200, "success_rate": k / 200, "wilson95": common.wilson_interval(k, 200),
+              "guidance": None}
+        return {"run": name, "method": method, "mixing_ratio": w, "eval": ev, "evals": {None: ev}, "sweep": {},
+                "task": "NutAssembly", "target_domain": "target_visual_physics", "profile": "cpu",
+                "n_target": 50, "n_source": 500,
+                "cfg": {"data": {"target": {"digest": digests[0]}, "source": {"digest": digests[1]}}}}
+    old, new = ("0d8ece99c4c7b5c7", "89cb5a99d6a2986b"), ("fd97d463ac7e21a6", "1641cdec5835953f")
+    runs = [run("co", "cotrain", 0.17, 125, old), run("co2", "cotrain", 0.17, 120, new),
+            run("ot", "ot", 0.17, 160, new), run("adda", "adda", 0.17, 40, old), run("ro", "real_only", 1.0, 132, old)]
+    rows = {r["claim"]: r for r in an.comparisons(runs)[0]}
+    ot, adda = rows["C6 ot > co-training"], rows["C6 adda > co-training"]
+    assert ot["b_cell"].startswith("0.600 (120/200") and ot["data"] == "same"
+    assert adda["b_cell"].startswith("0.625 (125/200") and rows["C2 co-training > real-only"]["data"] == "same"
+    no_twin = [r for r in runs if r["run"] != "co2"]
+    mixed = {r["claim"]: r for r in an.comparisons(no_twin)[0]}["C6 ot > co-training"]
+    assert mixed["data"] == "mixed: fd97d463/1641cdec vs 0d8ece99/89cb5a99"

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
+import cli
 from conftest import ROOT, load_stage, run_stage
 from experts import rotvec, rotvec_to_mat
 from tasks import OSC_POS_SCALE, OSC_ROT_SCALE, TASK_CLASSES, eef_pose
@@ -94,6 +95,10 @@ def test_robomimic_layout(files, which):
         assert env_args["env_name"] == "NutAssemblySquare" and env_args["type"] == 1
         assert data.attrs["task"] == TASK and data.attrs["domain"] == "source"
         assert json.loads(data.attrs["domain_params"])["name"] == "source"
+        made_by = json.loads(data.attrs["machine"])  # the CPU, and the SIMD settings it ran under
+        assert made_by["simd"] is not None and made_by["arch"]
+        if made_by["arch"] == "x86_64":  # re-executed with numpy's and OpenBLAS's portable kernels
+            assert made_by["env"] == cli.PORTABLE_SIMD
         for n in names:
             g = data[n]
             T = g.attrs["num_samples"]
