@@ -67,6 +67,8 @@ class Args:
     video: int = arg(0, "write an MP4 of the first K episodes of each evaluation")
     video_size: int = arg(256, "video frame size (agentview camera)")
     max_steps: int = arg(0, "cut episodes at this many steps (0 = the task's horizon)")
+    render: str = arg("demand", "image policies: render the cameras only at the steps whose observation "
+                                "the policy reads (demand: the same episodes, bench/bench_eval.py) or at every step")
     device: str = arg("cpu", "device of the policy in each rollout worker: cpu or cuda (a GPU helps "
                              "image policies; low-dim ones run faster on the CPU than the transfers)")
     out: str = arg("", "output folder (default runs/eval/<run name of the first checkpoint>)")
@@ -109,11 +111,11 @@ class Worker:
             self.policies[ckpt] = diffusion_policy.load_policy(ckpt, device)[0]
         return self.policies[ckpt]
 
-    def env(self, task, domain, cameras, filmed, max_steps, control="joint", image_size=84):
-        key = (task, domain, cameras, filmed, control, image_size)
+    def env(self, task, domain, cameras, filmed, max_steps, control="joint", image_size=84, render="demand"):
+        key = (task, domain, cameras, filmed, control, image_size, render)
         if key not in self.envs:
             self.envs[key] = tasks.make_env(task, domain, control=control, cameras=cameras, offscreen=filmed,
-                                            image_size=image_size)
+                                            image_size=image_size, render=render)
         env = self.envs[key]
         env.horizon = min(type(env).horizon, max_steps) if max_steps else type(env).horizon
         return env
@@ -123,7 +125,7 @@ class Worker:
         cams = tuple(k[:-len(common.IMAGE_SUFFIX)] for k in policy.cfg["image_keys"])
         filmed = bool(job["video_path"])
         env = self.env(job["task"], job["domain"], cams, filmed, job["max_steps"], job["control"],
-                       policy.cfg["image_size"] or 84)  # low-dim policies: 84 px videos
+                       policy.cfg["image_size"] or 84, job["render"])  # low-dim policies: 84 px videos
         frames, agents = [], []
 
         def make_agent(e, seed):
@@ -221,6 +223,8 @@ def plan(a: Args) -> list:
         raise UsageError(f"--first-seed and --split {a.split} both choose the seeds: give one of them")
     if a.device not in ("cpu", "cuda"):
         raise UsageError(f"--device must be cpu or cuda, got {a.device!r}")
+    if a.render not in tasks.RENDER_MODES:
+        raise UsageError(f"--render must be {' or '.join(tasks.RENDER_MODES)}, got {a.render!r}")
     if a.device == "cuda":
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: no GPU is visible to torch here")
@@ -267,9 +271,11 @@ def plan(a: Args) -> list:
     return evals
 
 
-def make_job(ev: "Evaluation", seed: int, video_path: str = "", video_size: int = 256, max_steps: int = 0) -> dict:
+def make_job(ev: "Evaluation", seed: int, video_path: str = "", video_size: int = 256, max_steps: int = 0,
+             render: str = "demand") -> dict:
     """One episode of evaluation `ev`: what Worker.episode needs (a dict: it crosses to the workers)."""
-    return {**asdict(ev), "seed": seed, "video_path": video_path, "video_size": video_size, "max_steps": max_steps}
+    return {**asdict(ev), "seed": seed, "video_path": video_path, "video_size": video_size, "max_steps": max_steps,
+            "render": render}
 
 
 def read_episodes(path: str) -> dict:
@@ -339,7 +345,7 @@ def evaluate(a: Args) -> str:
                 os.makedirs(os.path.join(out, "videos"), exist_ok=True)
                 tag = f"{os.path.basename(os.path.dirname(ev.path))}_{ev.domain}_g{ev.guidance}"
                 video = os.path.join(out, "videos", f"{tag}_seed{s}.mp4")
-            jobs.append(make_job(ev, s, video, a.video_size, a.max_steps))
+            jobs.append(make_job(ev, s, video, a.video_size, a.max_steps, a.render))
     print(f"{len(evals)} evaluation(s) x {len(seeds)} episodes: {len(jobs)} to run, "
           f"{len(evals) * len(seeds) - len(jobs)} done before -> {out}")
     run_jobs(jobs, a.workers, ep_path, done)

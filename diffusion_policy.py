@@ -475,8 +475,8 @@ class PolicyAgent:
         if self.on_act is not None:
             self.on_act()
         size = self.cfg["image_size"]  # trained on size x size frames
-        for k in self.cfg["image_keys"] if size else ():
-            if np.shape(obs[k])[:2] != (size, size):
+        for k in self.cfg["image_keys"] if size else ():  # (a step whose frame nobody reads has none)
+            if k in obs and np.shape(obs[k])[:2] != (size, size):
                 raise ValueError(f"camera '{k}' gives {np.shape(obs[k])[:2]} frames; the policy was trained on "
                                  f"{size}x{size} (render the env at image_size={size})")
         self.history = (self.history or [obs] * self.cfg["n_obs"])[1:] + [obs]
@@ -498,6 +498,13 @@ class PolicyAgent:
         if self.gripper_levels is not None:
             action[-1] = self.gripper_levels[np.abs(self.gripper_levels - action[-1]).argmin()]
         return action
+
+    def reads_next(self) -> bool:
+        """Whether the next step's observation will be read by a prediction (the env renders
+        cameras only then: tasks.make_env(render="demand")). lead = 0: the next prediction runs
+        when the queue is empty and reads the last n_obs observations, so the next one is read iff
+        fewer than n_obs actions are left. lead > 0 (a robot): always."""
+        return self.lead > 0 or len(self.queue) < self.cfg["n_obs"]
 
     def close(self):
         if self._pool is not None:

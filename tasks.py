@@ -204,7 +204,7 @@ class TaskEnv:
     fixture_body = None     # body the object goes to
 
     def __init__(self, task, domain="source", control="osc", cameras=(), image_size=84, joint_kp=JOINT_KP,
-                 offscreen=False):
+                 offscreen=False, render="every"):
         import robosuite as suite  # noqa: PLC0415 (slow: robosuite (~2 s), imported once an env is built)
         _quiet_robosuite()
         self.task, self.domain, self.control = task, get_domain(task, domain), control
@@ -218,10 +218,28 @@ class TaskEnv:
             horizon=10_000, ignore_done=True, hard_reset=False, lite_physics=True,
             initialization_noise=None, **self.scene_kwargs())
         self.sim = self.env.sim
+        self.render = render
+        self._frames = True  # whether this step's camera observations are rendered (render="demand")
+        if render == "demand":
+            for cam in self.cameras:
+                self._render_on_demand(f"{cam}_image")
         self._defaults = self._read_defaults()
         self._apply_domain()
         self.t = 0
         self._gripper = -1.0
+
+    def _render_on_demand(self, name: str):
+        """A camera observable that renders only while self._frames is set. Its sampling clock
+        (which sub-step of a control step it renders after) keeps running as robosuite's does, so a
+        frame rendered on demand is the frame rendering every step gives at that step."""
+        from robosuite.utils.observables import sensor  # noqa: PLC0415 (robosuite is imported in __init__)
+        ob = self.env._observables[name]
+        render, blank = ob._sensor, np.zeros((self.image_size, self.image_size, 3), np.uint8)
+
+        @sensor(modality=ob.modality)
+        def on_demand(obs_cache):
+            return render(obs_cache) if self._frames else blank
+        self.env.modify_observable(name, "sensor", on_demand)
 
     def scene_kwargs(self) -> dict:
         """Extra robosuite.make arguments (the objects of a CotrainScene task)."""
@@ -319,24 +337,31 @@ class TaskEnv:
         self._gripper = -1.0
         return self.observe()
 
-    def step(self, action):
+    def step(self, action, frames: bool = True):
+        """One control step. frames=False (render="demand"): this step's observation has no camera
+        images (nothing renders them); with render="every" every step has them."""
         action = np.asarray(action, dtype=np.float64)
         self._gripper = float(action[-1])
+        self._frames = frames or self.render == "every"
         obs, _, _, _ = self.env.step(action)
         self.t += 1
-        return self.observe(obs)
+        out = self.observe(obs)
+        self._frames = True
+        return out
 
     def observe(self, obs=None) -> dict:
-        """Low-dim observations (and images when cameras were asked for), plus object poses.
-        `obs`: robosuite's observation dict of this step, if at hand (saves a render)."""
+        """Low-dim observations (and images when cameras were asked for and this step renders
+        them), plus object poses. `obs`: robosuite's observation dict of this step, if at hand
+        (saves a render)."""
         if obs is None:
             obs = self.env._get_observations(force_update=True)
         out = {k: np.asarray(obs[k]) for k in ("robot0_joint_pos", "robot0_gripper_qpos",
                                                "robot0_eef_pos", "robot0_eef_quat")}
         out.update(self.object_poses())
-        for cam in self.cameras:
+        for cam in self.cameras if self._frames else ():
             out[f"{cam}_image"] = np.ascontiguousarray(obs[f"{cam}_image"][::-1])  # right side up
-        if len(self.cameras) >= 2 and np.array_equal(out[f"{self.cameras[0]}_image"], out[f"{self.cameras[1]}_image"]):
+        if len(self.cameras) >= 2 and self._frames and \
+                np.array_equal(out[f"{self.cameras[0]}_image"], out[f"{self.cameras[1]}_image"]):
             raise RuntimeError(f"cameras {self.cameras[0]} and {self.cameras[1]} returned the same frame")
         return out
 
@@ -523,14 +548,21 @@ class MugHang(TaskEnv):
 TASK_CLASSES = {"NutAssembly": NutAssembly, "MugCleanup": MugCleanup, "MugHang": MugHang}
 
 
+RENDER_MODES = ("every", "demand")
+
+
 def make_env(task: str, domain: str = "source", control: str = "osc", cameras=(), image_size: int = 84,
-             joint_kp: float = JOINT_KP, offscreen: bool = False) -> TaskEnv:
-    """A task env; `cameras` are rendered into every observation, `offscreen` only makes a
-    renderer available (for videos: `env.sim.render(...)` when asked)."""
+             joint_kp: float = JOINT_KP, offscreen: bool = False, render: str = "every") -> TaskEnv:
+    """A task env; `cameras` are rendered into the observations: every step (render="every"), or
+    at the steps whose observation a policy will read (render="demand": step(a, frames=...);
+    run_episode asks the agent's reads_next()). `offscreen` only makes a renderer available (for
+    videos: `env.sim.render(...)` when asked)."""
     get_domain(task, domain)
     if control not in ("osc", "joint"):
         raise TaskError(f"unknown control mode {control!r}; choose osc or joint")
-    return TASK_CLASSES[task](task, domain, control, cameras, image_size, joint_kp, offscreen)
+    if render not in RENDER_MODES:
+        raise TaskError(f"unknown render mode {render!r}; choose {' or '.join(RENDER_MODES)}")
+    return TASK_CLASSES[task](task, domain, control, cameras, image_size, joint_kp, offscreen, render)
 
 
 def frame_pose(task: str, frame: str, obs: dict) -> np.ndarray:
@@ -574,9 +606,10 @@ def run_episode(env: TaskEnv, seed: int, make_agent, record: bool = True, settle
         if record:
             steps["states"].append(env.get_state())
             for k, v in obs.items():
-                steps.setdefault(f"obs_{k}", []).append(v)
+                if env.render == "every" or not k.endswith("_image"):  # on demand: frames at some steps only
+                    steps.setdefault(f"obs_{k}", []).append(v)
         a = agent.act(obs)
-        obs = env.step(a)
+        obs = env.step(a, frames=agent.reads_next() if hasattr(agent, "reads_next") else True)
         signals = env.subtask_signals()
         for k, v in signals.items():
             if v and reached[k] is None:

@@ -16,6 +16,7 @@ import torch
 import diffusion_policy
 import methods
 import records
+import tasks
 from conftest import ROOT, load_stage, make_fake_dataset, run_stage
 from diffusion_policy import load_policy
 
@@ -349,3 +350,43 @@ def test_image_policy_rendered_at_its_training_size(tmp_path):
            "robot0_eye_in_hand_image": np.zeros((84, 84, 3), np.uint8)}
     with pytest.raises(ValueError, match="32x32"):
         agent.act(obs)
+
+
+def test_rendering_on_demand_gives_the_same_episodes_and_frames(tmp_path, monkeypatch):
+    """Issue 43: an image policy reads 2 frames of every 8 steps (n_obs 2, n_action 8 at the cpu
+    profile; 2 of 4 here), so cameras render only at those steps (--render demand). Rendering
+    does not touch the physics: the same seeds give the same outcomes, lengths, final joints, and
+    every frame the policy received is the frame rendering every step gives; fewer frames rendered."""
+    ev = load_stage("03_eval.py")
+    tgt = make_fake_dataset(tmp_path / "t.hdf5", 2, 12, seed=2, images=32)
+    src = make_fake_dataset(tmp_path / "s.hdf5", 2, 12, seed=3, images=32, domain="source")
+    r = run_stage("02_train.py", "--profile", "smoke", "--target-data", tgt, "--source-data", src, "--images",
+                  "--crop", "28", "--steps", "5", "--out", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr
+    received, rendered = [], []
+    predict, observe = diffusion_policy.PolicyAgent.predict, tasks.TaskEnv.observe
+
+    def spy_predict(self, history):
+        received.append([np.array(o[k]) for o in history for k in self.cfg["image_keys"]])
+        return predict(self, history)
+
+    def spy_observe(self, obs=None):
+        out = observe(self, obs)
+        rendered.append(sum(k.endswith("_image") for k in out))
+        return out
+    monkeypatch.setattr(diffusion_policy.PolicyAgent, "predict", spy_predict)
+    monkeypatch.setattr(tasks.TaskEnv, "observe", spy_observe)
+    (e,) = ev.plan(ev.Args(ckpt=[str(tmp_path / "img" / "ckpt.pt")], domain="target_visual"))
+    worker, runs = ev.Worker(), {}
+    for mode in ("every", "demand"):
+        received.clear()
+        rendered.clear()
+        eps = [worker.episode(ev.make_job(e, s, max_steps=30, render=mode)) for s in (5, 6)]
+        runs[mode] = ([(x["success"], x["length"], x["final_joint_pos"]) for x in eps], list(received), sum(rendered))
+    assert runs["every"][0] == runs["demand"][0]
+    assert len(runs["every"][1]) == len(runs["demand"][1]) > 2
+    for a, b in zip(runs["every"][1], runs["demand"][1]):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert runs["demand"][2] < 0.7 * runs["every"][2]  # 2 cameras x (2 of 4 steps + resets) vs every step
+    r = evaluate(str(tmp_path / "img" / "ckpt.pt"), tmp_path / "bad", "--render", "sometimes")
+    assert r.returncode == 2 and "--render" in r.stderr and not os.path.exists(tmp_path / "bad")
