@@ -703,7 +703,7 @@ def check_args(a: Args):
             raise cli.UsageError(str(e))
     if a.mode != "set" and not a.task:
         raise cli.UsageError(f"--mode {a.mode} needs --task ({', '.join(tasks.TASK_NAMES)})")
-    if a.domain not in tasks.DOMAIN_NAMES:
+    if a.domain not in tasks.DOMAIN_NAMES + tasks.PART_DOMAINS:
         raise cli.UsageError(f"unknown domain {a.domain!r}")
     for name in ("num_demos", "workers", "image_size", "nn_k", "interp_speed", "set_seeds", "set_source", "set_target"):
         if getattr(a, name) <= 0:

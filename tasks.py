@@ -22,7 +22,7 @@ The scripted experts live in experts.py, the MJCF mug, drawer and mug tree in si
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import imageio
 import numpy as np
@@ -48,6 +48,9 @@ from sim_objects import DRAWER, HOOK, MUG, drawer_xml, hook_xml, mug_xml, regist
 
 TASK_NAMES = ("NutAssembly", "MugCleanup", "MugHang")
 DOMAIN_NAMES = ("source", "target_visual", "target_physics", "target_visual_physics")
+# The visual gap one part at a time (not in the dataset set): the agentview camera's shift alone,
+# and the colors and light alone; which part breaks a policy (RESULTS "The image instrument").
+PART_DOMAINS = ("target_visual_camera", "target_visual_appearance")
 CONTROL_FREQ = 20  # Hz, robosuite default
 # Joint-position stiffness (robosuite's controller scales it by the mass matrix, so it is 1/s^2):
 # with robosuite's default kp = 50 the joints lag a 20 Hz target stream by 0.07-0.10 rad and most
@@ -104,8 +107,10 @@ class Domain:
     physics: PhysicsGap = field(default_factory=PhysicsGap)
 
 
-# NutAssembly visual gap: a dark wooden table, a blue-grey nut, dark robot, dimmer light from the
-# side and the agentview camera moved by 2-3 cm. Physics gap: the square peg moves 3 cm toward the
+# NutAssembly visual gap: a brown table, a near-black nut and peg (the blue-grey tint multiplies the
+# nut's and peg's wood texture: they render dark brown to black, results/tasks/NutAssembly_domains.png),
+# the robot's link tint, dimmer light from the side and the agentview camera moved by 2-3 cm.
+# Physics gap: the square peg moves 3 cm toward the
 # robot's right and 2 cm back (the insertion point changes by 3.6 cm, beyond the nut hole's 6.7 mm
 # clearance, so source insertion actions miss), the nut is 2x heavier with 0.45x friction (a grasp
 # that holds in the source can slip: the expert lifts and moves slower), and the nut's placement
@@ -151,11 +156,21 @@ DOMAINS = {
 }
 
 
+def visual_part(d: Domain, part: str) -> Domain:
+    """target_visual's gap reduced to one part: "camera" (the agentview shift alone) or
+    "appearance" (every color and the light, the camera where the source has it)."""
+    v = d.visual
+    keep = VisualGap(camera_shift=v.camera_shift) if part == "camera" else replace(v, camera_shift=None)
+    return Domain(f"target_visual_{part}", visual=keep)
+
+
 def get_domain(task: str, domain: str) -> Domain:
     if task not in DOMAINS:
         raise TaskError(f"unknown task {task!r}; choose from {', '.join(TASK_NAMES)}")
+    if domain in PART_DOMAINS:
+        return visual_part(DOMAINS[task]["target_visual"], domain.rsplit("_", 1)[1])
     if domain not in DOMAIN_NAMES:
-        raise TaskError(f"unknown domain {domain!r}; choose from {', '.join(DOMAIN_NAMES)}")
+        raise TaskError(f"unknown domain {domain!r}; choose from {', '.join(DOMAIN_NAMES + PART_DOMAINS)}")
     return DOMAINS[task][domain]
 
 
@@ -767,6 +782,10 @@ def save_frames(task_names, out_dir: str, seed: int = 0, size: int = 256):
             imageio.imwrite(os.path.join(out_dir, f"{task}_{domain}.png"), img)
             row.append(img)
         imageio.imwrite(os.path.join(out_dir, f"{task}_domains.png"), np.concatenate(row, axis=1))
+        # the visual gap one part at a time: source, camera shift alone, appearance alone, both
+        parts = [row[0]] + [make_env(task, d, cameras=("agentview",), image_size=size).reset(seed)["agentview_image"]
+                            for d in PART_DOMAINS] + [row[1]]
+        imageio.imwrite(os.path.join(out_dir, f"{task}_visual_parts.png"), np.concatenate(parts, axis=1))
 
 
 def main(argv=None):

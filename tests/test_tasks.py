@@ -31,6 +31,20 @@ def test_bad_names_raise():
         tasks.make_env(TASK, "source", control="torque")
 
 
+def test_visual_gap_one_part_at_a_time(envs):
+    """target_visual_camera: the source's colors and light with target_visual's camera shift;
+    target_visual_appearance: target_visual's colors and light with the source's camera."""
+    m = {d: envs[d].sim.model for d in ("source", "target_visual")}
+    for part, cam_like, look_like in (("camera", "target_visual", "source"), ("appearance", "source", "target_visual")):
+        env = tasks.make_env(envs["source"].task, f"target_visual_{part}")
+        got = env.sim.model
+        assert np.array_equal(got.cam_pos, m[cam_like].cam_pos), part
+        assert np.array_equal(got.mat_rgba, m[look_like].mat_rgba) and np.array_equal(got.light_diffuse,
+                                                                                     m[look_like].light_diffuse), part
+        assert np.array_equal(got.body_mass, m["source"].body_mass)  # no physics gap in either
+    assert not np.array_equal(m["source"].cam_pos, m["target_visual"].cam_pos)
+
+
 def test_cli_bad_names_exit_2():
     r = run_stage("tasks.py", "experts", "--tasks", "Stacking", "--episodes", "1")
     assert r.returncode == 2 and "unknown task" in r.stderr
