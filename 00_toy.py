@@ -124,6 +124,7 @@ DESIGNS = {
 
 def check_args(a: Args):
     """Reject bad input before anything is written (exit 2 via UsageError)."""
+    common.check_writable(a.out)
     for name in ("n_target", "n_source", "hidden", "t_emb", "diffusion_steps", "train_steps",
                  "batch_size", "eval_points", "eval_samples", "sample_steps"):
         if getattr(a, name) <= 0:

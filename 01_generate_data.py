@@ -782,11 +782,13 @@ def main(argv=None):
         check_args(a)
         if a.mode != "set":
             out = a.out or default_out(a)
+            cli.check_writable(os.path.dirname(out) or ".")
             if check_out(out, a):
                 run_job(a, out, desc=f"{a.task}/{a.domain} {a.mode}")
             return
         if a.out:
             raise cli.UsageError("set mode writes under --root; --out is for a single file")
+        cli.check_writable(a.root, "--root")
         t0 = time.time()
         for job, out in dataset_set(a):
             if os.path.exists(out):  # set mode: finished files are kept, unfinished ones resume

@@ -35,6 +35,7 @@ from tqdm import tqdm
 import common
 import diffusion_policy
 import methods
+import tasks
 from common import UsageError, arg, die
 from methods import METHODS, CoTrainObjective  # Sec. 5.1
 
@@ -157,6 +158,13 @@ MODEL_KEYS = ["arch", "n_obs", "horizon", "d_feat", "d_model", "n_heads", "n_lay
 # ----------------------------------------------------------------------------------------------
 def check_args(a: Args):
     methods.check_method_args(a)
+    if a.out:  # before the data load (the default folder is known after it)
+        common.check_writable(a.out)
+    if a.task not in tasks.TASK_NAMES:  # also with --target-data/--source-data: the run records it
+        raise UsageError(f"unknown --task {a.task!r}; choose from {', '.join(tasks.TASK_NAMES)}")
+    if a.target_domain not in tasks.DOMAIN_NAMES[1:] + tasks.PART_DOMAINS:
+        raise UsageError(f"unknown --target-domain {a.target_domain!r}; choose from "
+                         f"{', '.join(tasks.DOMAIN_NAMES[1:] + tasks.PART_DOMAINS)}")
     if a.vision_pool not in ("avg", "spatial_softmax"):
         raise UsageError(f"unknown --vision-pool {a.vision_pool!r}; choose from avg, spatial_softmax")
     if a.arch not in ("encdec", "dec", "unet", "mlp"):
@@ -467,6 +475,7 @@ def train(a: Args):
     config["device"] = str(device)
     config["machine"] = common.machine()  # the CPU it trained on (cli.machine)
     out = a.out or os.path.join("runs", "train", run_name(a, w))
+    common.check_writable(out)
     ckpt_path = os.path.join(out, "ckpt.pt")
     if main_proc:
         print(f"{out}: profile {a.profile}, {a.method} w={w:.3g}, {a.steps} steps x {a.batch_size}, "

@@ -318,6 +318,7 @@ def evaluate(a: Args) -> str:
     first = a.first_seed if a.first_seed >= 0 else tasks.SEED_BASE[a.split]
     seeds = list(range(first, first + a.trials))
     out = a.out or os.path.join("runs", "eval", os.path.basename(os.path.dirname(evals[0].ckpt)))
+    common.check_writable(out)
     settings = {"first_seed": first, "sampler": a.sampler, "max_steps": a.max_steps}
     ep_path = os.path.join(out, "episodes.jsonl")
     set_path = os.path.join(out, "settings.json")

@@ -110,6 +110,9 @@ PROFILES = {"paper": {}, "cpu": {}, "smoke": dict(num_samples=64)}
 
 
 def check_args(a: Args):
+    common.check_writable(a.out)
+    if a.cache:
+        common.check_writable(a.cache, "--cache")
     if a.num_samples < 16:
         raise UsageError(f"--num-samples must be at least 16, got {a.num_samples}")
     if a.gw_method not in ("exact", "subsample"):

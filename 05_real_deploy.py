@@ -544,6 +544,7 @@ def setup(a: Args):
         raise UsageError(f"--cameras must name the policy's cameras {list(cams)}, got {list(cam_specs)}")
     run = os.path.basename(os.path.dirname(os.path.abspath(a.ckpt)))
     out = a.out or os.path.join("runs", "deploy", f"{run}_{a.robot}{'_dry' if a.dry_run else ''}")
+    common.check_writable(out)
     settings = {"ckpt": os.path.abspath(a.ckpt), "step": step, "robot": a.robot, "task": task,
                 "domain": domain if a.robot == "sim" else "real", "hz": a.hz, "inference": a.inference,
                 "guidance": guidance, "sample_steps": steps, "dry_run": a.dry_run,

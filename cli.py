@@ -192,3 +192,15 @@ def machine() -> dict:
     return {"cpu": model, "simd": flags, "arch": platform.machine(),
             "env": {k: os.environ.get(k, "") for k in PORTABLE_SIMD}}
 
+
+
+def check_writable(path: str, what: str = "--out"):
+    """UsageError (one line) when the folder `path` cannot be made or written (a path under a
+    regular file, a read-only place), checked before any work; creates nothing."""
+    p = os.path.abspath(path or ".")
+    while not os.path.exists(p):
+        p = os.path.dirname(p)
+    if not os.path.isdir(p):
+        raise UsageError(f"{what} {path}: {p} is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: {p} is not writable")

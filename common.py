@@ -29,6 +29,7 @@ from cli import (  # noqa: F401
     UsageError,
     arg,
     check_same_settings,
+    check_writable,
     die,
     exit_with_parent,
     fmt_value,
@@ -310,6 +311,8 @@ def is_final(ck: dict) -> bool:
 def load_checkpoint(path: str, what: str = "a 02_train.py checkpoint") -> dict:
     """A checkpoint dict with its config upgraded to today's form (upgrade_config) and "final"
     set from its step (is_final), or UsageError (one line) for a missing, truncated or foreign file."""
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a folder: give the checkpoint file in it (e.g. {os.path.join(path, 'ckpt.pt')})")
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint not found: {path}")
     try:

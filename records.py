@@ -383,6 +383,9 @@ def discover(runs_dir: str, only_ckpts: list = None) -> tuple:
     digest), keyed by guidance; and the runs still training (skipped)."""
     if only_ckpts:
         for c in only_ckpts:
+            if os.path.isdir(c):
+                raise common.UsageError(f"{c} is a folder: give the checkpoint file in it "
+                                        f"(e.g. {os.path.join(c, 'ckpt.pt')})")
             if not os.path.isfile(c):
                 raise common.UsageError(f"checkpoint not found: {c}")
         folders = [os.path.dirname(os.path.abspath(c)) for c in only_ckpts]

@@ -390,3 +390,34 @@ def test_rendering_on_demand_gives_the_same_episodes_and_frames(tmp_path, monkey
     assert runs["demand"][2] < 0.7 * runs["every"][2]  # 2 cameras x (2 of 4 steps + resets) vs every step
     r = evaluate(str(tmp_path / "img" / "ckpt.pt"), tmp_path / "bad", "--render", "sometimes")
     assert r.returncode == 2 and "--render" in r.stderr and not os.path.exists(tmp_path / "bad")
+
+
+def test_every_stage_refuses_an_unwritable_out_before_any_work(ckpts, tmp_path):
+    """An --out under a regular file (or in a read-only place) is one line and exit 2, checked
+    before any work (04_analyze.py computed for minutes first, then failed with a traceback)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    bad = str(blocker / "out")
+    tgt = make_fake_dataset(tmp_path / "t.hdf5", 2, 12, seed=0)
+    src = make_fake_dataset(tmp_path / "s.hdf5", 2, 12, seed=1, domain="source")
+    cases = {"00_toy.py": ["--profile", "smoke", "--out", bad],
+             "01_generate_data.py": ["--mode", "expert", "--task", "NutAssembly", "--num-demos", "1",
+                                     "--out", os.path.join(bad, "d.hdf5")],
+             "02_train.py": ["--profile", "smoke", "--target-data", tgt, "--source-data", src, "--out", bad],
+             "03_eval.py": ["--profile", "smoke", "--ckpt", ckpts["cotrain"], "--out", bad],
+             "04_analyze.py": ["--profile", "smoke", "--runs", "tests/fixtures/results_smoke", "--out", bad],
+             "05_real_deploy.py": ["--profile", "smoke", "--ckpt", ckpts["cotrain"], "--robot", "sim",
+                                   "--episodes", "1", "--out", bad]}
+    for stage, args in cases.items():
+        r = run_stage(stage, *args)
+        assert r.returncode == 2, (stage, r.stderr[-500:])
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "is a file, not a folder" in lines[0], (stage, r.stderr[-500:])
+    r = evaluate(str(tmp_path), tmp_path / "ev")  # a folder given as --ckpt
+    assert r.returncode == 2 and "is a folder" in r.stderr and not os.path.exists(tmp_path / "ev")
+    r = run_stage("02_train.py", "--profile", "smoke", "--target-data", tgt, "--source-data", src,
+                  "--task", "Nonsense", "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "--task" in r.stderr and not os.path.exists(tmp_path / "run")
+    r = run_stage("02_train.py", "--profile", "smoke", "--target-data", tgt, "--source-data", src,
+                  "--target-domain", "nonsense", "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "--target-domain" in r.stderr and not os.path.exists(tmp_path / "run")
