@@ -92,6 +92,13 @@ PRODUCTS = ["alignment", "umap", "correlations", "regimes", "methods", "table1",
             "guidance", "guideline", "repeats", "compute", "failures"]
 
 
+# The products that bear on each claim of the paper (RESULTS' claims table): --claim C8.
+CLAIM_PRODUCTS = {"C2": ["table2", "comparisons"], "C3": ["guideline", "methods", "comparisons"],
+                  "C4": ["alignment", "correlations", "regimes"], "C5": ["alignment"],
+                  "C6": ["table2", "comparisons", "guidance", "methods", "failures"],
+                  "C7": ["table1", "comparisons", "methods"], "C8": ["table3", "comparisons"]}
+
+
 @dataclass
 class Args:
     profile: str = "cpu"
@@ -99,6 +106,7 @@ class Args:
     out: str = arg("results/analysis", "where the tables (markdown + JSON) and figures go")
     ckpt: list = arg([], "only these checkpoints (default: every runs/train/*/ckpt.pt)")
     only: list = arg([], "build only these: " + ", ".join(PRODUCTS) + " (default: all the runs support)")
+    claim: str = arg("", "build only the products of this claim of the paper (CLAIM_PRODUCTS: C2 ... C8)")
     num_samples: int = arg(2048, "feature samples per domain (App. D.2: a large batch)")
     gw_method: str = arg("exact", "Gromov-Wasserstein solver: exact | subsample (faster, biased: "
                                   "bench/bench_analyze.py)")
@@ -117,6 +125,10 @@ def check_args(a: Args):
         raise UsageError(f"--num-samples must be at least 16, got {a.num_samples}")
     if a.gw_method not in ("exact", "subsample"):
         raise UsageError(f"--gw-method must be exact or subsample, got {a.gw_method!r}")
+    if a.claim:
+        if a.claim not in CLAIM_PRODUCTS:
+            raise UsageError(f"--claim: unknown {a.claim!r}; choose from {', '.join(CLAIM_PRODUCTS)}")
+        a.only = sorted(set(a.only) | set(CLAIM_PRODUCTS[a.claim]))
     bad = [p for p in a.only if p not in PRODUCTS]
     if bad:
         raise UsageError(f"--only: unknown {', '.join(bad)}; choose from {', '.join(PRODUCTS)}")

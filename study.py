@@ -2,7 +2,8 @@
 
     python study.py plans/smoke.toml --dry-run          # the expanded plan and its CPU-hours
     python study.py plans/smoke.toml                    # run it here (local pool)
-    python study.py plans/nut.toml --launcher slurm --slurm-partition gpu --slurm-gpus 1
+    python study.py plans/nut_study.toml --claim C8 --dry-run  # one claim's runs and what they need
+    python study.py plans/nut_study.toml --launcher slurm --slurm-partition gpu --slurm-gpus 1
 
 A plan (TOML) is a table of runs; each [[run]] names 02_train.py's settings (task, method, ratio,
 seed, target_name / source_name for N:M, arch, extra flags, where "{results}" stands for --results)
@@ -36,10 +37,11 @@ import sys
 import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import common
 import methods
+import tasks
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -51,7 +53,7 @@ EVAL_CPU_S_PER_EPISODE = 7.2
 PROFILE_STEPS = {"cpu": (20000, 128), "cpu_v1": (15000, 128), "cpu_img": (20000, 64), "smoke": (20, 16),
                  "paper": (100000, 256)}
 RUN_KEYS = ("profile", "task", "target_domain", "method", "ratio", "seed", "arch", "target_name",
-            "source_name", "steps", "flags", "name", "n_target", "n_source")
+            "source_name", "steps", "flags", "name", "n_target", "n_source", "claims")
 
 
 @dataclass
@@ -70,6 +72,7 @@ class Run:
     batch: int
     evals: list
     eval_profile: str = "cpu"  # 03_eval.py's profile (smoke: episodes cut at 40 steps)
+    claims: list = field(default_factory=list)  # the paper's claims it serves (C2 ... C8): --claim
 
 
 class PlanError(ValueError):
@@ -87,6 +90,11 @@ def ratio_of(method: str, ratio, n_target: int, n_source: int) -> float:
 
 def expand(plan: dict) -> list:
     """Every [[run]] with its list-valued method / ratio / seed expanded, [defaults] filled in."""
+    bad = sorted(set(plan) - {"defaults", "run"})
+    if bad:
+        raise PlanError(f"unknown table(s) {', '.join(bad)} (a plan has [defaults] and [[run]] tables)")
+    if not plan.get("run"):
+        raise PlanError("no [[run]] in the plan")
     defaults = plan.get("defaults", {})
     runs = []
     for i, spec in enumerate(plan.get("run", [])):
@@ -114,6 +122,7 @@ def expand(plan: dict) -> list:
 def make_run(s: dict) -> Run:
     profile, task = s.get("profile", "cpu"), s.get("task", "NutAssembly")
     domain, method, arch = s.get("target_domain", "target_visual_physics"), s["method"], s.get("arch", "encdec")
+    check_names(profile, task, domain)
     n_t, n_s = int(s.get("n_target", 50)), int(s.get("n_source", 500))
     try:
         w = ratio_of(method, s["ratio"], n_t, n_s)
@@ -132,11 +141,36 @@ def make_run(s: dict) -> Run:
     if "steps" in s:
         train += ["--steps", str(steps)]
     train += [str(x) for x in s.get("flags", [])]
-    evals = [Evaluation(**e) for e in s.get("eval", [{}])]
-    for e in evals:
-        e.name = e.name or (name if not e.domain or e.domain == domain else f"{name}_in_{e.domain}")
+    evals = [make_evaluation(e, name, domain) for e in s.get("eval", [{}])]
+    claims = s.get("claims", [])
+    if not isinstance(claims, list) or not all(re.fullmatch(r"C\d+", str(c)) for c in claims):
+        raise PlanError(f"{name}: claims must be a list like [\"C6\", \"C7\"], got {claims!r}")
     return Run(name=name, train=train, steps=steps, batch=batch, evals=evals,
-               eval_profile=profile if profile in ("smoke", "paper") else "cpu")
+               eval_profile=profile if profile in ("smoke", "paper") else "cpu", claims=claims)
+
+
+def check_names(profile: str, task: str, domain: str, what: str = "target_domain"):
+    """PlanError (one line) for a profile, task or domain 02_train.py / 03_eval.py would refuse."""
+    if profile not in PROFILE_STEPS:
+        raise PlanError(f"unknown profile {profile!r}; choose from {', '.join(PROFILE_STEPS)}")
+    if task not in tasks.TASK_NAMES:
+        raise PlanError(f"unknown task {task!r}; choose from {', '.join(tasks.TASK_NAMES)}")
+    if domain not in tasks.DOMAIN_NAMES + tasks.PART_DOMAINS:
+        raise PlanError(f"unknown {what} {domain!r}; choose from {', '.join(tasks.DOMAIN_NAMES + tasks.PART_DOMAINS)}")
+
+
+def make_evaluation(e: dict, run: str, domain: str) -> Evaluation:
+    known = [f.name for f in fields(Evaluation)]
+    bad = sorted(set(e) - set(known))
+    if bad:
+        raise PlanError(f"{run}: unknown eval field(s) {', '.join(bad)} (known: {', '.join(known)})")
+    ev = Evaluation(**e)
+    if ev.domain:
+        check_names("cpu", "NutAssembly", ev.domain, "eval domain")
+    if not isinstance(ev.episodes, int) or ev.episodes <= 0:
+        raise PlanError(f"{run}: eval episodes must be a positive integer, got {ev.episodes!r}")
+    ev.name = ev.name or (run if not ev.domain or ev.domain == domain else f"{run}_in_{ev.domain}")
+    return ev
 
 
 def common_ratio(method: str) -> bool:
@@ -151,6 +185,29 @@ def load_plan(path: str) -> list:
             return expand(tomllib.load(f))
     except tomllib.TOMLDecodeError as e:
         raise PlanError(f"{path}: not a TOML plan ({e})")
+
+
+def select(runs: list, claim: str = "", only: str = "") -> list:
+    """The runs tagged with `claim` and every run of the plan they need (transitively), then those
+    whose name contains one of `only`'s comma-separated parts; PlanError when none is left."""
+    if claim:
+        by_name, picked = {r.name: r for r in runs}, []
+        todo = [r for r in runs if claim in r.claims]
+        if not todo:
+            tags = sorted({c for r in runs for c in r.claims})
+            raise PlanError(f"no run of the plan serves claim {claim!r} (tagged: {', '.join(tags) or 'none'})")
+        while todo:
+            r = todo.pop()
+            if r.name not in {x.name for x in picked}:
+                picked.append(r)
+                todo += [by_name[d] for d in needs(r) if d in by_name]
+        runs = [r for r in runs if r.name in {x.name for x in picked}]  # in plan order
+    if only:
+        parts = only.split(",")
+        runs = [r for r in runs if any(o in r.name for o in parts)]
+        if not runs:
+            raise PlanError(f"no run of the plan matches --only {only!r}")
+    return runs
 
 
 def needs(run: Run) -> list:
@@ -381,11 +438,16 @@ def launch_submitit(runs: list, a):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("plan", help="the plan file (TOML; plans/*.toml)")
     p.add_argument("--dry-run", action="store_true", help="print the expanded plan and its CPU-hours, run nothing")
-    p.add_argument("--only", default="", help="run only the runs whose name contains this")
-    p.add_argument("--launcher", default="local", choices=["local", "submitit-local", "slurm"])
+    p.add_argument("--only", default="", help="run only the runs whose name contains this (comma-separated: any "
+                   "of these)")
+    p.add_argument("--claim", default="", help="run only the runs the plan tags with this claim (claims = [\"C8\"]) "
+                   "and every run they need (pretrain_ft: its pre-trained sim_only)")
+    p.add_argument("--launcher", default="local", choices=["local", "submitit-local", "slurm"],
+                   help="local: a pool on this machine; submitit-local: the same through submitit; slurm: one "
+                        "SLURM job per run, a run after the runs it needs (never run on a cluster yet: README)")
     p.add_argument("--jobs", type=int, default=2, help="chains side by side, cores/jobs threads each (default 2: "
                    "the most training per CPU-hour on 2 cores, bench/bench_threads.py)")
     p.add_argument("--minutes", type=float, default=0, help="local pool: stop after this many minutes (a session's "
@@ -409,8 +471,13 @@ def main(argv=None):
     p.add_argument("--slurm-minutes", type=int, default=240, help="time limit per job")
     a = p.parse_args(argv)
     try:
-        runs = [r for r in load_plan(a.plan) if a.only in r.name]
+        runs = select(load_plan(a.plan), a.claim, a.only)
         waves(runs)
+        for path, flag in ((a.results, "--results"), (a.runs_dir, "--runs-dir")):
+            try:
+                common.check_writable(path, flag)
+            except common.UsageError as e:
+                raise PlanError(str(e))
         if a.jobs < 1:
             raise PlanError(f"--jobs must be at least 1, got {a.jobs}")
         if a.train_rate < 0 or a.episode_s < 0:

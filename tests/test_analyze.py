@@ -370,3 +370,15 @@ def test_comparisons_pair_runs_on_one_data_version_and_mark_mixed_ones(an):
     no_twin = [r for r in runs if r["run"] != "co2"]
     mixed = {r["claim"]: r for r in an.comparisons(no_twin)[0]}["C6 ot > co-training"]
     assert mixed["data"] == "mixed: fd97d463/1641cdec vs 0d8ece99/89cb5a99"
+
+
+def test_one_claim_builds_its_products_only(tmp_path):
+    """04_analyze.py --claim C8: Table 3 and the comparisons, nothing else (no alignment: seconds)."""
+    r = run_stage("04_analyze.py", "--profile", "smoke", "--runs", "tests/fixtures/results_smoke", "--claim", "C8",
+                  "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    made = {f.rsplit(".", 1)[0] for f in os.listdir(tmp_path / "out") if f.endswith(".md")}
+    assert made == {"table3", "comparisons", "missing"}
+    r = run_stage("04_analyze.py", "--profile", "smoke", "--runs", "tests/fixtures/results_smoke", "--claim", "C1",
+                  "--out", str(tmp_path / "bad"))
+    assert r.returncode == 2 and "--claim" in r.stderr and not os.path.exists(tmp_path / "bad")

@@ -55,9 +55,14 @@ def test_nut_study_plan_expands_to_exactly_the_issues_runs():
          "cfg_adda_r0.17_encdec_s0", "ot_r0.17_encdec_s0", "adda_r0.17_encdec_s0",  # C6
          "cfg_r0.17_encdec_s0", "discriminate_r0.17_encdec_s0",                     # C6, C7
          *[f"cotrain_r{w}_encdec_s0" for w in ("0.03", "0.0909", "0.17", "0.316", "0.5", "0.8")],  # C3
-         "sim_only_r0_encdec_s0", "pretrain_ft_r1_encdec_s0"])                       # C3, C8
+         "sim_only_r0_encdec_s0", "pretrain_ft_r1_encdec_s0",                       # C3, C8
+         *[f"{m}_r0.17_encdec_s0_v3" for m in ("adda", "ot", "cfg_adda", "discriminate")],  # issue 44's fixes
+         "cotrain_r0.17_encdec_s0_40k"])                                              # C8's control
     for name, r in by.items():
         assert r.train[:6] == ["--profile", "cpu", "--task", "NutAssembly", "--target-domain", "target_visual_physics"]
+        if name.endswith("_40k"):
+            assert r.steps == 40000 and r.train[-2:] == ["--steps", "40000"]
+            continue
         assert r.steps == 20000 and r.batch == 128 and "--steps" not in r.train, name  # the profile's full budget
         assert [(e.domain, e.episodes, e.guidance) for e in r.evals][-1][:2] == ("", 200) or name.startswith("cfg")
     method = {n: r.train[r.train.index("--method") + 1] for n, r in by.items()}
@@ -77,8 +82,19 @@ def test_nut_study_plan_expands_to_exactly_the_issues_runs():
         ("cotrain_r0.17_encdec_s0", 200), ("cotrain_r0.17_encdec_s0_repeat", 200)]  # episode records, a repeat
     assert [(e.domain, e.name[len(NUT):]) for e in by["sim_only_r0_encdec_s0"].evals] == [
         ("source", "sim_only_r0_encdec_s0_in_source"), ("", "sim_only_r0_encdec_s0")]
+    # the superseded runs keep the behaviour they were trained with (a rerun from nothing makes them again)
+    assert by["ot_r0.17_encdec_s0"].train[-2:] == ["--ot-cost-scale", "none"]
+    assert all(by[f"{m}_r0.17_encdec_s0"].train[-1] == "--disc-during-warmup"
+               for m in ("adda", "cfg_adda", "discriminate"))
+    assert not any(x.startswith(("--disc-during", "--ot-cost")) for m in ("adda", "ot", "cfg_adda", "discriminate")
+                   for x in by[f"{m}_r0.17_encdec_s0_v3"].train)
     waves = study.waves(runs)  # nothing finished: the fine-tuning waits for its pre-training
     assert [r.name for r in waves[1]] == [NUT + "pretrain_ft_r1_encdec_s0"]
+    # one command per claim: the runs tagged with it and every run they need
+    c8 = [r.name[len(NUT):] for r in study.select(runs, "C8")]
+    assert c8 == ["sim_only_r0_encdec_s0", "cotrain_r0.17_encdec_s0", "pretrain_ft_r1_encdec_s0",
+                  "cotrain_r0.17_encdec_s0_40k"]
+    assert all(r.claims for r in runs)
 
 
 def test_a_run_that_needs_another_waits_for_it(tmp_path):
@@ -151,7 +167,13 @@ def test_fill_starts_a_late_training_and_stops_it_at_the_deadline(tmp_path):
 def test_bad_plans_stop_with_one_line(tmp_path):
     cases = {"x.toml": None, "bad.toml": "[[run]\n", "field.toml": '[[run]]\nmethod = "cotrain"\nlr = 3\n',
              "method.toml": '[[run]]\nmethod = "cotrian"\n',
-             "dup.toml": '[[run]]\nmethod = "real_only"\n[[run]]\nmethod = "real_only"\n'}
+             "dup.toml": '[[run]]\nmethod = "real_only"\n[[run]]\nmethod = "real_only"\n',
+             "empty.toml": "", "runs.toml": '[[runs]]\nmethod = "real_only"\n',
+             "task.toml": '[[run]]\nmethod = "real_only"\ntask = "NutAsembly"\n',
+             "profile.toml": '[[run]]\nmethod = "real_only"\nprofile = "smokey"\n',
+             "evaldomain.toml": '[[run]]\nmethod = "real_only"\neval = [{domain = "target_visaul"}]\n',
+             "evalkey.toml": '[[run]]\nmethod = "real_only"\neval = [{domian = "source"}]\n',
+             "claims.toml": '[[run]]\nmethod = "real_only"\nclaims = "C2"\n'}
     (tmp_path / "ok.toml").write_text('[[run]]\nmethod = "real_only"\n')
     r = run_stage("study.py", str(tmp_path / "ok.toml"), "--minutes", "-5")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--minutes" in r.stderr
@@ -162,6 +184,11 @@ def test_bad_plans_stop_with_one_line(tmp_path):
             (tmp_path / name).write_text(text)
         r = run_stage("study.py", str(tmp_path / name), "--dry-run")
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error:"), (name, r.stderr)
+    (tmp_path / "file").write_text("a file")
+    for extra, says in ((["--only", "nomatch"], "--only"), (["--claim", "C9"], "C9"), (["--launcher", "nonsense"],
+                        "--launcher"), (["--results", str(tmp_path / "file" / "res")], "--results")):
+        r = run_stage("study.py", str(tmp_path / "ok.toml"), "--dry-run", *extra)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, (extra, r.stderr)
 
 
 @pytest.fixture(scope="module")
