@@ -333,9 +333,12 @@ def alignment_rows(runs: list, a) -> tuple:
         if os.path.exists(key):
             metrics = common.read_json(key)
             if "probe_trunk_linear" not in metrics or "state_probe_mm" not in metrics:  # cached before
-                feats, _ = run_features(r, a)                                             # them (GW kept)
-                if feats is not None:
-                    metrics = {**metrics, **probe_row(feats, a.seed), **state_row(r, feats, roots, a.seed)}
+                feats, _ = run_features(r, a)                                             # them: add what
+                if feats is not None:                                                     # is missing
+                    if "probe_trunk_linear" not in metrics:
+                        metrics = {**metrics, **probe_row(feats, a.seed)}
+                    if "state_probe_mm" not in metrics:
+                        metrics = {**metrics, **state_row(r, feats, roots, a.seed)}
                     common.write_json(key, metrics)
         elif os.path.exists(kept) and not os.path.exists(os.path.join(r["folder"], "features.npz")) \
                 and all(common.read_json(kept).get(k) == v for k, v in settings.items()):
@@ -575,6 +578,16 @@ def fisher_exact(k_a: int, n_a: int, k_b: int, n_b: int) -> dict:
             "p_a_greater": float(stats.fisher_exact(table, alternative="greater").pvalue)}
 
 
+def holm(ps: list) -> list:
+    """Holm's step-down adjusted p-values (family-wise error over the tests given), in input order."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    out, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
 def comparisons(runs: list) -> tuple:
     """The paper's claimed differences, each as a (a > b) Fisher exact test on the evaluation
     episodes, per setting at its shared ratio: C2 co-training > real-only; C6 CFG-ADDA > co-training
@@ -637,13 +650,16 @@ def comparisons(runs: list) -> tuple:
         add(name, f"C3 co-training inside [w_n, w_q] = [{w_n:.3g}, {w_q:.3g}] > outside",
             f"cotrain inside ({len(inside)} ratios)", pool([r["eval"] for r in inside]),
             f"cotrain outside ({len(outside)} ratios)", pool([r["eval"] for r in outside]), inside, outside)
+    for r, p in zip(rows, holm([r["p_two_sided"] for r in rows])):
+        r["p_holm"] = p
     md = markdown_table(rows, ["setting", "claim", "a_cell", "b_cell", "difference", "p_a_greater", "p_two_sided",
-                               "outcome", "data"],
-                        {"difference": "{:+.3f}", "p_a_greater": "{:.2g}", "p_two_sided": "{:.2g}"})
+                               "p_holm", "outcome", "data"],
+                        {"difference": "{:+.3f}", "p_a_greater": "{:.2g}", "p_two_sided": "{:.2g}", "p_holm": "{:.2g}"})
     md += (f"\n\n*{len(rows)} tests; Fisher's exact test on the episodes (a_cell vs b_cell: success rate, "
            "successes/trials, Wilson 95%); p_a_greater: one-sided, in the paper's direction; outcome at "
-           "two-sided p < 0.05, not corrected for the number of tests; data: whether both sides trained on one "
-           "data version (target/source dataset digests), else which.*")
+           "two-sided p < 0.05, not corrected for the number of tests; p_holm: the two-sided p after Holm's "
+           "correction over this table's tests; data: whether both sides trained on one data version "
+           "(target/source dataset digests), else which.*")
     return rows, md, []
 
 

@@ -299,6 +299,8 @@ def test_fisher_and_superseded_runs(an):
     f = an.fisher_exact(125, 200, 95, 200)  # the cpu recipe's cotrain vs real_only (RESULTS)
     assert f["p_two_sided"] == pytest.approx(0.0035, abs=5e-4) and f["p_a_greater"] < f["p_two_sided"]
     assert an.fisher_exact(3, 10, 3, 10)["p_two_sided"] == pytest.approx(1.0)
+    assert an.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])  # step-down, monotone
+    assert an.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0]) and an.holm([]) == []
     base = {"task": "NutAssembly", "target_domain": "target_visual_physics", "profile": "cpu", "method": "real_only",
             "mixing_ratio": 1.0, "arch": "encdec", "n_target": 50, "n_source": 500}
     cfg = {"args": {"seed": 0, "disc_weight": 0.1}, "guidance_scale": None}
