@@ -159,7 +159,7 @@ def exit_with_parent(poll_s: float = 1.0):
     threading.Thread(target=watch, daemon=True).start()
 
 
-# Datasets bitwise equal on every x86-64 CPU (docs/datasets.md, "Bitwise across machines"): at load
+# Datasets bitwise equal across x86-64 CPUs (docs/datasets.md, "Bitwise across machines"): at load
 # time numpy picks AVX-512 kernels for its ufuncs and OpenBLAS picks GEMM kernels for the CPU it
 # finds; their last bits differ from the AVX2 ones, and a scripted expert's or MimicGen's episode
 # amplifies one ulp into another trajectory (measured: NutAssembly's 50 target demos gave digest
