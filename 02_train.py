@@ -26,7 +26,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -36,121 +36,9 @@ import common
 import diffusion_policy
 import methods
 import tasks
-from common import UsageError, arg, die
+from common import UsageError, die
 from methods import METHODS, CoTrainObjective  # Sec. 5.1
-
-
-# ----------------------------------------------------------------------------------------------
-# arguments: every default visible here; a profile overrides some (table below)
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class Args(methods.MethodArgs):  # + the methods' settings (methods.MethodArgs)
-    profile: str = "cpu"
-    method: str = arg("cotrain", "co-training method (a row of methods.METHODS): " + ", ".join(METHODS))
-    ratio: str = arg("auto", "mixing ratio w = P(target sample): a number in [0, 1], natural "
-                             "(N/(N+M)) or auto (middle of the guideline's range, App. D.5)")
-    # data
-    task: str = arg("NutAssembly", "task: NutAssembly, MugCleanup, MugHang")
-    target_domain: str = arg("target_visual_physics", "target ('real') domain (Sec. 4: visual-physics)")
-    data_root: str = arg("data", "folder of the dataset set written by 01_generate_data.py")
-    target_name: str = arg("demos_50", "target dataset file name under <root>/<task>/<target domain>/")
-    source_name: str = arg("mimicgen_500", "source dataset file name under <root>/<task>/source/")
-    target_data: str = arg("", "explicit target HDF5 (overrides the three options above)")
-    source_data: str = arg("", "explicit source HDF5")
-    images: bool = arg(False, "train on camera images (reads the <name><image suffix>.hdf5 files)")
-    image_suffix: str = arg("_img", "file name suffix of the image copies (01_generate_data.py --image-suffix)")
-    image_keys: list = arg(["agentview_image", "robot0_eye_in_hand_image"], "cameras (App. C: 2)")
-    obs_keys: list = arg([], "low-dim keys (stored, or derived: <pos key>_rel, <name>_rot6d); "
-                             "empty = the --obs-set's keys (images: proprioception only)")
-    obs_set: str = arg("world", "low-dim set without images: world (proprioception + object poses), "
-                                "eef (+ gripper pose), rel (object positions relative to the gripper); "
-                                "see common.lowdim_keys_of")
-    max_demos: int = arg(0, "use only the first K demos of each file (0 = all)")
-    action_space: str = arg("abs", "abs: absolute joint targets + gripper (App. C); rel: joint targets "
-                                   "minus the current joint positions (gripper absolute), added back at "
-                                   "execution; osc: the expert's OSC_POSE delta commands (7-D), executed "
-                                   "by robosuite's OSC controller")
-    init_from: str = arg("", "start from this checkpoint's EMA weights (App. D.4 fine-tuning)")
-    # policy (Chi et al. Diffusion Policy; App. C, D.3)
-    arch: str = arg("encdec", "denoiser: encdec (transformer enc-dec, the paper's), dec, unet, mlp "
-                              "(residual MLP; d_model = width, n_layers = blocks)")
-    n_obs: int = arg(2, "observation history length")
-    horizon: int = arg(16, "predicted action chunk length")
-    n_action: int = arg(8, "actions executed per chunk at test time")
-    d_feat: int = arg(256, "observation feature width (trunk output)")
-    d_model: int = arg(256, "transformer width")
-    n_heads: int = arg(4, "attention heads")
-    n_layers: int = arg(8, "transformer decoder layers")
-    n_cond_layers: int = arg(4, "transformer encoder layers over the observation tokens (encdec)")
-    dropout: float = arg(0.1, "transformer dropout")
-    unet_dims: list = arg([256, 512, 1024], "U-Net channel widths")
-    resnet_width: int = arg(64, "ResNet18 base width (64 = the original)")
-    vision_dim: int = arg(256, "per-camera feature width after the vision stem")
-    vision_pool: str = arg("avg", "pooling of the ResNet's last feature map: avg (global average) | "
-                                  "spatial_softmax (32 keypoints, robomimic / Diffusion Policy)")
-    crop: int = arg(76, "random crop size in training, center crop at test (0 = none)")
-    T: int = arg(100, "diffusion steps in training (DDPM)")
-    sample_steps: int = arg(10, "DDIM steps at inference (stored for eval)")
-    # optimization
-    steps: int = arg(100000, "training steps")
-    batch_size: int = arg(256, "batch size (App. C: 256); with torchrun, split across processes")
-    lr: float = arg(1e-4, "AdamW peak learning rate")
-    weight_decay: float = arg(1e-3, "AdamW weight decay")
-    warmup: int = arg(1000, "linear learning-rate warm-up steps, then cosine decay to 0")
-    grad_clip: float = arg(1.0, "gradient norm clip (0 = off)")
-    ema_power: float = arg(0.75, "EMA warm-up power (Diffusion Policy)")
-    ema_max: float = arg(0.9999, "EMA maximum decay")
-    seed: int = arg(0, "seed of the model init, batch sampler and noise")
-    # running
-    out: str = arg("", "run folder (default runs/train/<task>_<domain>_<method>_r<w>_<arch>_s<seed>)")
-    resume: bool = arg(False, "continue from <out>/ckpt.pt if it exists")
-    overwrite: bool = arg(False, "start over in an existing run folder")
-    save_every: int = arg(5000, "steps between checkpoints (ckpt.pt)")
-    snapshot_every: int = arg(0, "steps between EMA-only snapshots ckpt_<step>.pt (0 = none)")
-    log_every: int = arg(100, "steps between metrics.jsonl lines")
-    device: str = arg("auto", "auto (cuda if available), cpu, cuda")
-    verbose: bool = arg(False, "print every metrics line")
-
-
-# The profiles: every value that differs from the defaults above, in one table.
-PROFILES = {
-    # GPU, the paper's setting: 2 cameras 84x84 (crop 76), history 2, batch 256. The paper does
-    # not state its step budget; 100k steps is our choice (Diffusion Policy trains for ~3000 epochs).
-    "paper": dict(images=True, source_name="mimicgen_3000"),
-    # This 2-core CPU (RESULTS "A CPU recipe"): the cpu_v1 transformer, with low-dim observations
-    # that hold the gripper pose and object positions relative to the gripper, joint targets
-    # predicted relative to the current joint positions, and 20k steps (~42 min alone, inside
-    # the 45 min a run may take here; 15k left sim_only's loss still falling).
-    "cpu": dict(images=False, obs_set="rel", action_space="rel", d_feat=128, d_model=128, n_layers=2,
-                n_cond_layers=1, dropout=0.0, unet_dims=[64, 128, 256], steps=20000, batch_size=128,
-                lr=3e-4, warmup=500, disc_warmup=2000, grl_ramp=2000, save_every=1000,
-                snapshot_every=5000, log_every=100),
-    # The earlier cpu recipe (RESULTS "Training"), kept for comparison (bench/bench_train.py):
-    # world-frame object poses, a 1+2-layer width-128 transformer, 15k steps at batch 128.
-    "cpu_v1": dict(images=False, d_feat=128, d_model=128, n_layers=2, n_cond_layers=1, dropout=0.0,
-                   unet_dims=[64, 128, 256], steps=15000, batch_size=128, lr=3e-4, warmup=500,
-                   disc_warmup=2000, save_every=1000, snapshot_every=5000, log_every=100),
-    # Image policies on this CPU (RESULTS "Image policies"; bench/bench_images.py): the cpu
-    # recipe's transformer on proprioception + one agentview camera at 64x64 (crop 58, 90 %), a
-    # width-8 ResNet18-GN (a camera costs ~30 ms per env step whatever its size, a second one
-    # doubles both rendering and training), batch 64, 20k steps: ~25 min alone (880 samples/s).
-    "cpu_img": dict(images=True, image_suffix="_img64", image_keys=["agentview_image"], resnet_width=8,
-                    vision_dim=64, crop=58, action_space="rel", d_feat=128, d_model=128,
-                    n_layers=2, n_cond_layers=1, dropout=0.0, unet_dims=[64, 128, 256], steps=20000,
-                    batch_size=64, lr=3e-4, warmup=500, disc_warmup=2000, grl_ramp=2000, save_every=1000,
-                    snapshot_every=5000, log_every=100),
-    # Seconds, for tests.
-    "smoke": dict(images=False, d_feat=32, d_model=32, n_heads=2, n_layers=1, n_cond_layers=1,
-                  dropout=0.0, horizon=8, n_action=4, unet_dims=[16, 32], resnet_width=8,
-                  vision_dim=16, crop=0, steps=20, batch_size=16, lr=1e-3, warmup=5,
-                  disc_warmup=5, disc_hidden=32, save_every=10, snapshot_every=10, log_every=5),
-}
-# Settings that may change on --resume without changing the result.
-RESUME_FREE = {"resume", "overwrite", "save_every", "snapshot_every", "log_every", "verbose", "device"}
-# Settings that define the network (a checkpoint for --init-from must match them).
-MODEL_KEYS = ["arch", "n_obs", "horizon", "d_feat", "d_model", "n_heads", "n_layers",
-              "n_cond_layers", "unet_dims", "resnet_width", "vision_dim", "vision_pool", "crop", "T",
-              "image_keys", "lowdim_keys", "lowdim_dims", "action_dim", "use_label", "action_space"]
+from train_config import MODEL_KEYS, PROFILES, RESUME_FREE, Args, run_name  # the settings and profiles
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,11 +134,6 @@ def run_config(a: Args, w: float, target, source, lowdim_keys, image_keys) -> di
             "data": {name: {"path": ds.path, "digest": ds.digest, "num_demos": ds.num_demos,
                             "num_windows": len(ds), **ds.attrs}
                      for name, ds in (("target", target), ("source", source))}}
-
-
-def run_name(a: Args, w: float) -> str:
-    images = a.image_suffix if a.images else ""  # image policies: e.g. ..._target_visual_img64_cotrain_...
-    return f"{a.task}_{a.target_domain}{images}_{a.method}_r{w:.3g}_{a.arch}_s{a.seed}"
 
 
 # ----------------------------------------------------------------------------------------------

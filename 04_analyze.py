@@ -55,6 +55,7 @@ import torch
 from scipy import stats
 from tqdm import tqdm
 
+import claims
 import common
 import diffusion_policy
 import methods
@@ -89,14 +90,21 @@ from records import data_version, discover, setting
 # arguments
 # ----------------------------------------------------------------------------------------------
 PRODUCTS = ["alignment", "umap", "correlations", "regimes", "methods", "table1", "table2", "table3", "comparisons",
-            "guidance", "guideline", "repeats", "compute", "failures"]
+            "guidance", "guideline", "repeats", "compute", "failures", "claims"]
 
 
-# The products that bear on each claim of the paper (RESULTS' claims table): --claim C8.
+# The products that bear on each claim of the paper (claims.py): --claim C8. Each rebuilds the
+# claims table too (its other rows from the tables already under --out).
 CLAIM_PRODUCTS = {"C2": ["table2", "comparisons"], "C3": ["guideline", "methods", "comparisons"],
                   "C4": ["alignment", "correlations", "regimes"], "C5": ["alignment"],
                   "C6": ["table2", "comparisons", "guidance", "methods", "failures"],
                   "C7": ["table1", "comparisons", "methods"], "C8": ["table3", "comparisons"]}
+CLAIM_PRODUCTS = {c: ps + ["claims"] for c, ps in CLAIM_PRODUCTS.items()}
+CLAIM_INPUTS = ["comparisons", "guideline", "correlations", "alignment"]  # the tables claims.py reads
+TOYS = {"the paper's design": "toy_paper", "our design": "toy"}  # 00_toy.py's folders under --runs
+
+
+CLAIMS_BEGIN, CLAIMS_END = "<!-- claims: written by 04_analyze.py --report -->", "<!-- /claims -->"
 
 
 @dataclass
@@ -112,6 +120,8 @@ class Args:
                                   "bench/bench_analyze.py)")
     cache: str = arg("", "cache folder of features, metrics and embeddings (default <out>/analysis_cache)")
     seed: int = arg(0, "seed of the feature samples, GW subsets, the probe and UMAP")
+    report: str = arg("", "a markdown report (RESULTS.md) whose claims block, between the lines "
+                          f"{CLAIMS_BEGIN} and {CLAIMS_END}, gets the claims table (make analysis)")
 
 
 PROFILES = {"paper": {}, "cpu": {}, "smoke": dict(num_samples=64)}
@@ -132,6 +142,15 @@ def check_args(a: Args):
     bad = [p for p in a.only if p not in PRODUCTS]
     if bad:
         raise UsageError(f"--only: unknown {', '.join(bad)}; choose from {', '.join(PRODUCTS)}")
+    if a.report:
+        if not os.path.isfile(a.report):
+            raise UsageError(f"--report: no file {a.report}")
+        text = open(a.report).read()
+        if text.count(CLAIMS_BEGIN) != 1 or text.count(CLAIMS_END) != 1:
+            raise UsageError(f"--report: {a.report} needs one line {CLAIMS_BEGIN} and one {CLAIMS_END} around "
+                             "its claims table")
+        if not os.access(a.report, os.W_OK):
+            raise UsageError(f"--report: {a.report} is not writable")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,10 +221,13 @@ def state_row(r: dict, feats: dict, roots: list, seed: int = 0) -> dict:
 
 
 def probe_row(feats: dict, seed: int = 0) -> dict:
-    """Sec. 4.2's discernibility on the trunk features: the 2-layer MLP probe and a linear one."""
+    """Sec. 4.2's discernibility on the trunk features: the 2-layer MLP probe and a linear one,
+    each 5-fold cross-validated (the mean, and the folds' spread: *_sd)."""
     zs, zt = feats["source"]["trunk"], feats["target"]["trunk"]
-    return {"probe_trunk": domain_probe(zs, zt, seed=seed),
-            "probe_trunk_linear": domain_probe(zs, zt, seed=seed, hidden=0)}
+    mlp, mlp_sd = domain_probe(zs, zt, seed=seed)
+    linear, linear_sd = domain_probe(zs, zt, seed=seed, hidden=0)
+    return {"probe_trunk": mlp, "probe_trunk_sd": mlp_sd, "probe_trunk_linear": linear,
+            "probe_trunk_linear_sd": linear_sd}
 
 
 def umap_embedding(feats: dict, seed: int = 0, cache: str = "") -> np.ndarray:
@@ -332,10 +354,10 @@ def alignment_rows(runs: list, a) -> tuple:
         roots = [a.runs, os.path.join(records.REPO, "results")]
         if os.path.exists(key):
             metrics = common.read_json(key)
-            if "probe_trunk_linear" not in metrics or "state_probe_mm" not in metrics:  # cached before
-                feats, _ = run_features(r, a)                                             # them: add what
-                if feats is not None:                                                     # is missing
-                    if "probe_trunk_linear" not in metrics:
+            if "probe_trunk_sd" not in metrics or "state_probe_mm" not in metrics:  # cached before
+                feats, _ = run_features(r, a)                                         # them: add what
+                if feats is not None:                                                 # is missing
+                    if "probe_trunk_sd" not in metrics:  # (the probes before: one held-out split)
                         metrics = {**metrics, **probe_row(feats, a.seed)}
                     if "state_probe_mm" not in metrics:
                         metrics = {**metrics, **state_row(r, feats, roots, a.seed)}
@@ -353,8 +375,10 @@ def alignment_rows(runs: list, a) -> tuple:
         ev, args = r["eval"], r["cfg"]["args"]
         rows.append({"run": r["run"], "setting": setting(r), "task": r["task"], "target_domain": r["target_domain"],
                      "method": r["method"], "arch": r["arch"], "mixing_ratio": r["mixing_ratio"], "steps": r["step"],
-                     "superseded": r.get("superseded", False), "data": data_version(r),
-                     "note": "superseded" if r.get("superseded") else None,
+                     "superseded": r.get("superseded", False), "headline": r.get("headline", True),
+                     "data": data_version(r),
+                     "note": "superseded" if r.get("superseded") else (f"control ({r['control']})" if r.get("control")
+                                                                       else None),
                      "disc_weight": args["disc_weight"] if METHODS[args["method"]].disc else None,
                      "success": ev["success_rate"] if ev else None, "trials": ev["trials"] if ev else None,
                      **metrics})
@@ -362,9 +386,10 @@ def alignment_rows(runs: list, a) -> tuple:
 
 
 ALIGN_COLS = ["setting", "method", "mixing_ratio", "steps", "success", "trials", "w_stem", "w_trunk",
-              "gw_stem", "gw_trunk", "probe_trunk", "probe_trunk_linear", "state_probe_mm", "data", "note"]
+              "gw_stem", "gw_trunk", "probe_trunk", "probe_trunk_sd", "probe_trunk_linear", "state_probe_mm", "data",
+              "note"]
 ALIGN_FMT = {"mixing_ratio": "{:.3g}", "success": "{:.3f}", "w_stem": "{:.3f}", "w_trunk": "{:.3f}",
-             "gw_stem": "{:.4f}", "gw_trunk": "{:.4f}", "probe_trunk": "{:.3f}",
+             "gw_stem": "{:.4f}", "gw_trunk": "{:.4f}", "probe_trunk": "{:.3f}", "probe_trunk_sd": "{:.3f}",
              "probe_trunk_linear": "{:.3f}", "state_probe_mm": "{:.2f}"}
 
 
@@ -383,7 +408,7 @@ def correlations(rows: list) -> tuple:
     correlation and says so."""
     groups, out, missing = {}, [], []
     for r in rows:
-        if r["success"] is not None and not r["superseded"]:
+        if r["success"] is not None and r.get("headline", not r["superseded"]):
             groups.setdefault(r["setting"], []).append(r)
     for name, rs in sorted(groups.items()):
         sweep = [r for r in rs if in_ratio_sweep(r["method"])]
@@ -588,13 +613,14 @@ def holm(ps: list) -> list:
     return out
 
 
-def comparisons(runs: list) -> tuple:
+def comparisons(runs: list, controls: list = ()) -> tuple:
     """The paper's claimed differences, each as a (a > b) Fisher exact test on the evaluation
     episodes, per setting at its shared ratio: C2 co-training > real-only; C6 CFG-ADDA > co-training
     and each method vs co-training, CFG-ADDA's lambda = -0.5 > lambda = 0 (its guidance sweep, the
     same seeds); C7 co-training > +discrimination; C8 co-training > pre-train + fine-tune; C3 the
-    ratios inside [w_n, w_q] (pooled) > those outside (pooled, 0 < w < 1). p-values are per test,
-    not corrected for the number of tests (listed in the table)."""
+    ratios inside [w_n, w_q] (pooled) > those outside (pooled, 0 < w < 1); and each control run
+    (`controls`: run.json "control", e.g. co-training at pre-train + fine-tune's step budget) in the
+    comparison it controls (C8). p-values are per test; p_holm corrects them over the table's tests."""
     rows = []
 
     def add(name, claim, a_label, ev_a, b_label, ev_b, runs_a=(), runs_b=()):
@@ -603,7 +629,8 @@ def comparisons(runs: list) -> tuple:
         f = fisher_exact(ev_a["successes"], ev_a["trials"], ev_b["successes"], ev_b["trials"])
         diff = ev_a["successes"] / ev_a["trials"] - ev_b["successes"] / ev_b["trials"]
         rows.append({"setting": name, "claim": claim, "a": a_label, "b": b_label, "a_cell": cell(ev_a),
-                     "b_cell": cell(ev_b), "difference": diff, **f,
+                     "b_cell": cell(ev_b), "a_successes": ev_a["successes"], "a_trials": ev_a["trials"],
+                     "b_successes": ev_b["successes"], "b_trials": ev_b["trials"], "difference": diff, **f,
                      "outcome": ("a > b" if diff > 0 else "a < b") if f["p_two_sided"] < 0.05
                      else "no difference detected", "data": data_mark(runs_a, runs_b)})
 
@@ -638,6 +665,9 @@ def comparisons(runs: list) -> tuple:
         ft = find(rs, PRETRAIN_FT)
         pair(name, "C8 co-training > pre-train + fine-tune", find(rs, "cotrain", w, like=ft) if ft else co, ft,
              b_label=PRETRAIN_FT)
+        for c in [c for c in controls if setting(c) == name and c["control"].startswith("C8") and c["eval"]]:
+            pair(name, f"C8 co-training at {c['step'] // 1000}k steps (the control) > pre-train + fine-tune", c, ft,
+                 a_label=f"cotrain w={c['mixing_ratio']:.3g} {c['step'] // 1000}k", b_label=PRETRAIN_FT)
         w_n, w_q = common.balanced_ratio_range(n, m)
         sweep = [r for r in rs if r["method"] == "cotrain" and r["eval"]]
         inside = [r for r in sweep if w_n - 1e-6 <= r["mixing_ratio"] <= w_q + 1e-6]
@@ -705,7 +735,7 @@ def guideline_table(runs: list) -> tuple:
         lo_best = best["eval"]["wilson95"][0]
         # ratios whose success interval reaches the best one's lower bound: statistically tied with it
         tied = sorted(r["mixing_ratio"] for r in rs if r["eval"]["wilson95"][1] >= lo_best)
-        rows.append({"task": task, "target_domain": dom, "N": n, "M": m, "w_n": w_n, "w_q": w_q,
+        rows.append({"setting": name, "task": task, "target_domain": dom, "N": n, "M": m, "w_n": w_n, "w_q": w_q,
                      "auto": common.resolve_ratio("auto", n, m), "ratios": sorted(r["mixing_ratio"] for r in rs),
                      "best_ratio": best["mixing_ratio"], "best_success": best["eval"]["success_rate"],
                      "best_in_range": bool(w_n <= best["mixing_ratio"] <= w_q),
@@ -824,6 +854,36 @@ def compute_table(runs_dir: str) -> tuple:
     return rows, md, []
 
 
+def claims_table(runs: list, tables: dict, a) -> tuple:
+    """The paper's claims, each with its verdict by the rule fixed for it (claims.py), from this
+    call's tables, or, for a table this call did not build, its copy under --out (a cheap
+    `--only claims` rebuild reads the alignment and correlations `make analysis` wrote)."""
+    inputs, missing = {}, []
+    for name in CLAIM_INPUTS:
+        path = os.path.join(a.out, f"{name}.json")
+        if name in tables:
+            inputs[name] = tables[name][0]
+        elif os.path.exists(path):
+            inputs[name] = common.read_json(path)
+        else:
+            inputs[name] = []
+            missing.append(f"claims: no {name} table (04_analyze.py --only {name})")
+    images = {setting(r): bool(r["cfg"]["model"]["image_keys"]) for r in runs}
+    toys = {label: common.read_json(os.path.join(a.runs, d, "metrics.json")) for label, d in TOYS.items()
+            if os.path.exists(os.path.join(a.runs, d, "metrics.json"))}
+    rows = claims.toy_rows(toys) + claims.robot_rows(inputs["comparisons"], inputs["guideline"],
+                                                     inputs["correlations"], inputs["alignment"], images)
+    return rows, claims.markdown(rows), missing
+
+
+def write_report(path: str, claims_md: str):
+    """The claims table into the report between its two marker lines (the rest of it untouched)."""
+    text = open(path).read()
+    head, rest = text.split(CLAIMS_BEGIN)
+    _, tail = rest.split(CLAIMS_END)
+    common.write_text(path, f"{head}{CLAIMS_BEGIN}\n{claims_md}\n{CLAIMS_END}{tail}")
+
+
 def umap_embeddings(runs: list, a) -> tuple:
     """Fig. 6's UMAP embedding of each run's trunk features (cached per run). Returns
     ({run name: embedding}, missing)."""
@@ -859,6 +919,8 @@ def analyze(a: Args):
                              f"({', '.join(methods.label_methods())}); "
                              f"{plain[0]['ckpt']} was trained with {plain[0]['method']}")
     want = set(a.only or PRODUCTS)
+    if "claims" in want:  # the claims' own tests: cheap, from the evaluations (the rest: claims_table)
+        want |= {"comparisons", "guideline"}
     tables, figures, missing = {}, [], [f"still training, skipped: {u}" for u in unfinished]
     rows, miss = alignment_rows(runs, a) if want & {"alignment", "correlations", "regimes"} else ([], [])
     missing += miss
@@ -868,9 +930,11 @@ def analyze(a: Args):
         corr, md, miss = correlations(rows)
         tables["correlations"] = (corr, md)
         missing += miss
-    headline = [r for r in runs if not r["superseded"]]  # one run per comparison cell
+    headline = [r for r in runs if r["headline"]]  # one run per comparison cell (no superseded, no control run)
+    controls = [r for r in runs if r["control"]]
     for name, build in (("methods", methods_table), ("table1", table1), ("table2", table2), ("table3", table3),
-                        ("comparisons", comparisons), ("guidance", guidance_table), ("guideline", guideline_table)):
+                        ("comparisons", lambda rs: comparisons(rs, controls)), ("guidance", guidance_table),
+                        ("guideline", guideline_table)):
         if name in want:
             data, md, miss = build(headline)
             tables[name] = (data, md)
@@ -884,15 +948,19 @@ def analyze(a: Args):
     if "compute" in want and not a.ckpt:
         data, md, _ = compute_table(a.runs)
         tables["compute"] = (data, md)
+    if "claims" in want:
+        data, md, miss = claims_table(runs, tables, a)
+        tables["claims"] = (data, md)
+        missing += miss
     os.makedirs(a.out, exist_ok=True)  # every check has passed: now write
     for name, (data, md) in tables.items():
         common.write_json(os.path.join(a.out, f"{name}.json"), data)
         common.write_text(os.path.join(a.out, f"{name}.md"), md + "\n")
     if "alignment" in want:
-        plot_alignment([r for r in rows if not r["superseded"]], os.path.join(a.out, "alignment_vs_ratio.png"))
+        plot_alignment([r for r in rows if r.get("headline", not r["superseded"])], os.path.join(a.out, "alignment_vs_ratio.png"))
         figures.append("alignment_vs_ratio.png")
     if "regimes" in want:
-        plot_regimes([r for r in rows if not r["superseded"]], os.path.join(a.out, "regimes.png"))
+        plot_regimes([r for r in rows if r.get("headline", not r["superseded"])], os.path.join(a.out, "regimes.png"))
         figures.append("regimes.png")
     if "methods" in want and tables["methods"][0]:
         plot_methods(headline, os.path.join(a.out, "methods_vs_ratio.png"))
@@ -916,8 +984,11 @@ def analyze(a: Args):
         embs, miss = umap_embeddings(headline, a)
         figures += plot_umaps(embs, headline, a.out)
         missing += miss
-    common.write_text(os.path.join(a.out, "missing.md"),
-                      "".join(f"- {m}\n" for m in missing) or "- nothing: every table has its runs\n")
+    if a.report and "claims" in tables:
+        write_report(a.report, tables["claims"][1])
+    if not a.only:  # what every product lacks (a partial build would list a part of it)
+        common.write_text(os.path.join(a.out, "missing.md"),
+                          "".join(f"- {m}\n" for m in missing) or "- nothing: every table has its runs\n")
     for name, (data, md) in tables.items():
         if data:
             print(f"\n## {name}\n\n{md}")

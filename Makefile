@@ -99,7 +99,7 @@ nut-img: $(STAMP)
 # Stage 04 from the committed records alone (no runs/, no data/): every table and figure of the
 # runs under $(RESULTS)/train and $(RESULTS)/eval (RESULTS.md "Representation alignment").
 analysis: $(STAMP)
-	MPLBACKEND=Agg $(PY) 04_analyze.py --runs $(RESULTS) --out $(RESULTS)/analysis
+	MPLBACKEND=Agg $(PY) 04_analyze.py --runs $(RESULTS) --out $(RESULTS)/analysis --report RESULTS.md
 
 analysis-cpu-v1: $(STAMP)
 	MPLBACKEND=Agg $(PY) 04_analyze.py --runs results/cpu_v1 --out results/cpu_v1/analysis

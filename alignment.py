@@ -63,30 +63,36 @@ def _gw(Cs, Ct) -> float:
                                                "square_loss", max_iter=1000))
 
 
-def domain_probe(zs: np.ndarray, zt: np.ndarray, seed: int = 0, hidden: int = 64,
-                 steps: int = 500, holdout: float = 0.3) -> float:
+def domain_probe(zs: np.ndarray, zt: np.ndarray, seed: int = 0, hidden: int = 64, steps: int = 500,
+                 folds: int = 5, seeds: int = 1) -> tuple:
     """Discernibility (Sec. 4.2): held-out accuracy of a 2-layer MLP that tells the domains apart
     from (standardized, pooled) features; 0.5 = indiscernible, 1.0 = fully discernible.
-    hidden = 0: a linear probe (logistic regression), which sees only linearly separable domains."""
-    g = torch.Generator().manual_seed(seed)
+    hidden = 0: a linear probe (logistic regression), which sees only linearly separable domains.
+    `folds`-fold cross-validated (a seeded split; each fold's probe seeded), optionally repeated
+    over `seeds` splits (seed, seed + 1, ...): returns (mean held-out accuracy, standard deviation
+    of the folds' accuracies). One held-out split moved the MLP probe by up to 0.17 between
+    machines where the domains are not fully separable; the spread says which digits mean something."""
     x = np.concatenate([zs, zt]).astype(np.float32)
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)
     y = np.concatenate([np.zeros(len(zs)), np.ones(len(zt))]).astype(np.float32)
-    perm = torch.randperm(len(x), generator=g).numpy()
-    n_test = int(holdout * len(x))
-    test, train = perm[:n_test], perm[n_test:]
     X, Y = torch.from_numpy(x), torch.from_numpy(y)
-    torch.manual_seed(seed)
-    net = (torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
-           if hidden else torch.nn.Linear(x.shape[1], 1))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-4)
-    for _ in range(steps):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(X[train]).squeeze(-1), Y[train])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        return float(((net(X[test]).squeeze(-1) > 0).float() == Y[test]).float().mean())
+    accs = []
+    for s in range(seed, seed + seeds):
+        parts = np.array_split(np.random.default_rng(s).permutation(len(x)), folds)
+        for k, test in enumerate(parts):
+            train = torch.from_numpy(np.concatenate([p for j, p in enumerate(parts) if j != k]))
+            torch.manual_seed(s * folds + k)
+            net = (torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
+                                       torch.nn.Linear(hidden, 1)) if hidden else torch.nn.Linear(x.shape[1], 1))
+            opt = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-4)
+            for _ in range(steps):
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(net(X[train]).squeeze(-1), Y[train])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                accs.append(float(((net(X[test]).squeeze(-1) > 0).float() == Y[test]).float().mean()))
+    return float(np.mean(accs)), float(np.std(accs))
 
 
 def state_probe(zs: np.ndarray, zt: np.ndarray, ys: np.ndarray, yt: np.ndarray, folds: int = 5,

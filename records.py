@@ -306,7 +306,7 @@ def collect_run(run_dir: str, results: str = "results", checkpoint: bool = True,
         save_features(os.path.join(dest, "features.npz"), feats, sets)
     old = os.path.join(dest, "run.json")
     keep = {k: v for k, v in (common.read_json(old) if os.path.exists(old) else {}).items()
-            if k in ("profile", "note", "commit", "superseded_by", "superseded_reason")}  # a rerun keeps
+            if k in ("profile", "note", "commit", "superseded_by", "superseded_reason", "control")}  # a rerun keeps
     # what the first collect said
     common.write_json(old, {**asdict(run_record(ck, digest)), **keep})
     return dest
@@ -339,8 +339,11 @@ def read_run(folder: str) -> dict:
 
 def superseded_by(rec: dict) -> dict:
     """run.json's "superseded_by" (the run that replaces this one in every comparison, once it is
-    finished) and "superseded_reason"; a superseded run stays readable in the alignment table."""
-    return {"superseded_by": rec.get("superseded_by", ""), "superseded_reason": rec.get("superseded_reason", "")}
+    finished) and "superseded_reason"; a superseded run stays readable in the alignment table. And
+    "control": what the run controls for (a plan's `control`, e.g. C8's co-training at pre-train +
+    fine-tune's step budget): it serves that comparison only, and never replaces the headline run."""
+    return {"superseded_by": rec.get("superseded_by", ""), "superseded_reason": rec.get("superseded_reason", ""),
+            "control": rec.get("control", "")}
 
 
 def join_key(digest, ckpt: str) -> str:
@@ -417,7 +420,8 @@ def discover(runs_dir: str, only_ckpts: list = None) -> tuple:
                      "arch": args["arch"], "mixing_ratio": cfg["mixing_ratio"], "use_label": cfg["model"]["use_label"],
                      "n_target": cfg["data"]["target"]["num_demos"], "n_source": cfg["data"]["source"]["num_demos"],
                      "evals": by_g, "sweep": sweep, "eval": by_g.get(cfg.get("guidance_scale")),
-                     "superseded_by": rec["superseded_by"], "superseded_reason": rec["superseded_reason"]})
+                     "superseded_by": rec["superseded_by"], "superseded_reason": rec["superseded_reason"],
+                     "control": rec["control"]})
     return mark_superseded(runs), unfinished
 
 
@@ -425,7 +429,8 @@ def mark_superseded(runs: list) -> list:
     """Runs that differ only in their step budget (the study's real_only at 20k beside the earlier
     15k one) compare through the one trained longest, and a run whose run.json names a finished
     run that supersedes it (a method fixed since: "superseded_by") through that one; the others get
-    superseded=True and stay in the alignment table only."""
+    superseded=True and stay in the alignment table only. A control run (run.json "control") takes no
+    part: it is not superseded and supersedes nothing. headline = neither: the run of its table cell."""
     finished = {r.get("run") for r in runs}
     replaced = {r.get("run") for r in runs if r.get("superseded_by") and r["superseded_by"] in finished}
     def key(r):
@@ -436,10 +441,13 @@ def mark_superseded(runs: list) -> list:
     longest = {}
     for r in runs:
         k = key(r)
-        if r.get("run") not in replaced and (k not in longest or r["step"] > longest[k]["step"]):
+        if r.get("run") in replaced or r.get("control"):
+            continue
+        if k not in longest or r["step"] > longest[k]["step"]:
             longest[k] = r
     for r in runs:
-        r["superseded"] = r.get("run") in replaced or longest[key(r)] is not r
+        r["superseded"] = not r.get("control") and (r.get("run") in replaced or longest[key(r)] is not r)
+        r["headline"] = not r["superseded"] and not r.get("control")
     return runs
 
 

@@ -28,6 +28,8 @@ gives one run all cores (it finishes sooner, the study later). One run on severa
 torchrun's (02_train.py's docstring).
 """
 import argparse
+import contextlib
+import io
 import itertools
 import json
 import os
@@ -39,9 +41,11 @@ import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 
+import cli
 import common
 import methods
 import tasks
+import train_config
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -50,10 +54,8 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 # in all); rollouts take ~3.6 s per episode per core (200 episodes in ~12 min on 2 workers).
 TRAIN_SAMPLES_PER_CPU_S = 745.0
 EVAL_CPU_S_PER_EPISODE = 7.2
-PROFILE_STEPS = {"cpu": (20000, 128), "cpu_v1": (15000, 128), "cpu_img": (20000, 64), "smoke": (20, 16),
-                 "paper": (100000, 256)}
 RUN_KEYS = ("profile", "task", "target_domain", "method", "ratio", "seed", "arch", "target_name",
-            "source_name", "steps", "flags", "name", "n_target", "n_source", "claims")
+            "source_name", "steps", "flags", "name", "n_target", "n_source", "claims", "control")
 
 
 @dataclass
@@ -73,6 +75,8 @@ class Run:
     evals: list
     eval_profile: str = "cpu"  # 03_eval.py's profile (smoke: episodes cut at 40 steps)
     claims: list = field(default_factory=list)  # the paper's claims it serves (C2 ... C8): --claim
+    control: str = ""       # what the run controls for (run.json "control": the analysis keeps it out of
+                            # the headline tables and uses it in that comparison only)
 
 
 class PlanError(ValueError):
@@ -128,9 +132,6 @@ def make_run(s: dict) -> Run:
         w = ratio_of(method, s["ratio"], n_t, n_s)
     except Exception as e:
         raise PlanError(f"{method}: ratio {s['ratio']!r}: {e}")
-    name = s.get("name") or f"{task}_{domain}_{method}_r{w:.3g}_{arch}_s{s['seed']}"  # as 02_train.run_name
-    steps, batch = PROFILE_STEPS.get(profile, PROFILE_STEPS["cpu"])
-    steps = int(s.get("steps", steps))
     train = ["--profile", profile, "--task", task, "--target-domain", domain, "--method", method,
              "--seed", str(s["seed"]), "--arch", arch]
     if common_ratio(method):
@@ -139,20 +140,37 @@ def make_run(s: dict) -> Run:
         if k in s:
             train += [f"--{k.replace('_', '-')}", str(s[k])]
     if "steps" in s:
-        train += ["--steps", str(steps)]
+        train += ["--steps", str(s["steps"])]
     train += [str(x) for x in s.get("flags", [])]
+    a = stage_args(train, s.get("name") or method)  # 02_train.py's own parser: one source of its settings
+    name = s.get("name") or train_config.run_name(a, w)
+    steps, batch = a.steps, a.batch_size
     evals = [make_evaluation(e, name, domain) for e in s.get("eval", [{}])]
     claims = s.get("claims", [])
     if not isinstance(claims, list) or not all(re.fullmatch(r"C\d+", str(c)) for c in claims):
         raise PlanError(f"{name}: claims must be a list like [\"C6\", \"C7\"], got {claims!r}")
+    if not isinstance(s.get("control", ""), str):
+        raise PlanError(f"{name}: control must be a sentence (what the run controls for), got {s['control']!r}")
     return Run(name=name, train=train, steps=steps, batch=batch, evals=evals,
-               eval_profile=profile if profile in ("smoke", "paper") else "cpu", claims=claims)
+               eval_profile=profile if profile in ("smoke", "paper") else "cpu", claims=claims,
+               control=s.get("control", ""))
+
+
+def stage_args(train: list, run: str) -> train_config.Args:
+    """The settings 02_train.py resolves from this argument list (its profile, then the flags): the
+    run's name, steps and batch come from them, never from a copy. A flag it refuses: PlanError."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return cli.parse_args(train_config.Args, train_config.PROFILES, train)
+    except SystemExit:
+        raise PlanError(f"{run}: 02_train.py refuses its flags: {err.getvalue().strip().removeprefix('error: ')}")
 
 
 def check_names(profile: str, task: str, domain: str, what: str = "target_domain"):
     """PlanError (one line) for a profile, task or domain 02_train.py / 03_eval.py would refuse."""
-    if profile not in PROFILE_STEPS:
-        raise PlanError(f"unknown profile {profile!r}; choose from {', '.join(PROFILE_STEPS)}")
+    if profile not in train_config.PROFILES:
+        raise PlanError(f"unknown profile {profile!r}; choose from {', '.join(train_config.PROFILES)}")
     if task not in tasks.TASK_NAMES:
         raise PlanError(f"unknown task {task!r}; choose from {', '.join(tasks.TASK_NAMES)}")
     if domain not in tasks.DOMAIN_NAMES + tasks.PART_DOMAINS:
@@ -347,6 +365,15 @@ def train_minutes(run: Run, runs_dir: str, results: str, threads: int, rate: flo
     return left * run.batch / (rate or TRAIN_SAMPLES_PER_CPU_S * threads) / 60
 
 
+def mark_control(run: Run, results: str):
+    """A control run's record says what it controls for (run.json "control", records.superseded_by)."""
+    path = os.path.join(results, "train", run.name, "run.json")
+    if run.control and os.path.exists(path):
+        rec = common.read_json(path)
+        if rec.get("control") != run.control:
+            common.write_json(path, {**rec, "control": run.control})
+
+
 def run_chain(run: Run, runs_dir: str, results: str, data_root: str, threads: int, workers: int,
               python: str = sys.executable, deadline: float = None, rate: float = 0, fill: bool = False) -> str:
     """Train (resuming), collect into results/, evaluate (resuming). Returns the run's name. With a
@@ -371,6 +398,7 @@ def run_chain(run: Run, runs_dir: str, results: str, data_root: str, threads: in
                 return f"{run.name} (training stopped at --minutes at step ~{train_progress(run, runs_dir, results)}:"\
                        f" it resumes from its last checkpoint)"
             sh([python, "records.py", "collect-into", results, out], env, log)
+        mark_control(run, results)
         ckpt = os.path.join(results, "train", run.name, "ckpt.pt")
         for ev in run.evals:
             if eval_done(ev, results):

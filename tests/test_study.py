@@ -10,7 +10,8 @@ import time
 import pytest
 
 import study
-from conftest import ROOT, run_stage
+import train_config
+from conftest import ROOT, load_stage, run_stage
 
 
 def test_smoke_plan_expands_to_its_runs():
@@ -41,6 +42,31 @@ def test_list_values_expand_and_names_follow_02_train(tmp_path):
     # the rates measured here (--train-rate, --episode-s) instead of the cost model's: exact arithmetic
     _, slow = study.cpu_hours(sim, str(tmp_path / "runs"), str(tmp_path / "results"), rate=500, episode_s=10)
     assert slow == pytest.approx((20000 * 128 / 500 + 210 * 10) / 3600)
+
+
+
+def test_runner_names_steps_and_batch_equal_the_stages_for_every_profile(capsys):
+    """One source: for every profile of 02_train.py, the run name, step count and batch size the
+    runner prices and names a run by are those 02_train.py itself resolves from the runner's
+    argument list (its --print-config), with the name its run folder gets."""
+    stage = load_stage("02_train.py")
+    specs = [dict(method="cotrain", ratio="auto"), dict(method="sim_only", seed=2, arch="unet"),
+             dict(method="cfg_adda", ratio=0.3, steps=40, target_domain="target_visual"),
+             dict(method="real_only", flags=["--batch-size", "8"])]
+    checked = 0
+    for profile in train_config.PROFILES:
+        for spec in specs:
+            run = study.make_run({"profile": profile, "seed": 0, "ratio": "auto", **spec})
+            with pytest.raises(SystemExit) as done:
+                stage.main([*run.train, "--print-config"])
+            assert done.value.code == 0
+            a = stage.Args(**json.loads(capsys.readouterr().out))
+            w = study.ratio_of(a.method, a.ratio, 50, 500)
+            assert (run.name, run.steps, run.batch) == (stage.run_name(a, w), a.steps, a.batch_size), profile
+            checked += 1
+    assert checked == 4 * len(train_config.PROFILES)
+    img = study.make_run({"profile": "cpu_img", "method": "cotrain", "seed": 0, "ratio": "auto"})
+    assert "_img64_" in img.name  # the image suffix the stage puts in its folder name
 
 
 NUT = "NutAssembly_target_visual_physics_"
