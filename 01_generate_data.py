@@ -91,22 +91,26 @@ class Args:
     verify_demos: int = arg(0, "--verify: check only the first this many demos (0 = all)")
     report: str = arg("", "print a markdown table of the datasets under this folder (demos, rate, time)")
     # set mode: the dataset set (paper Sec. 4: 50 seeds -> 3000 source, 50 target per task)
-    set_seeds: int = arg(50, "set: source seed demos per task")
-    set_source: int = arg(500, "set: generated source demos per task (paper: 3000)")
-    set_target: int = arg(50, "set: expert demos per target domain (paper: 50)")
+    set_seeds: int = arg(cli.DATASET_SETS["cpu"]["seeds"], "set: source seed demos per task")
+    set_source: int = arg(cli.DATASET_SETS["cpu"]["source"], "set: generated source demos per task")
+    set_target: int = arg(cli.DATASET_SETS["cpu"]["target"], "set: expert demos per target domain")
     set_tasks: list = arg(["NutAssembly", "MugCleanup", "MugHang"], "set: tasks")
     set_image_tasks: list = arg(["NutAssembly"], "set: tasks recorded with images")
 
 
+def set_sizes(profile: str) -> dict:
+    """The profile's dataset set sizes (cli.DATASET_SETS: 02_train.py reads the files by them)."""
+    return {f"set_{k}": v for k, v in cli.DATASET_SETS[profile].items()}
+
+
 PROFILES = {
-    "smoke": dict(set_seeds=2, set_source=2, set_target=1, set_tasks=["NutAssembly"], set_image_tasks=[],
-                  num_demos=2),
+    "smoke": dict(**set_sizes("smoke"), set_tasks=["NutAssembly"], set_image_tasks=[], num_demos=2),
     "cpu": dict(),
     # The image copies of the small-image cpu profile (02_train.py --profile cpu_img): NutAssembly,
     # one agentview camera at 64x64 (RESULTS "Image policies"); the low-dim files are the cpu set's.
     "cpu_img": dict(set_tasks=["NutAssembly"], set_image_tasks=["NutAssembly"], cameras=["agentview"],
                     image_size=64, image_suffix="_img64"),
-    "paper": dict(set_source=3000, set_image_tasks=["NutAssembly", "MugCleanup", "MugHang"]),
+    "paper": dict(**set_sizes("paper"), set_image_tasks=["NutAssembly", "MugCleanup", "MugHang"]),
 }
 
 

@@ -38,7 +38,7 @@ import methods
 import tasks
 from common import UsageError, die
 from methods import METHODS, CoTrainObjective  # Sec. 5.1
-from train_config import MODEL_KEYS, PROFILES, RESUME_FREE, Args, run_name  # the settings and profiles
+from train_config import MODEL_KEYS, PROFILES, RESUME_FREE, Args, data_keys, data_paths, run_name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -68,13 +68,6 @@ def check_args(a: Args):
         raise UsageError("--resume and --overwrite exclude each other")
 
 
-def data_paths(a: Args):
-    suffix = a.image_suffix if a.images else ""
-    tgt = a.target_data or os.path.join(a.data_root, a.task, a.target_domain, f"{a.target_name}{suffix}.hdf5")
-    src = a.source_data or os.path.join(a.data_root, a.task, "source", f"{a.source_name}{suffix}.hdf5")
-    return tgt, src
-
-
 def load_data(a: Args):
     """Both datasets (the source set also serves real_only: actions and observations are
     normalized over the union of both, so every method sees the same normalization)."""
@@ -84,8 +77,7 @@ def load_data(a: Args):
             make = (f"01_generate_data.py --profile {a.profile} --workers 2 writes the image copies "
                     f"(*{a.image_suffix}.hdf5)" if a.images else "make it with `make data` or 01_generate_data.py")
             raise UsageError(f"dataset not found: {p} ({make}; or name it with --target-data/--source-data)")
-    lowdim_keys = a.obs_keys or (common.PROPRIO_KEYS if a.images else common.lowdim_keys_of(tgt_path, a.obs_set))
-    image_keys = a.image_keys if a.images else []
+    lowdim_keys, image_keys, action_key = data_keys(a, tgt_path)
     for p in (tgt_path, src_path):  # every stored key the observation needs, derived keys resolved
         stored = set(common.stored_keys_of(p))
         missing = sorted({s for k in lowdim_keys + image_keys for s in common.derived_sources(k)} - stored)
@@ -94,7 +86,7 @@ def load_data(a: Args):
     sets = []
     for p in (tgt_path, src_path):
         sets.append(common.load_demos(p, lowdim_keys + image_keys, a.n_obs, a.horizon,
-                                      action_key=common.ACTION_SPACES[a.action_space][0], max_demos=a.max_demos))
+                                      action_key=action_key, max_demos=a.max_demos))
     target, source = sets
     for k in lowdim_keys + image_keys:
         if target.obs[k].shape[1:] != source.obs[k].shape[1:]:

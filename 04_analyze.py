@@ -957,7 +957,8 @@ def analyze(a: Args):
         common.write_json(os.path.join(a.out, f"{name}.json"), data)
         common.write_text(os.path.join(a.out, f"{name}.md"), md + "\n")
     if "alignment" in want:
-        plot_alignment([r for r in rows if r.get("headline", not r["superseded"])], os.path.join(a.out, "alignment_vs_ratio.png"))
+        plot_alignment([r for r in rows if r.get("headline", not r["superseded"])],
+                       os.path.join(a.out, "alignment_vs_ratio.png"))
         figures.append("alignment_vs_ratio.png")
     if "regimes" in want:
         plot_regimes([r for r in rows if r.get("headline", not r["superseded"])], os.path.join(a.out, "regimes.png"))

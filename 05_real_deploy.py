@@ -450,8 +450,8 @@ class Args:
     max_steps: int = arg(0, "steps per episode (0 = the task's horizon)")
     joint_tolerance: float = arg(0.05, "rad a target may exceed a joint limit and be clipped; beyond: stop")
     speed: float = arg(1.0, "per-step joint velocity clamp as a fraction of the Panda's limits")
-    workspace: list = arg([], "xmin,xmax,ymin,ymax,zmin,zmax of the grip point, base frame, m "
-                              "(default: DEFAULT_WORKSPACE)")
+    workspace: list = arg([], "xmin,xmax,ymin,ymax,zmin,zmax of the grip point, base frame, m (default: "
+                              + ",".join(f"{v:g}" for lo_hi in DEFAULT_WORKSPACE for v in lo_hi) + ")")
     max_frame_age: float = arg(0.2, "s: an older camera frame stops the robot")
     max_overrun: float = arg(2.0, "a loop step longer than this many periods stops the robot (realtime)")
     robot_ip: str = arg("172.16.0.2", "franka: FCI address")

@@ -40,7 +40,7 @@ RULES = {r.id: r for r in (
          "against success: reproduced at permutation p < 0.05 in the paper's sign for the gap the policy "
          "sees (Fig. 7: positive physics-only, negative visual-only and visual-physics); inconclusive "
          "otherwise"),
-    Rule("control-1", "issue 45, before its control run was evaluated",
+    Rule("control-1", "5a9ea28 (before its control run finished training)",
          "C8 by difference-1 against co-training trained for pre-train + fine-tune's total steps (a "
          "control run of the plan); until that run is evaluated: not comparable yet (the 20k co-training "
          "had half the steps); a comparison across data versions names them"),

@@ -51,7 +51,7 @@ def parse_args(args_cls, profiles: dict, argv=None, description: str = "", prese
     --print-config prints the resolved settings as JSON (after `check`, if given) and exits."""
     p = ArgumentParser(description=description,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", default="cpu", choices=sorted(profiles),
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(profiles),
                    help="preset of defaults, flags override it; each flag's help names the "
                         "profiles that change its default (default: cpu)")
     p.add_argument("--print-config", action="store_true",
@@ -61,13 +61,7 @@ def parse_args(args_cls, profiles: dict, argv=None, description: str = "", prese
             continue
         default = f.default if f.default is not MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
-        by_profile = "".join(f"; {name}: {fmt_value(prof[f.name])}" for name, prof in profiles.items()
-                             if f.name in prof and prof[f.name] != default)
-        text = f.metadata.get("help", "") + f" (default: {fmt_value(default)}{by_profile})"
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-        else:
-            p.add_argument(flag, type=str, default=None, help=text)
+        p.add_argument(flag, **flag_kwargs(f, default, profiles, presets))
     ns = p.parse_args(argv)
     values = {}
     for f in fields(args_cls):
@@ -96,6 +90,47 @@ def parse_args(args_cls, profiles: dict, argv=None, description: str = "", prese
         print(json.dumps(asdict(a), indent=1))
         sys.exit(0)
     return a
+
+
+DEFAULT_PROFILE = "cpu"  # what a stage runs with when no --profile is given
+
+# The dataset set of each profile (Sec. 4: 50 scripted seed demos -> M MimicGen source demos, N
+# expert demos per target domain; the paper's M = 3000): 01_generate_data.py makes it, 02_train.py
+# reads its files by dataset_names(). Profiles not listed use the cpu set.
+DATASET_SETS = {"cpu": dict(seeds=50, source=500, target=50), "paper": dict(seeds=50, source=3000, target=50),
+                "smoke": dict(seeds=2, source=2, target=1)}
+
+
+def dataset_names(profile: str) -> dict:
+    """The target and source file names (no suffix) of a profile's dataset set, as 02_train.py's
+    --target-name / --source-name take them."""
+    s = DATASET_SETS.get(profile, DATASET_SETS["cpu"])
+    return dict(target_name=f"demos_{s['target']}", source_name=f"mimicgen_{s['source']}")
+
+
+def flag_kwargs(f, default, profiles: dict, presets: dict = None) -> dict:
+    """A flag's argparse settings; its help ends with the value a plain run uses (the default
+    profile's), then each other profile's and preset's where it differs, e.g. "(default: 20000 with
+    --profile cpu; paper: 100000; smoke: 20)". A help text that explains its own empty default
+    keeps only that explanation."""
+    value = lambda prof: profiles[prof].get(f.name, default)  # noqa: E731
+    text = f.metadata.get("help", "")
+    plain = value(DEFAULT_PROFILE) if DEFAULT_PROFILE in profiles else default
+    others = [f"{name}: {fmt_value(value(name))}" for name in profiles
+              if name != DEFAULT_PROFILE and value(name) != plain]
+    for key, table in (presets or {}).items():
+        others += [f"--{key.replace('_', '-')} {choice}: {fmt_value(d[f.name])}" for choice, d in table.items()
+                   if f.name in d and d[f.name] != plain]
+    if plain in ("", []) and ("(default" in text or "empty" in text):  # the help says what empty means
+        text += f" ({'; '.join(others)})" if others else ""
+    elif plain in ("", []):
+        text += f" (default: none{''.join('; ' + o for o in others)})"
+    else:
+        where = f" with --profile {DEFAULT_PROFILE}" if others and DEFAULT_PROFILE in profiles else ""
+        text += f" (default: {fmt_value(plain)}{where}{''.join('; ' + o for o in others)})"
+    if isinstance(default, bool):
+        return dict(action=argparse.BooleanOptionalAction, default=None, help=text)
+    return dict(type=str, default=None, help=text)
 
 
 def fmt_value(v) -> str:

@@ -127,11 +127,6 @@ def make_run(s: dict) -> Run:
     profile, task = s.get("profile", "cpu"), s.get("task", "NutAssembly")
     domain, method, arch = s.get("target_domain", "target_visual_physics"), s["method"], s.get("arch", "encdec")
     check_names(profile, task, domain)
-    n_t, n_s = int(s.get("n_target", 50)), int(s.get("n_source", 500))
-    try:
-        w = ratio_of(method, s["ratio"], n_t, n_s)
-    except Exception as e:
-        raise PlanError(f"{method}: ratio {s['ratio']!r}: {e}")
     train = ["--profile", profile, "--task", task, "--target-domain", domain, "--method", method,
              "--seed", str(s["seed"]), "--arch", arch]
     if common_ratio(method):
@@ -143,6 +138,12 @@ def make_run(s: dict) -> Run:
         train += ["--steps", str(s["steps"])]
     train += [str(x) for x in s.get("flags", [])]
     a = stage_args(train, s.get("name") or method)  # 02_train.py's own parser: one source of its settings
+    n_t, n_s = (int(s[k]) if k in s else demos_in(name, k) for k, name in
+                (("n_target", a.target_name), ("n_source", a.source_name)))
+    try:
+        w = ratio_of(method, s["ratio"], n_t, n_s)
+    except Exception as e:
+        raise PlanError(f"{method}: ratio {s['ratio']!r}: {e}")
     name = s.get("name") or train_config.run_name(a, w)
     steps, batch = a.steps, a.batch_size
     evals = [make_evaluation(e, name, domain) for e in s.get("eval", [{}])]
@@ -156,6 +157,15 @@ def make_run(s: dict) -> Run:
                control=s.get("control", ""))
 
 
+def demos_in(file_name: str, key: str) -> int:
+    """The demo count a dataset set's file name carries (demos_50, mimicgen_500: 01_generate_data.py's
+    names), for the run's name before its data exist; other names need the plan's n_target / n_source."""
+    m = re.fullmatch(r"[a-z]+_(\d+)", file_name)
+    if not m:
+        raise PlanError(f"{file_name}: give {key} in the plan (the name does not carry the demo count)")
+    return int(m.group(1))
+
+
 def stage_args(train: list, run: str) -> train_config.Args:
     """The settings 02_train.py resolves from this argument list (its profile, then the flags): the
     run's name, steps and batch come from them, never from a copy. A flag it refuses: PlanError."""
@@ -165,6 +175,43 @@ def stage_args(train: list, run: str) -> train_config.Args:
             return cli.parse_args(train_config.Args, train_config.PROFILES, train)
     except SystemExit:
         raise PlanError(f"{run}: 02_train.py refuses its flags: {err.getvalue().strip().removeprefix('error: ')}")
+
+
+def data_key(a: train_config.Args) -> tuple:
+    """What fixes a run's data digests: its dataset files and the keys it loads from them."""
+    return (a.task, a.target_domain, a.target_name, a.source_name, a.target_data, a.source_data, a.images,
+            a.image_suffix, tuple(a.image_keys), tuple(a.obs_keys), a.obs_set, a.action_space, a.max_demos)
+
+
+def check_data(plan: list, runs: list, results: str, data_root: str):
+    """PlanError (one line) when a run about to train would read data whose digests differ from
+    every pair the plan's committed runs of the same datasets trained on: the same command makes
+    other bits on another CPU or commit (docs/datasets.md), and one comparison must not mix them
+    unawares. Data not made yet is 02_train.py's to report."""
+    seen = {}
+    for r in plan:
+        path = os.path.join(results, "train", r.name, "config.json")
+        if os.path.exists(path):
+            d = common.read_json(path).get("data", {})
+            pair = (d.get("target", {}).get("digest"), d.get("source", {}).get("digest"))
+            seen.setdefault(data_key(stage_args(r.train, r.name)), set()).add(pair)
+    digests = {}
+    for r in runs:
+        a = stage_args(r.train + ["--data-root", data_root], r.name)
+        want = seen.get(data_key(a))
+        if run_done(r, results) or not want:
+            continue
+        paths = train_config.data_paths(a)
+        if not all(os.path.isfile(p) for p in paths):
+            continue
+        if paths not in digests:
+            lowdim, images, action = train_config.data_keys(a, paths[0])
+            digests[paths] = tuple(common.load_demos(p, lowdim + images, 1, 1, action_key=action).digest for p in paths)
+        if digests[paths] not in want:
+            short = lambda pair: "/".join(x[:8] for x in pair)  # noqa: E731
+            raise PlanError(f"{r.name}: the data under {data_root} has digests {short(digests[paths])}, the plan's "
+                            f"committed runs trained on {', '.join(short(w) for w in sorted(want))} (made on another "
+                            "CPU or commit? docs/datasets.md); --allow-new-data trains on it anyway")
 
 
 def check_names(profile: str, task: str, domain: str, what: str = "target_domain"):
@@ -493,13 +540,16 @@ def main(argv=None):
     p.add_argument("--runs-dir", default="runs", help="where training runs and logs go")
     p.add_argument("--results", default="results", help="where finished runs and evaluations are collected")
     p.add_argument("--data-root", default="data", help="the dataset set (make data)")
+    p.add_argument("--allow-new-data", action="store_true", help="train even where the data's digests differ from "
+                   "those the plan's committed runs trained on (the comparisons then mark the mixed versions)")
     p.add_argument("--slurm-partition", default="", help="SLURM partition")
     p.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per job")
     p.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per job (its torch threads and rollout workers)")
     p.add_argument("--slurm-minutes", type=int, default=240, help="time limit per job")
     a = p.parse_args(argv)
     try:
-        runs = select(load_plan(a.plan), a.claim, a.only)
+        plan = load_plan(a.plan)
+        runs = select(plan, a.claim, a.only)
         waves(runs)
         for path, flag in ((a.results, "--results"), (a.runs_dir, "--runs-dir")):
             try:
@@ -521,6 +571,12 @@ def main(argv=None):
     print_plan(runs, a.runs_dir, a.results, cores, a.train_rate, a.episode_s)
     if a.dry_run:
         return
+    try:
+        if not a.allow_new_data:
+            check_data(plan, runs, a.results, a.data_root)
+    except (PlanError, common.UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     t0 = time.time()
     if a.launcher == "local":
         launch_local(runs, a, cores)

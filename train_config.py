@@ -1,10 +1,14 @@
-"""The training settings, one source for 02_train.py, study.py and the analysis: 02_train's
-arguments (`Args`, every default visible here), the profiles that override them (`PROFILES`), the
-run folder's name (`run_name`) and the settings a resume may change. study.py prices and names its
-runs from this table, and the analysis reads a profile's step budget from it (`profile_args`)."""
+"""The training settings, one source for 02_train.py and study.py: 02_train's arguments (`Args`,
+every default visible here), the profiles that override them (`PROFILES`), the run folder's name
+(`run_name`), the data files and keys a run reads (`data_paths`, `data_keys`) and the settings a
+resume may change. study.py names, prices and checks its runs with these, through 02_train.py's
+own argument parser (cli.parse_args)."""
+import os
 from dataclasses import dataclass
 
+import common
 import methods
+from cli import dataset_names
 from common import arg
 from methods import METHODS
 
@@ -19,8 +23,9 @@ class Args(methods.MethodArgs):  # + the methods' settings (methods.MethodArgs)
     task: str = arg("NutAssembly", "task: NutAssembly, MugCleanup, MugHang")
     target_domain: str = arg("target_visual_physics", "target ('real') domain (Sec. 4: visual-physics)")
     data_root: str = arg("data", "folder of the dataset set written by 01_generate_data.py")
-    target_name: str = arg("demos_50", "target dataset file name under <root>/<task>/<target domain>/")
-    source_name: str = arg("mimicgen_500", "source dataset file name under <root>/<task>/source/")
+    target_name: str = arg(dataset_names("cpu")["target_name"], "target dataset file name under "
+                           "<root>/<task>/<target domain>/ (01_generate_data.py's set: cli.DATASET_SETS)")
+    source_name: str = arg(dataset_names("cpu")["source_name"], "source dataset file name under <root>/<task>/source/")
     target_data: str = arg("", "explicit target HDF5 (overrides the three options above)")
     source_data: str = arg("", "explicit source HDF5")
     images: bool = arg(False, "train on camera images (reads the <name><image suffix>.hdf5 files)")
@@ -82,7 +87,7 @@ class Args(methods.MethodArgs):  # + the methods' settings (methods.MethodArgs)
 PROFILES = {
     # GPU, the paper's setting: 2 cameras 84x84 (crop 76), history 2, batch 256. The paper does
     # not state its step budget; 100k steps is our choice (Diffusion Policy trains for ~3000 epochs).
-    "paper": dict(images=True, source_name="mimicgen_3000"),
+    "paper": dict(images=True, **dataset_names("paper")),
     # This 2-core CPU (RESULTS "A CPU recipe"): the cpu_v1 transformer, with low-dim observations
     # that hold the gripper pose and object positions relative to the gripper, joint targets
     # predicted relative to the current joint positions, and 20k steps (~42 min alone, inside
@@ -109,7 +114,8 @@ PROFILES = {
     "smoke": dict(images=False, d_feat=32, d_model=32, n_heads=2, n_layers=1, n_cond_layers=1,
                   dropout=0.0, horizon=8, n_action=4, unet_dims=[16, 32], resnet_width=8,
                   vision_dim=16, crop=0, steps=20, batch_size=16, lr=1e-3, warmup=5,
-                  disc_warmup=5, disc_hidden=32, save_every=10, snapshot_every=10, log_every=5),
+                  disc_warmup=5, disc_hidden=32, save_every=10, snapshot_every=10, log_every=5,
+                  **dataset_names("smoke")),
 }
 # Settings that may change on --resume without changing the result.
 RESUME_FREE = {"resume", "overwrite", "save_every", "snapshot_every", "log_every", "verbose", "device"}
@@ -124,9 +130,15 @@ def run_name(a: Args, w: float) -> str:
     return f"{a.task}_{a.target_domain}{images}_{a.method}_r{w:.3g}_{a.arch}_s{a.seed}"
 
 
-def profile_args(profile: str, **overrides) -> "Args":
-    """The settings a plain `02_train.py --profile <profile>` run uses (no flags), with `overrides`."""
-    if profile not in PROFILES:
-        raise KeyError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
-    return Args(profile=profile, **{**PROFILES[profile], **overrides})
+def data_paths(a: Args) -> tuple:
+    """The target and source dataset files a run reads."""
+    suffix = a.image_suffix if a.images else ""
+    tgt = a.target_data or os.path.join(a.data_root, a.task, a.target_domain, f"{a.target_name}{suffix}.hdf5")
+    src = a.source_data or os.path.join(a.data_root, a.task, "source", f"{a.source_name}{suffix}.hdf5")
+    return tgt, src
 
+
+def data_keys(a: Args, target_path: str) -> tuple:
+    """The observation keys (low-dim, images) and the action key a run loads from its datasets."""
+    lowdim = a.obs_keys or (common.PROPRIO_KEYS if a.images else common.lowdim_keys_of(target_path, a.obs_set))
+    return list(lowdim), list(a.image_keys if a.images else []), common.ACTION_SPACES[a.action_space][0]

@@ -13,7 +13,7 @@ import torch
 import common
 import diffusion_policy
 import methods
-from conftest import ROOT
+from conftest import ROOT, run_stage
 
 
 # --- noise schedule --------------------------------------------------------------------------
@@ -428,3 +428,16 @@ def test_a_pool_worker_exits_when_its_parent_is_killed():
     else:
         os.kill(pid, signal.SIGKILL)
         raise AssertionError("the orphaned worker kept running")
+
+
+def test_help_shows_what_a_plain_run_uses_and_every_profile_and_preset():
+    """--help: a flag's default is the default profile's value, then the other profiles' and
+    presets' where they differ; an empty default explained by its own help text is not doubled."""
+    train = run_stage("02_train.py", "--help").stdout
+    flat = " ".join(train.split())
+    assert "training steps (default: 20000 with --profile cpu; paper: 100000;" in flat
+    assert "(default: )" not in flat and "default: DEFAULT_WORKSPACE" not in flat
+    toy = " ".join(run_stage("00_toy.py", "--help").stdout.split())
+    assert "--design paper: 0.01,0.1,0.5" in toy  # the preset's separations, shown where the flag is
+    deploy = " ".join(run_stage("05_real_deploy.py", "--help").stdout.split())
+    assert "(default: 0.1,0.9,-0.5,0.5,-0.1,0.6)" in deploy and "(default: )" not in deploy

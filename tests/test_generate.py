@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import cli
+import train_config
 from conftest import ROOT, load_stage, run_stage
 from experts import rotvec, rotvec_to_mat
 from tasks import OSC_POS_SCALE, OSC_ROT_SCALE, TASK_CLASSES, eef_pose
@@ -207,6 +208,10 @@ def test_smoke_set_end_to_end_and_rerun_keeps_it(tmp_path):
     for w in want:
         with h5py.File(tmp_path / TASK / w, "r") as f:
             assert f["data"].attrs["domain"] == w.split("/")[0]
+    # 02_train.py's smoke profile reads this set by the same names (one profile, one set of names)
+    smoke = train_config.PROFILES["smoke"]
+    assert f"source/{smoke['source_name']}.hdf5" in want
+    assert f"target_visual_physics/{smoke['target_name']}.hdf5" in want
     r = run_stage(GEN, "--profile", "smoke", "--root", str(tmp_path))
     assert r.returncode == 0 and r.stdout.count("exists, kept") == len(want)
     r = run_stage(GEN, "--report", str(tmp_path))

@@ -2,6 +2,7 @@
 a 3-run smoke plan to the same outputs, and a run killed half way resumes to them too."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 
 import pytest
 
+import cli
 import study
 import train_config
 from conftest import ROOT, load_stage, run_stage
@@ -61,7 +63,8 @@ def test_runner_names_steps_and_batch_equal_the_stages_for_every_profile(capsys)
                 stage.main([*run.train, "--print-config"])
             assert done.value.code == 0
             a = stage.Args(**json.loads(capsys.readouterr().out))
-            w = study.ratio_of(a.method, a.ratio, 50, 500)
+            sizes = cli.DATASET_SETS.get(profile, cli.DATASET_SETS["cpu"])  # the data the stage would read
+            w = study.ratio_of(a.method, a.ratio, sizes["target"], sizes["source"])
             assert (run.name, run.steps, run.batch) == (stage.run_name(a, w), a.steps, a.batch_size), profile
             checked += 1
     assert checked == 4 * len(train_config.PROFILES)
@@ -260,6 +263,20 @@ def test_local_pool_submitit_and_a_kill_give_the_same_outputs(tmp_path, smoke_da
     again = run_plan(tmp_path / "a", smoke_data)  # everything done: nothing trains or rolls out again
     assert again.returncode == 0 and before.count("02_train.py") == 1 and log.read_text() == before
     assert outputs(tmp_path / "a" / "results") == ref
+
+    # the plan's committed runs trained on other data than data/ holds now: a run that must train
+    # is refused (one line naming both digest pairs) unless --allow-new-data; nothing is trained
+    d = tmp_path / "d"
+    shutil.copytree(tmp_path / "a", d)
+    for cfg in (d / "results" / "train").glob("*/config.json"):
+        c = json.loads(cfg.read_text())
+        c["data"]["target"]["digest"], c["data"]["source"]["digest"] = "ab" * 8, "cd" * 8
+        cfg.write_text(json.dumps(c))
+    shutil.rmtree(d / "results" / "train" / "NutAssembly_target_visual_physics_real_only_r1_encdec_s0")
+    refused = run_plan(d, smoke_data)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "abababab/cdcdcdcd" in refused.stderr and "--allow-new-data" in refused.stderr
+    assert (d / "runs" / "logs" / log.name).read_text() == before  # nothing ran
 
     # killed in the middle (once the second run has started training), then run again
     b = tmp_path / "b"
