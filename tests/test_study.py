@@ -1,5 +1,6 @@
 """study.py: a plan expands to the runs it names; the local pool and submitit's local executor run
 a 3-run smoke plan to the same outputs, and a run killed half way resumes to them too."""
+import argparse
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import sys
 import time
 
 import pytest
+import submitit
 
 import cli
 import study
@@ -297,3 +299,46 @@ def test_local_pool_submitit_and_a_kill_give_the_same_outputs(tmp_path, smoke_da
     c = run_plan(tmp_path / "c", smoke_data, "--launcher", "submitit-local")
     assert c.returncode == 0, c.stderr[-2000:]
     assert outputs(tmp_path / "c" / "results") == ref
+
+
+def test_slurm_launcher_submits_one_job_per_run_after_the_runs_it_needs(tmp_path, monkeypatch):
+    """The SLURM branch has never run on a cluster (README); what it would submit is tested with
+    submitit's executor replaced: one job per run with the SLURM settings given, and a run that
+    needs another (pretrain_ft: its sim_only) submitted with an afterok dependency on that job."""
+    made, submitted = [], []
+
+    class Job:
+        def __init__(self, i):
+            self.job_id = str(1000 + i)
+
+    class Executor:
+        def __init__(self, folder, cluster):
+            made.append((folder, cluster))
+            self.params = {}
+
+        def update_parameters(self, **kw):
+            self.params.update(kw)
+
+        def submit(self, fn, run, *args):
+            submitted.append((run.name, dict(self.params), args))
+            return Job(len(submitted))
+
+    monkeypatch.setattr(submitit, "AutoExecutor", Executor)
+    runs = study.load_plan(os.path.join(ROOT, "plans", "smoke_study.toml"))
+    a = argparse.Namespace(launcher="slurm", runs_dir=str(tmp_path / "runs"), results=str(tmp_path / "results"),
+                           data_root="data", slurm_minutes=240, slurm_cpus=8, slurm_partition="gpu", slurm_gpus=1,
+                           jobs=2)
+    study.launch_submitit(runs, a)
+    assert made == [(os.path.join(str(tmp_path / "runs"), "submitit"), "slurm")]
+    assert sorted(n for n, _, _ in submitted) == sorted(r.name for r in runs)
+    ids = {n: str(1001 + i) for i, (n, _, _) in enumerate(submitted)}
+    for name, params, args in submitted:
+        assert (params["timeout_min"], params["cpus_per_task"], params["slurm_partition"], params["gpus_per_node"]) \
+            == (240, 8, "gpu", 1)
+        assert args[-2:] == (8, 8)  # threads and rollout workers: the job's CPUs
+        dep = params["slurm_additional_parameters"].get("dependency", "")
+        if "pretrain_ft" in name:
+            sim = next(n for n in ids if "sim_only" in n)
+            assert dep == f"afterok:{ids[sim]}"
+        else:
+            assert dep == ""
