@@ -37,8 +37,9 @@ import diffusion_policy
 import methods
 import tasks
 from common import UsageError, die
+from diffusion_policy import ModelConfig
 from methods import METHODS, CoTrainObjective  # Sec. 5.1
-from train_config import MODEL_KEYS, PROFILES, RESUME_FREE, Args, data_keys, data_paths, run_name
+from train_config import MODEL_FLAGS, MODEL_KEYS, PROFILES, RESUME_FREE, Args, data_keys, data_paths, run_name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,8 +56,8 @@ def check_args(a: Args):
                          f"{', '.join(tasks.DOMAIN_NAMES[1:] + tasks.PART_DOMAINS)}")
     if a.vision_pool not in ("avg", "spatial_softmax"):
         raise UsageError(f"unknown --vision-pool {a.vision_pool!r}; choose from avg, spatial_softmax")
-    if a.arch not in ("encdec", "dec", "unet", "mlp"):
-        raise UsageError(f"unknown --arch {a.arch!r}; choose from encdec, dec, unet, mlp")
+    if a.arch not in diffusion_policy.ARCHS:
+        raise UsageError(f"unknown --arch {a.arch!r}; choose from {', '.join(diffusion_policy.ARCHS)}")
     for name in ("steps", "batch_size", "n_obs", "horizon", "n_action", "T", "sample_steps"):
         if getattr(a, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
@@ -107,15 +108,13 @@ def mixing_ratio(a: Args, target, source) -> float:
 
 
 def model_config(a: Args, target, lowdim_keys, image_keys) -> dict:
-    return dict(arch=a.arch, n_obs=a.n_obs, horizon=a.horizon, n_action=a.n_action, d_feat=a.d_feat,
-                d_model=a.d_model, n_heads=a.n_heads, n_layers=a.n_layers,
-                n_cond_layers=a.n_cond_layers, dropout=a.dropout, unet_dims=list(a.unet_dims),
-                resnet_width=a.resnet_width, vision_dim=a.vision_dim, vision_pool=a.vision_pool,
-                crop=a.crop if image_keys else 0, T=a.T, sample_steps=a.sample_steps,
-                image_keys=list(image_keys), lowdim_keys=list(lowdim_keys), action_space=a.action_space,
-                lowdim_dims={k: int(target.obs[k].shape[-1]) for k in lowdim_keys},
-                action_dim=int(target.actions.shape[1]), use_label=METHODS[a.method].label,
-                image_size=int(target.obs[image_keys[0]].shape[-2]) if image_keys else 0)
+    """The network's settings (diffusion_policy.ModelConfig): the model flags, and what the data
+    and the method fix."""
+    return ModelConfig(**{k: getattr(a, k) for k in MODEL_FLAGS}, crop=a.crop if image_keys else 0,
+                       image_keys=list(image_keys), lowdim_keys=list(lowdim_keys),
+                       lowdim_dims={k: int(target.obs[k].shape[-1]) for k in lowdim_keys},
+                       action_dim=int(target.actions.shape[1]), use_label=METHODS[a.method].label,
+                       image_size=int(target.obs[image_keys[0]].shape[-2]) if image_keys else 0).to_dict()
 
 
 def run_config(a: Args, w: float, target, source, lowdim_keys, image_keys) -> dict:

@@ -261,9 +261,10 @@ def save_checkpoint(obj: dict, path: str):
 
 
 # The run config's version (config["version"]; configs written before versions are version 1).
-# A setting added to 02_train.py's Args or to the model config after runs were made gets one line
-# in LATER_SETTINGS with the value those older runs had, and CONFIG_VERSION goes up by one: every
+# A setting added to 02_train.py's Args (train_config.py) after runs were made gets one line in
+# LATER_SETTINGS with the value those older runs had, and CONFIG_VERSION goes up by one: every
 # reader (--resume, --init-from, 03_eval, 04_analyze, 05_real_deploy) sees the upgraded config.
+# A network setting is a diffusion_policy.ModelConfig field whose default is that old value.
 # A method setting (methods.MethodArgs) needs no line when its default leaves the methods that
 # existed before unchanged (methods.py's rule): an older config lacking it reads its default.
 # Two method settings whose defaults changed the methods (version 2 -> 3: the paper's discriminator
@@ -272,9 +273,7 @@ CONFIG_VERSION = 3
 LATER_SETTINGS = {  # versions 1, 2 -> 3: settings a config lacks, at the value its run had
     "args": {"obs_set": "world", "action_space": "abs", "image_suffix": "_img", "vision_pool": "avg",
              "disc_during_warmup": True, "ot_cost_scale": "none"},  # version 2 -> 3
-    "model": {"action_space": "abs", "vision_pool": "avg",
-              "image_size": lambda m: 84 if m.get("image_keys") else 0},  # 84 px: the paper's frames
-}
+}  # the network's settings ("model"): diffusion_policy.ModelConfig's defaults are their old values
 
 
 def upgrade_config(cfg: dict) -> dict:
@@ -285,17 +284,18 @@ def upgrade_config(cfg: dict) -> dict:
     if version > CONFIG_VERSION:
         raise UsageError(f"run config version {version} is newer than this code's ({CONFIG_VERSION}): "
                          f"update the repository")
-    for part in LATER_SETTINGS:
-        cfg[part] = upgrade_settings(cfg.get(part, {}), part)
+    from diffusion_policy import ModelConfig  # noqa: PLC0415 (it imports this module)
+    cfg["args"] = upgrade_settings(cfg.get("args", {}), "args")
+    cfg["model"] = ModelConfig.from_dict(cfg.get("model", {})).to_dict()
     cfg["version"] = CONFIG_VERSION
     return cfg
 
 
-def upgrade_settings(d: dict, part: str = "model") -> dict:
-    """One part of a run config ("args" or "model") with the settings it predates added at their
-    old values (LATER_SETTINGS); a new dict."""
+def upgrade_settings(d: dict, part: str = "args") -> dict:
+    """A run config's "args" with the settings it predates added at their old values
+    (LATER_SETTINGS; a method setting at its default); a new dict."""
     d = dict(d)
-    later = {**asdict(MethodArgs()), **LATER_SETTINGS[part]} if part == "args" else LATER_SETTINGS[part]
+    later = {**asdict(MethodArgs()), **LATER_SETTINGS[part]}
     for k, v in later.items():
         if k not in d:
             d[k] = v(d) if callable(v) else v

@@ -1,8 +1,10 @@
 """The diffusion policy of the paper (Sec. 4, App. C, D.3): vision stem, observation encoder,
-three denoiser architectures, and the policy that joins them (phi(o) -> [features, domain label]
+four denoiser architectures, and the policy that joins them (phi(o) -> [features, domain label]
 -> eps_theta), with DDIM/DDPM sampling and classifier-free guidance.
 
-  1. networks: ResNet18-GN stem, ObsEncoder, TransformerDenoiser (encdec | dec), UNetDenoiser
+  0. ModelConfig: the network's settings (every checkpoint's config["model"])
+  1. networks: ResNet18-GN stem, ObsEncoder, TransformerDenoiser (encdec | dec), UNetDenoiser,
+     MLPDenoiser
   2. the policy: DiffusionPolicy, load_policy (a 02_train.py checkpoint -> policy, config, step)
   3. closed-loop control: PolicyAgent (receding horizon; 03_eval.py and 05_real_deploy.py)
 """
@@ -10,6 +12,7 @@ import hashlib
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -26,9 +29,62 @@ from common import (
     derive_obs,
     derived_sources,
     load_checkpoint,
-    upgrade_settings,
 )
 from methods import NULL_LABEL, NUM_DOMAINS, TARGET
+
+# ----------------------------------------------------------------------------------------------
+# 0. the network's settings: one dataclass, stored as config["model"] in every run and checkpoint
+# ----------------------------------------------------------------------------------------------
+ARCHS = ("encdec", "dec", "unet", "mlp")  # DiffusionPolicy builds each; a new one: here and there
+
+
+@dataclass
+class ModelConfig:
+    """The policy network and how it acts (Chi et al. Diffusion Policy; App. C, D.3). The defaults
+    are the paper's; 02_train.py's model flags take theirs from here (train_config.Args), and a
+    setting added later defaults to the value the checkpoints made before it had, so an older
+    config["model"] loads as it was trained (`from_dict`)."""
+    arch: str = "encdec"            # denoiser: ARCHS
+    n_obs: int = 2                  # observation history
+    horizon: int = 16               # predicted action chunk
+    n_action: int = 8               # actions executed per chunk at test time
+    d_feat: int = 256               # observation feature width (the trunk)
+    d_model: int = 256              # transformer width (mlp: its width)
+    n_heads: int = 4
+    n_layers: int = 8               # decoder layers (mlp: residual blocks)
+    n_cond_layers: int = 4          # encoder layers over the observation tokens (encdec)
+    dropout: float = 0.1
+    unet_dims: list = field(default_factory=lambda: [256, 512, 1024])
+    resnet_width: int = 64          # ResNet18 base width (64 = the original)
+    vision_dim: int = 256           # per-camera feature width after the vision stem
+    vision_pool: str = "avg"        # avg | spatial_softmax (older checkpoints: avg)
+    crop: int = 76                  # random crop in training, center crop at test (0 = none)
+    T: int = 100                    # diffusion steps in training (DDPM)
+    sample_steps: int = 10          # DDIM steps at inference
+    image_keys: list = field(default_factory=list)   # the data it reads (02_train.py fills these)
+    lowdim_keys: list = field(default_factory=list)
+    action_space: str = "abs"       # abs | rel | osc (older checkpoints: abs)
+    lowdim_dims: dict = field(default_factory=dict)
+    action_dim: int = 0
+    use_label: bool = False         # CFG / CFG-ADDA: the domain label joins the features
+    image_size: int = None          # frames it was trained on; older checkpoints: 84 with cameras, else 0
+
+    # the settings a checkpoint for --init-from must share (the weights' shapes and meaning)
+    NETWORK = ("arch", "n_obs", "horizon", "d_feat", "d_model", "n_heads", "n_layers", "n_cond_layers",
+               "unet_dims", "resnet_width", "vision_dim", "vision_pool", "crop", "T", "image_keys",
+               "lowdim_keys", "lowdim_dims", "action_dim", "use_label", "action_space")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """A stored config["model"] (any version): the settings it predates at their old values."""
+        known = {f.name for f in fields(cls)}
+        m = cls(**{k: v for k, v in d.items() if k in known})
+        if m.image_size is None:
+            m.image_size = 84 if m.image_keys else 0  # the paper's 84-px frames, before sizes were stored
+        return m
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 # ----------------------------------------------------------------------------------------------
 # 1. networks: ResNet18-GN vision stem, observation encoder, three denoisers (App. C, D.3)
@@ -286,46 +342,41 @@ class MLPDenoiser(nn.Module):
 class DiffusionPolicy(nn.Module):
     """Diffusion Policy (Chi et al. 2023) as the paper uses it (Sec. 4, App. C).
 
-    cfg keys: image_keys, lowdim_keys (with their dims in lowdim_dims), action_dim, n_obs,
-    horizon, n_action, arch (encdec | dec | unet), d_feat, widths, crop, use_label, T (train
-    diffusion steps). With use_label (CFG, CFG-ADDA) the one-hot domain label is concatenated to
-    the observation features after the encoder; the null label is all zeros (Sec. 5.1)."""
+    cfg: a ModelConfig (or its stored dict). With use_label (CFG, CFG-ADDA) the one-hot domain
+    label is concatenated to the observation features after the encoder; the null label is all
+    zeros (Sec. 5.1)."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg):
         super().__init__()
-        self.cfg = upgrade_settings(cfg, "model")  # settings added later, at their old values
-        c = self.cfg
-        lowdim = sum(c["lowdim_dims"][k] for k in c["lowdim_keys"])
-        self.normalizer = Normalizer({**{k: c["lowdim_dims"][k] for k in c["lowdim_keys"]},
-                                      "actions": c["action_dim"]})
-        self.encoder = ObsEncoder(c["image_keys"], lowdim, c["d_feat"], c["crop"],
-                                  c["resnet_width"], c["vision_dim"], c["vision_pool"])
-        d_cond = c["d_feat"] + (NUM_DOMAINS if c["use_label"] else 0)
-        if c["arch"] in ("encdec", "dec"):
-            self.denoiser = TransformerDenoiser(c["action_dim"], c["horizon"], c["n_obs"], d_cond,
-                                                c["d_model"], c["n_heads"], c["n_layers"],
-                                                c["n_cond_layers"], c["dropout"], c["arch"])
-        elif c["arch"] == "unet":
-            self.denoiser = UNetDenoiser(c["action_dim"], c["horizon"], c["n_obs"], d_cond,
-                                         tuple(c["unet_dims"]))
-        elif c["arch"] == "mlp":
-            self.denoiser = MLPDenoiser(c["action_dim"], c["horizon"], c["n_obs"], d_cond,
-                                        c["d_model"], c["n_layers"])
+        m = cfg if isinstance(cfg, ModelConfig) else ModelConfig.from_dict(cfg)
+        self.m, self.cfg = m, m.to_dict()  # cfg: the same, by key (03_eval.py, 05_real_deploy.py)
+        lowdim = sum(m.lowdim_dims[k] for k in m.lowdim_keys)
+        self.normalizer = Normalizer({**{k: m.lowdim_dims[k] for k in m.lowdim_keys}, "actions": m.action_dim})
+        self.encoder = ObsEncoder(m.image_keys, lowdim, m.d_feat, m.crop, m.resnet_width, m.vision_dim,
+                                  m.vision_pool)
+        d_cond = m.d_feat + (NUM_DOMAINS if m.use_label else 0)
+        if m.arch in ("encdec", "dec"):
+            self.denoiser = TransformerDenoiser(m.action_dim, m.horizon, m.n_obs, d_cond, m.d_model, m.n_heads,
+                                                m.n_layers, m.n_cond_layers, m.dropout, m.arch)
+        elif m.arch == "unet":
+            self.denoiser = UNetDenoiser(m.action_dim, m.horizon, m.n_obs, d_cond, tuple(m.unet_dims))
+        elif m.arch == "mlp":
+            self.denoiser = MLPDenoiser(m.action_dim, m.horizon, m.n_obs, d_cond, m.d_model, m.n_layers)
         else:
-            raise UsageError(f"unknown architecture {c['arch']!r} (encdec, dec, unet, mlp)")
-        self.schedule = NoiseSchedule.make(c["T"])
+            raise UsageError(f"unknown architecture {m.arch!r} ({', '.join(ARCHS)})")
+        self.schedule = NoiseSchedule.make(m.T)
 
     # --- observation features (the two feature points of Sec. 4.1) ---
     def encode(self, obs: dict, generator=None):
         """obs: raw batch (B, n_obs, ...) per key -> (stem, trunk) features."""
-        lowdim = torch.cat([self.normalizer(k, obs[k].float()) for k in self.cfg["lowdim_keys"]], -1)
-        images = {k: self.normalizer(k, obs[k]) for k in self.cfg["image_keys"]}
+        lowdim = torch.cat([self.normalizer(k, obs[k].float()) for k in self.m.lowdim_keys], -1)
+        images = {k: self.normalizer(k, obs[k]) for k in self.m.image_keys}
         return self.encoder(images, lowdim, generator)
 
     def condition(self, z: torch.Tensor, label) -> torch.Tensor:
         """[z, one-hot(label)] (label-free if the policy has no label); label: (B,) long with
         NULL_LABEL rows getting all zeros."""
-        if not self.cfg["use_label"]:
+        if not self.m.use_label:
             return z
         label = torch.as_tensor(label, device=z.device).expand(z.shape[0])
         onehot = F.one_hot(label.clamp_min(0), NUM_DOMAINS).to(z.dtype) * (label >= 0)[:, None].to(z.dtype)
@@ -340,10 +391,10 @@ class DiffusionPolicy(nn.Module):
         history step) on the joint dims and 0 on the gripper, so the policy predicts joint targets
         minus where the arm is now (finer steps after min/max normalization) and adds them back at
         execution."""
-        if self.cfg["action_space"] != "rel":
+        if self.m.action_space != "rel":
             return None
         q = obs["robot0_joint_pos"][:, -1].float()
-        return F.pad(q, (0, self.cfg["action_dim"] - q.shape[-1]))
+        return F.pad(q, (0, self.m.action_dim - q.shape[-1]))
 
     def diffusion_loss(self, actions, cond, generator=None, origin=None):
         """Per-sample epsilon-prediction loss l = ||eps - eps_theta(a_t, t, cond)||^2 (Eq. 1) on
@@ -369,7 +420,7 @@ class DiffusionPolicy(nn.Module):
         (cfg_combine), both halves in one batched forward pass."""
         _, z = self.encode(obs)
         b = z.shape[0]
-        guided = self.cfg["use_label"] and guidance_scale != 0
+        guided = self.m.use_label and guidance_scale != 0
         if guided:
             cond = torch.cat([self.condition(z, label), self.condition(z, NULL_LABEL)])
         else:
@@ -383,7 +434,7 @@ class DiffusionPolicy(nn.Module):
             e = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), cond).float().cpu()
             return cfg_combine(e[:b], e[b:], guidance_scale)
 
-        shape = (b, self.cfg["horizon"], self.cfg["action_dim"])
+        shape = (b, self.m.horizon, self.m.action_dim)
         if sampler == "ddpm":
             a = ddpm_sample(eps_fn, shape, self.schedule, generator, clip=1.0)
         else:

@@ -4,13 +4,16 @@ every default visible here), the profiles that override them (`PROFILES`), the r
 resume may change. study.py names, prices and checks its runs with these, through 02_train.py's
 own argument parser (cli.parse_args)."""
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import common
 import methods
 from cli import dataset_names
 from common import arg
+from diffusion_policy import ModelConfig
 from methods import METHODS
+
+MODEL = ModelConfig()  # the paper's network settings: the defaults of the model flags below
 
 
 @dataclass
@@ -42,26 +45,26 @@ class Args(methods.MethodArgs):  # + the methods' settings (methods.MethodArgs)
                                    "execution; osc: the expert's OSC_POSE delta commands (7-D), executed "
                                    "by robosuite's OSC controller")
     init_from: str = arg("", "start from this checkpoint's EMA weights (App. D.4 fine-tuning)")
-    # policy (Chi et al. Diffusion Policy; App. C, D.3)
-    arch: str = arg("encdec", "denoiser: encdec (transformer enc-dec, the paper's), dec, unet, mlp "
+    # policy (Chi et al. Diffusion Policy; App. C, D.3): defaults from diffusion_policy.ModelConfig
+    arch: str = arg(MODEL.arch, "denoiser: encdec (transformer enc-dec, the paper's), dec, unet, mlp "
                               "(residual MLP; d_model = width, n_layers = blocks)")
-    n_obs: int = arg(2, "observation history length")
-    horizon: int = arg(16, "predicted action chunk length")
-    n_action: int = arg(8, "actions executed per chunk at test time")
-    d_feat: int = arg(256, "observation feature width (trunk output)")
-    d_model: int = arg(256, "transformer width")
-    n_heads: int = arg(4, "attention heads")
-    n_layers: int = arg(8, "transformer decoder layers")
-    n_cond_layers: int = arg(4, "transformer encoder layers over the observation tokens (encdec)")
-    dropout: float = arg(0.1, "transformer dropout")
-    unet_dims: list = arg([256, 512, 1024], "U-Net channel widths")
-    resnet_width: int = arg(64, "ResNet18 base width (64 = the original)")
-    vision_dim: int = arg(256, "per-camera feature width after the vision stem")
-    vision_pool: str = arg("avg", "pooling of the ResNet's last feature map: avg (global average) | "
+    n_obs: int = arg(MODEL.n_obs, "observation history length")
+    horizon: int = arg(MODEL.horizon, "predicted action chunk length")
+    n_action: int = arg(MODEL.n_action, "actions executed per chunk at test time")
+    d_feat: int = arg(MODEL.d_feat, "observation feature width (trunk output)")
+    d_model: int = arg(MODEL.d_model, "transformer width")
+    n_heads: int = arg(MODEL.n_heads, "attention heads")
+    n_layers: int = arg(MODEL.n_layers, "transformer decoder layers")
+    n_cond_layers: int = arg(MODEL.n_cond_layers, "transformer encoder layers over the observation tokens (encdec)")
+    dropout: float = arg(MODEL.dropout, "transformer dropout")
+    unet_dims: list = arg(MODEL.unet_dims, "U-Net channel widths")
+    resnet_width: int = arg(MODEL.resnet_width, "ResNet18 base width (64 = the original)")
+    vision_dim: int = arg(MODEL.vision_dim, "per-camera feature width after the vision stem")
+    vision_pool: str = arg(MODEL.vision_pool, "pooling of the ResNet's last feature map: avg (global average) | "
                                   "spatial_softmax (32 keypoints, robomimic / Diffusion Policy)")
-    crop: int = arg(76, "random crop size in training, center crop at test (0 = none)")
-    T: int = arg(100, "diffusion steps in training (DDPM)")
-    sample_steps: int = arg(10, "DDIM steps at inference (stored for eval)")
+    crop: int = arg(MODEL.crop, "random crop size in training, center crop at test (0 = none)")
+    T: int = arg(MODEL.T, "diffusion steps in training (DDPM)")
+    sample_steps: int = arg(MODEL.sample_steps, "DDIM steps at inference (stored for eval)")
     # optimization
     steps: int = arg(100000, "training steps")
     batch_size: int = arg(256, "batch size (App. C: 256); with torchrun, split across processes")
@@ -120,9 +123,10 @@ PROFILES = {
 # Settings that may change on --resume without changing the result.
 RESUME_FREE = {"resume", "overwrite", "save_every", "snapshot_every", "log_every", "verbose", "device"}
 # Settings that define the network (a checkpoint for --init-from must match them).
-MODEL_KEYS = ["arch", "n_obs", "horizon", "d_feat", "d_model", "n_heads", "n_layers",
-              "n_cond_layers", "unet_dims", "resnet_width", "vision_dim", "vision_pool", "crop", "T",
-              "image_keys", "lowdim_keys", "lowdim_dims", "action_dim", "use_label", "action_space"]
+MODEL_KEYS = ModelConfig.NETWORK
+# The model settings set by a flag of the same name (the rest come from the data and the method).
+MODEL_FLAGS = tuple(f.name for f in fields(ModelConfig) if f.name in {x.name for x in fields(Args)}
+                    and f.name not in ("image_keys", "crop"))  # cameras and crop: only with images
 
 
 def run_name(a: Args, w: float) -> str:
