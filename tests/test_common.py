@@ -1,10 +1,13 @@
 """Unit tests of common.py: diffusion core, CFG, mixing-ratio sampler and guideline, ANOVA."""
+import glob
+import json
 import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -441,3 +444,23 @@ def test_help_shows_what_a_plain_run_uses_and_every_profile_and_preset():
     assert "--design paper: 0.01,0.1,0.5" in toy  # the preset's separations, shown where the flag is
     deploy = " ".join(run_stage("05_real_deploy.py", "--help").stdout.split())
     assert "(default: 0.1,0.9,-0.5,0.5,-0.1,0.6)" in deploy and "(default: )" not in deploy
+
+
+def test_every_committed_model_config_loads_with_its_values():
+    """diffusion_policy.ModelConfig reads every committed run's config["model"] (any version):
+    nothing it holds is dropped or changed, and only settings added later are filled, at the value
+    those runs had (action_space abs, vision_pool avg, image_size 84 with cameras else 0)."""
+    names = {f.name for f in fields(diffusion_policy.ModelConfig)}
+    filled = set()
+    paths = glob.glob(os.path.join(ROOT, "results", "**", "config.json"), recursive=True)
+    for p in paths:
+        m = json.load(open(p)).get("model")
+        if m is None:
+            continue
+        assert set(m) <= names, p
+        up = diffusion_policy.ModelConfig.from_dict(m).to_dict()
+        assert all(up[k] == v for k, v in m.items()), p
+        filled |= set(up) - set(m)
+        if "image_size" not in m:
+            assert up["image_size"] == (84 if m["image_keys"] else 0)
+    assert len(paths) > 20 and filled <= {"action_space", "vision_pool", "image_size"}
