@@ -349,7 +349,7 @@ class DiffusionPolicy(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         m = cfg if isinstance(cfg, ModelConfig) else ModelConfig.from_dict(cfg)
-        self.m, self.cfg = m, m.to_dict()  # cfg: the same, by key (03_eval.py, 05_real_deploy.py)
+        self.m = m
         lowdim = sum(m.lowdim_dims[k] for k in m.lowdim_keys)
         self.normalizer = Normalizer({**{k: m.lowdim_dims[k] for k in m.lowdim_keys}, "actions": m.action_dim})
         self.encoder = ObsEncoder(m.image_keys, lowdim, m.d_feat, m.crop, m.resnet_width, m.vision_dim,
@@ -365,6 +365,11 @@ class DiffusionPolicy(nn.Module):
         else:
             raise UsageError(f"unknown architecture {m.arch!r} ({', '.join(ARCHS)})")
         self.schedule = NoiseSchedule.make(m.T)
+
+    @property
+    def cfg(self) -> dict:
+        """The settings by key (03_eval.py, 05_real_deploy.py read them so); a copy: set self.m."""
+        return self.m.to_dict()
 
     # --- observation features (the two feature points of Sec. 4.1) ---
     def encode(self, obs: dict, generator=None):

@@ -454,7 +454,7 @@ def test_relative_actions_round_trip(data, tmp_path):
     obs = common.gather(common.load_demos(data["target"], cfg["model"]["lowdim_keys"], 2, 8), np.arange(4))["obs"]
     g = lambda: torch.Generator().manual_seed(0)
     a = policy.predict_action(obs, sample_steps=2, generator=g())
-    policy.cfg["action_space"] = "abs"  # the same network read as absolute: off by the origin
+    policy.m.action_space = "abs"  # the same network read as absolute (its ModelConfig): off by the origin
     b = policy.predict_action(obs, sample_steps=2, generator=g())
     torch.testing.assert_close(a[..., :7] - b[..., :7], obs["robot0_joint_pos"][:, -1, None].expand(-1, 8, -1))
     torch.testing.assert_close(a[..., 7], b[..., 7])
