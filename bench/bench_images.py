@@ -8,12 +8,18 @@
    random crop to 90 % of the side), for 1 and 2 cameras, 64 and 84 px, base widths 8 and 16,
    against the same network without images (proprioception only) in the same run.
 
+4. (--compile, alone) The cpu_img training step (1 camera, 64 px, width 8, batch 64) as 02_train.py
+   runs it (the baseline) against the same step with the vision stem in channels-last memory
+   format, with torch.compile (inductor) on the encoder and the denoiser, and with both, in one
+   run; compile time is reported apart and not counted in the step time (issue 43's lever: adopt
+   only at >= 1.15x).
+
 3. (--flops, alone) Work per training step: FLOPs of one forward + backward (torch's
    FlopCounterMode) of the small-image cpu profile (02_train.py --profile cpu_img) and of the
    paper profile (2 cameras 84 px, crop 76, width-64 ResNet18-GN, 8+4-layer width-256
    transformer), each at its batch size: a count, not a timing.
 
-    .venv/bin/python bench/bench_images.py [--render-steps 100] [--train-steps 20] [--batch 64] [--flops]
+    .venv/bin/python bench/bench_images.py [--render-steps 100] [--train-steps 20] [--batch 64] [--flops | --compile]
 """
 import argparse
 import os
@@ -55,9 +61,16 @@ def policy_cfg(n_cams, size, width):
                 lowdim_dims=LOWDIM, action_dim=8, use_label=False, action_space="rel")
 
 
-def train_step_time(cfg, size, batch, steps):
+def train_step_time(cfg, size, batch, steps, variant=""):
     torch.manual_seed(0)
     policy = diffusion_policy.DiffusionPolicy(cfg)
+    if "channels_last" in variant:  # the stem's weights and its input images in NHWC
+        for m in policy.encoder.modules():
+            if isinstance(m, diffusion_policy.ResNet18GN):
+                m.to(memory_format=torch.channels_last)
+                m.register_forward_pre_hook(lambda _, x: (x[0].contiguous(memory_format=torch.channels_last),))
+    if "compile" in variant:
+        policy.encoder, policy.denoiser = torch.compile(policy.encoder), torch.compile(policy.denoiser)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     obs = {k: torch.randn(batch, cfg["n_obs"], d) for k, d in LOWDIM.items()}
@@ -73,9 +86,22 @@ def train_step_time(cfg, size, batch, steps):
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
+    first = times[0]  # compile (if any) and allocation
     times = times[max(1, steps // 4):]  # drop the first steps (allocation)
     n_params = sum(p.numel() for p in policy.parameters())
-    return sum(times) / len(times), n_params
+    return sum(times) / len(times), n_params, first
+
+
+def compile_table(batch: int, steps: int):
+    cfg = policy_cfg(1, 64, 8)  # the cpu_img profile's stem and camera
+    print(f"\n4. The cpu_img training step (1 camera, 64 px, width 8), batch {batch}, {steps} steps each\n")
+    print("| variant | ms per step | samples/s | vs as trained | first step (compile + allocation) s |")
+    print("|---|---|---|---|---|")
+    base, _, _ = train_step_time(cfg, 64, batch, steps)
+    print(f"| as 02_train.py runs it (baseline) | {1e3 * base:.0f} | {batch / base:.0f} | 1.00x | - |", flush=True)
+    for variant in ("channels_last", "compile", "channels_last+compile"):
+        dt, _, first = train_step_time(cfg, 64, batch, steps, variant)
+        print(f"| {variant} | {1e3 * dt:.0f} | {batch / dt:.0f} | {base / dt:.2f}x | {first:.1f} |", flush=True)
 
 
 def step_flops(cfg, size, batch):
@@ -114,10 +140,13 @@ def main():
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--flops", action="store_true", help="only part 3 (work per training step)")
+    p.add_argument("--compile", action="store_true", help="only part 4 (channels-last, torch.compile)")
     a = p.parse_args()
     print(f"torch threads {torch.get_num_threads()}")
     if a.flops:
         return flops_table()
+    if a.compile:
+        return compile_table(a.batch, a.train_steps)
 
     print(f"\n1. Rendering, {a.task}, source domain, {a.render_steps} env steps each\n")
     print("| cameras | px | ms per env step | vs no cameras | rendering ms per step |")
@@ -132,14 +161,14 @@ def main():
     print(f"\n2. Training step, batch {a.batch}, history 2, cpu transformer denoiser, {a.train_steps} steps each\n")
     print("| cameras | px (crop) | ResNet18-GN width | parameters | ms per step | samples/s | vs no images |")
     print("|---|---|---|---|---|---|---|")
-    base, n0 = train_step_time(policy_cfg(0, 0, 16), 0, a.batch, a.train_steps)
+    base, n0, _ = train_step_time(policy_cfg(0, 0, 16), 0, a.batch, a.train_steps)
     print(f"| none (baseline) | - | - | {n0 / 1e6:.2f} M | {1e3 * base:.0f} | {a.batch / base:.0f} | 1.00x |",
           flush=True)
     for n in (1, 2):
         for size in (64, 84):
             for width in (8, 16):
                 cfg = policy_cfg(n, size, width)
-                dt, npar = train_step_time(cfg, size, a.batch, a.train_steps)
+                dt, npar, _ = train_step_time(cfg, size, a.batch, a.train_steps)
                 print(f"| {n} | {size} ({cfg['crop']}) | {width} | {npar / 1e6:.2f} M | {1e3 * dt:.0f} | "
                       f"{a.batch / dt:.0f} | {dt / base:.1f}x |", flush=True)
 
