@@ -340,7 +340,7 @@ def alignment_rows(runs: list, a) -> tuple:
         ev, args = r["eval"], r["cfg"]["args"]
         rows.append({"run": r["run"], "setting": setting(r), "task": r["task"], "target_domain": r["target_domain"],
                      "method": r["method"], "arch": r["arch"], "mixing_ratio": r["mixing_ratio"], "steps": r["step"],
-                     "superseded": r.get("superseded", False), "headline": r.get("headline", True),
+                     "superseded": r["superseded"], "headline": r["headline"],
                      "data": data_version(r),
                      "note": "superseded" if r.get("superseded") else (f"control ({r['control']})" if r.get("control")
                                                                        else None),
@@ -373,7 +373,7 @@ def correlations(rows: list) -> tuple:
     correlation and says so."""
     groups, out, missing = {}, [], []
     for r in rows:
-        if r["success"] is not None and r.get("headline", not r["superseded"]):
+        if r["success"] is not None and r["headline"]:
             groups.setdefault(r["setting"], []).append(r)
     for name, rs in sorted(groups.items()):
         sweep = [r for r in rs if in_ratio_sweep(r["method"])]
@@ -621,11 +621,10 @@ def analyze(a: Args):
         common.write_json(os.path.join(a.out, f"{name}.json"), data)
         common.write_text(os.path.join(a.out, f"{name}.md"), md + "\n")
     if "alignment" in want:
-        plot_alignment([r for r in rows if r.get("headline", not r["superseded"])],
-                       os.path.join(a.out, "alignment_vs_ratio.png"))
+        plot_alignment([r for r in rows if r["headline"]], os.path.join(a.out, "alignment_vs_ratio.png"))
         figures.append("alignment_vs_ratio.png")
     if "regimes" in want:
-        plot_regimes([r for r in rows if r.get("headline", not r["superseded"])], os.path.join(a.out, "regimes.png"))
+        plot_regimes([r for r in rows if r["headline"]], os.path.join(a.out, "regimes.png"))
         figures.append("regimes.png")
     if "methods" in want and tables["methods"][0]:
         plot_methods(headline, os.path.join(a.out, "methods_vs_ratio.png"))

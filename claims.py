@@ -217,7 +217,7 @@ def c4_row(s, where, gap, correlations) -> dict:
 
 
 def c5_row(s, where, alignment) -> dict:
-    rs = [r for r in alignment if r["setting"] == s and r.get("headline", not r.get("superseded"))
+    rs = [r for r in alignment if r["setting"] == s and r["headline"]
           and r.get("success") is not None and r.get("probe_trunk") is not None]
     if not rs:
         return row("C5", where, "not measured", "", None, "pending: no probed checkpoint", "probe-1")

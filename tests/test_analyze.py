@@ -269,9 +269,10 @@ def test_correlations_over_the_sweep_and_every_checkpoint(an):
     direction; the sweep and all checkpoints are separate rows; a constant stem distance says so."""
     def row(method, w, succ):
         return {"setting": "S", "method": method, "mixing_ratio": 0.5, "success": succ, "superseded": False,
-                "w_trunk": w, "gw_trunk": 2 * w, "w_stem": 4.0, "gw_stem": 0.04}
+                "headline": True, "w_trunk": w, "gw_trunk": 2 * w, "w_stem": 4.0, "gw_stem": 0.04}
     rows = [row("sim_only", 8.0, 0.1), row("cotrain", 4.0, 0.4), row("real_only", 2.0, 0.5), row("ot", 1.0, 0.9),
-            {**row("cotrain", 0.5, 0.0), "superseded": True}, {**row("cotrain", 0.5, 0.0), "success": None}]
+            {**row("cotrain", 0.5, 0.0), "superseded": True, "headline": False},
+            {**row("cotrain", 0.5, 0.0), "success": None}]
     out, md, missing = an.correlations(rows)
     got = {(r["checkpoints"], r["metric"]): r for r in out}
     assert got["ratio sweep", "W trunk"]["n"] == 3 and got["all checkpoints", "W trunk"]["n"] == 4

@@ -68,6 +68,10 @@ def test_runner_names_steps_and_batch_equal_the_stages_for_every_profile(capsys)
             sizes = cli.DATASET_SETS.get(profile, cli.DATASET_SETS["cpu"])  # the data the stage would read
             w = study.ratio_of(a.method, a.ratio, sizes["target"], sizes["source"])
             assert (run.name, run.steps, run.batch) == (stage.run_name(a, w), a.steps, a.batch_size), profile
+            # and the argument list says what the plan asked for (a field the runner dropped fails here)
+            want = {"method": spec["method"], "seed": spec.get("seed", 0), "arch": spec.get("arch", "encdec"),
+                    "target_domain": spec.get("target_domain", "target_visual_physics"), "profile": profile}
+            assert {k: getattr(a, k) for k in want} == want and a.steps == spec.get("steps", a.steps)
             checked += 1
     assert checked == 4 * len(train_config.PROFILES)
     img = study.make_run({"profile": "cpu_img", "method": "cotrain", "seed": 0, "ratio": "auto"})
