@@ -74,6 +74,7 @@ class Args:
     images: bool = arg(False, "also record camera images")
     cameras: list = arg(["agentview", "robot0_eye_in_hand"], "cameras for --images (paper App. C: 2)")
     image_size: int = arg(84, "image height = width (paper App. C: 84)")
+    framing: str = arg("wide", "--images: the agentview camera's framing (tasks.FRAMINGS: wide | workspace)")
     image_suffix: str = arg("_img", "set: the image copy of <name>.hdf5 is <name><suffix>.hdf5")
     nut_expert: str = arg("first", "expert: which NutAssembly expert (experts.NUT_EXPERTS); the first's data "
                                     "trains the strongest policies (RESULTS 'A CPU recipe', item 8)")
@@ -270,7 +271,7 @@ def _init_worker(a: Args):
     _W["expert"] = experts.nut_expert(a.nut_expert)  # NutAssembly's variant (other tasks ignore it)
     cams = a.cameras if a.images else ()
     _W["args"] = a
-    _W["env"] = tasks.make_env(a.task, a.domain, cameras=cams, image_size=a.image_size)
+    _W["env"] = tasks.make_env(a.task, a.domain, cameras=cams, image_size=a.image_size, framing=a.framing)
     if a.mode == "generate":
         _W["src"] = SeedDemos(a.seed_data, a.task)
     if a.mode == "import":
@@ -444,7 +445,7 @@ def env_args(a: Args) -> dict:
             "env_kwargs": {"robots": "Panda", "controller_configs": tasks.controller_config("osc"),
                            "control_freq": tasks.CONTROL_FREQ, "camera_names": list(a.cameras) if a.images else [],
                            "camera_heights": a.image_size, "camera_widths": a.image_size,
-                           "task": a.task, "domain": a.domain}}
+                           "task": a.task, "domain": a.domain, **({"framing": a.framing} if a.images else {})}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -459,6 +460,8 @@ def job_config(a: Args) -> dict:
         keys += ["seed_data", "selection", "nn_k", "per_subtask", "action_noise", "interp_speed", "term_offset"]
     if a.mode == "import":
         keys += ["input"]
+    if a.images and a.framing != "wide":  # the framing before there were others: "wide"
+        keys += ["framing"]
     return {k: getattr(a, k) for k in keys}
 
 
@@ -712,6 +715,8 @@ def check_args(a: Args):
     for name in ("num_demos", "workers", "image_size", "nn_k", "interp_speed", "set_seeds", "set_source", "set_target"):
         if getattr(a, name) <= 0:
             raise cli.UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
+    if a.framing not in tasks.FRAMINGS:
+        raise cli.UsageError(f"unknown --framing {a.framing!r}; choose from {', '.join(tasks.FRAMINGS)}")
     if a.nut_expert not in experts.NUT_EXPERTS:
         raise cli.UsageError(f"unknown --nut-expert {a.nut_expert!r}; choose from {', '.join(experts.NUT_EXPERTS)}")
     if a.selection not in ("nearest", "random"):

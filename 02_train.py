@@ -96,6 +96,10 @@ def load_data(a: Args):
     if target.actions.shape[1] != source.actions.shape[1]:
         raise UsageError(f"datasets have mismatched action dims: {target.actions.shape[1]} vs "
                          f"{source.actions.shape[1]}")
+    framings = [common.camera_framing(p) for p in (tgt_path, src_path)] if image_keys else []
+    if len(set(framings)) > 1:
+        raise UsageError(f"datasets' frames were rendered with different camera framings: "
+                         f"{framings[0]} in {tgt_path} vs {framings[1]} in {src_path}")
     if a.action_space == "rel" and "robot0_joint_pos" not in lowdim_keys:
         raise UsageError("--action-space rel measures actions from robot0_joint_pos: add it to --obs-keys")
     return target, source, lowdim_keys, image_keys
@@ -114,7 +118,8 @@ def model_config(a: Args, target, lowdim_keys, image_keys) -> dict:
                        image_keys=list(image_keys), lowdim_keys=list(lowdim_keys),
                        lowdim_dims={k: int(target.obs[k].shape[-1]) for k in lowdim_keys},
                        action_dim=int(target.actions.shape[1]), use_label=METHODS[a.method].label,
-                       image_size=int(target.obs[image_keys[0]].shape[-2]) if image_keys else 0).to_dict()
+                       image_size=int(target.obs[image_keys[0]].shape[-2]) if image_keys else 0,
+                       framing=common.camera_framing(data_paths(a)[0]) if image_keys else "wide").to_dict()
 
 
 def run_config(a: Args, w: float, target, source, lowdim_keys, image_keys) -> dict:
@@ -214,6 +219,8 @@ def build_model(a: Args, config: dict, target, source, init_ck, rank: int, devic
         policy.load_state_dict(init_ck["ema"])
     objective = CoTrainObjective(policy, a).to(device)
     ema = copy.deepcopy(policy).requires_grad_(False).eval()
+    if a.compile:  # the trained copy only; the EMA copy (what is saved and evaluated) stays plain
+        diffusion_policy.speed_up(policy)
     decay, no_decay = [], []
     for n, p in objective.named_parameters():
         (decay if p.dim() >= 2 and "pos" not in n else no_decay).append(p)

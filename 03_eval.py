@@ -111,11 +111,12 @@ class Worker:
             self.policies[ckpt] = diffusion_policy.load_policy(ckpt, device)[0]
         return self.policies[ckpt]
 
-    def env(self, task, domain, cameras, filmed, max_steps, control="joint", image_size=84, render="demand"):
-        key = (task, domain, cameras, filmed, control, image_size, render)
+    def env(self, task, domain, cameras, filmed, max_steps, control="joint", image_size=84, render="demand",
+            framing="wide"):
+        key = (task, domain, cameras, filmed, control, image_size, render, framing)
         if key not in self.envs:
             self.envs[key] = tasks.make_env(task, domain, control=control, cameras=cameras, offscreen=filmed,
-                                            image_size=image_size, render=render)
+                                            image_size=image_size, render=render, framing=framing)
         env = self.envs[key]
         env.horizon = min(type(env).horizon, max_steps) if max_steps else type(env).horizon
         return env
@@ -125,7 +126,7 @@ class Worker:
         cams = tuple(k[:-len(common.IMAGE_SUFFIX)] for k in policy.cfg["image_keys"])
         filmed = bool(job["video_path"])
         env = self.env(job["task"], job["domain"], cams, filmed, job["max_steps"], job["control"],
-                       policy.cfg["image_size"] or 84, job["render"])  # low-dim policies: 84 px videos
+                       policy.cfg["image_size"] or 84, job["render"], policy.cfg["framing"])  # low-dim: 84 px videos
         frames, agents = [], []
 
         def make_agent(e, seed):

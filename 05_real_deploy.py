@@ -149,8 +149,10 @@ class SimRobot:
     03_eval.py, so a sim session reproduces 03_eval.py's episodes (tested)."""
     name = "sim"
 
-    def __init__(self, task: str, domain: str, cameras=(), image_size: int = 84, max_steps: int = 0):
-        self.env = tasks.make_env(task, domain, control="joint", cameras=cameras, image_size=image_size)
+    def __init__(self, task: str, domain: str, cameras=(), image_size: int = 84, max_steps: int = 0,
+                 framing: str = "wide"):
+        self.env = tasks.make_env(task, domain, control="joint", cameras=cameras, image_size=image_size,
+                                  framing=framing)
         self.cameras = tuple(cameras)
         self.horizon = min(type(self.env).horizon, max_steps) if max_steps else type(self.env).horizon
         self.done_at, self._obs = None, None
@@ -548,7 +550,8 @@ def setup(a: Args):
     settings = {"ckpt": os.path.abspath(a.ckpt), "step": step, "robot": a.robot, "task": task,
                 "domain": domain if a.robot == "sim" else "real", "hz": a.hz, "inference": a.inference,
                 "guidance": guidance, "sample_steps": steps, "dry_run": a.dry_run,
-                "first_seed": a.first_seed, "split": a.split, "max_steps": a.max_steps}
+                "first_seed": a.first_seed, "split": a.split, "max_steps": a.max_steps,
+                "framing": diffusion_policy.ModelConfig.from_dict(cfg["model"]).framing}
     old = os.path.join(out, "settings.json")
     if os.path.exists(old) and not a.overwrite:
         common.check_same_settings(common.read_json(old), settings, out)
@@ -561,7 +564,8 @@ def make_robot(a: Args, settings: dict, cams, cam_specs):
             tasks.get_domain(settings["task"], settings["domain"])
         except tasks.TaskError as e:
             raise UsageError(str(e))
-        return SimRobot(settings["task"], settings["domain"], cams, a.image_size, a.max_steps)
+        return SimRobot(settings["task"], settings["domain"], cams, a.image_size, a.max_steps,
+                        settings.get("framing", "wide"))
     return FrankaRobot(a.robot_ip, cam_specs, a.image_size, a.dynamics, a.max_steps)
 
 

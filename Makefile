@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test reproduce toy data data-img study nut-study nut-img analysis analysis-cpu-v1 venv clean-venv
+.PHONY: demo test reproduce toy data data-img study nut-study img-study analysis analysis-cpu-v1 venv clean-venv
 
 venv: $(STAMP)
 
@@ -48,7 +48,7 @@ test: $(STAMP)
 # results/toy*, results/analysis and, for runs it makes, results/train + results/eval (git diff
 # shows any change). The earlier cpu_v1 study keeps its own folder (make analysis-cpu-v1).
 RESULTS ?= results
-reproduce: toy data study nut-study analysis
+reproduce: toy data study nut-study img-study analysis
 
 toy: $(STAMP)
 	MPLBACKEND=Agg $(PY) 00_toy.py --design paper --out results/toy_paper
@@ -57,12 +57,14 @@ toy: $(STAMP)
 # The low-dim dataset set (01_generate_data.py --profile cpu): per task 50 source seed demos ->
 # 500 MimicGen source demos, 50 expert demos per target domain (~1 h on 2 cores: 54 min of wall time in
 # RESULTS "Datasets"). Resumable: a rerun after a kill continues; finished files are kept.
-# data-img: NutAssembly's image copies (2 cameras at 84 px, ~70 min; the paper profile's layout).
+# data-img: NutAssembly's image copies for the cpu_img profile (one agentview camera at 64 px, of
+# the MimicGen source file and the three target files: ~45 min on 2 cores; the paper profile's
+# layout, 2 cameras at 84 px: 01_generate_data.py --profile paper).
 data: $(STAMP)
 	$(PY) 01_generate_data.py --profile cpu --workers 2 --root data --set-image-tasks=
 
 data-img: data
-	$(PY) 01_generate_data.py --profile cpu --workers 2 --root data
+	$(PY) 01_generate_data.py --profile cpu_img --workers 2 --root data
 
 # A plan of runs through the study runner (study.py): train, collect under $(RESULTS)/, evaluate;
 # finished runs and episodes are skipped. `make study PLAN=plans/<x>.toml` runs another plan;
@@ -76,25 +78,11 @@ study: data
 nut-study: data
 	$(PY) study.py plans/nut_study.toml --results $(RESULTS)
 
-# Image policies on this CPU (RESULTS.md "Image policies", --profile cpu_img): the NutAssembly
-# low-dim files if missing, their image copies (one agentview camera at 64 px, ~35 min), sim_only
-# evaluated in the source domain, then real_only, cotrain and cfg_adda at the guideline's ratio in
-# target_visual and target_visual_physics, 100 episodes each. ~25 min per run and ~10 min per
-# evaluation on 2 cores (~5 h in all); resumable (finished files, runs and episodes are kept).
-IMG := runs/train/NutAssembly
-nut-img: $(STAMP)
-	$(PY) 01_generate_data.py --profile cpu_img --workers 2 --root data
-	$(PY) 02_train.py --profile cpu_img --method sim_only --resume
-	$(PY) 03_eval.py --ckpt $(IMG)_target_visual_physics_img64_sim_only_r0_encdec_s0/ckpt.pt --domain source \
-	  --trials 100 --workers 2 --out runs/eval/NutAssembly_target_visual_physics_img64_sim_only_r0_encdec_s0_in_source
-	for d in target_visual target_visual_physics; do \
-	  $(PY) 02_train.py --profile cpu_img --target-domain $$d --method real_only --resume && \
-	  $(PY) 03_eval.py --ckpt $(IMG)_$${d}_img64_real_only_r1_encdec_s0/ckpt.pt --trials 100 --workers 2 && \
-	  for m in cotrain cfg_adda; do \
-	    $(PY) 02_train.py --profile cpu_img --target-domain $$d --method $$m --ratio auto --resume && \
-	    $(PY) 03_eval.py --ckpt $(IMG)_$${d}_img64_$${m}_r0.17_encdec_s0/ckpt.pt --trials 100 --workers 2 || exit 1; \
-	  done || exit 1; \
-	done
+# The visual-only study (plans/img_study.toml, RESULTS "The visual-only study"): image policies
+# (--profile cpu_img) on the target_visual gap, the ratio sweep with three training seeds for C2;
+# resumable, committed runs and episodes are skipped. Needs `make data-img`.
+img-study: data-img
+	$(PY) study.py plans/img_study.toml --results $(RESULTS)
 
 # Stage 04 from the committed records alone (no runs/, no data/): every table and figure of the
 # runs under $(RESULTS)/train and $(RESULTS)/eval (RESULTS.md "Representation alignment").

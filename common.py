@@ -269,10 +269,11 @@ def save_checkpoint(obj: dict, path: str):
 # existed before unchanged (methods.py's rule): an older config lacking it reads its default.
 # Two method settings whose defaults changed the methods (version 2 -> 3: the paper's discriminator
 # starts after its warm-up; OT's plan is computed on the cost scaled to the batch) are listed too.
-CONFIG_VERSION = 3
-LATER_SETTINGS = {  # versions 1, 2 -> 3: settings a config lacks, at the value its run had
+CONFIG_VERSION = 4
+LATER_SETTINGS = {  # versions 1, 2, 3 -> 4: settings a config lacks, at the value its run had
     "args": {"obs_set": "world", "action_space": "abs", "image_suffix": "_img", "vision_pool": "avg",
-             "disc_during_warmup": True, "ot_cost_scale": "none"},  # version 2 -> 3
+             "disc_during_warmup": True, "ot_cost_scale": "none",  # version 2 -> 3
+             "compile": False},  # version 3 -> 4
 }  # the network's settings ("model"): diffusion_policy.ModelConfig's defaults are their old values
 
 
@@ -448,6 +449,14 @@ def stored_keys_of(path: str) -> list:
     with open_dataset(path) as f:
         first = next(k for k in sorted(f["data"]) if k.startswith("demo_"))
         return list(f["data"][first]["obs"].keys())
+
+
+def camera_framing(path: str) -> str:
+    """The agentview framing a dataset's frames were rendered with (tasks.FRAMINGS; files made
+    before framings were recorded: "wide", robosuite's agentview)."""
+    with open_dataset(path) as f:
+        env_args = json.loads(f["data"].attrs.get("env_args", "{}"))
+    return env_args.get("env_kwargs", {}).get("framing", "wide")
 
 
 def load_demos(path: str, obs_keys, n_obs: int, horizon: int, action_key: str = "joint_actions",

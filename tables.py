@@ -223,6 +223,27 @@ def fisher_exact(k_a: int, n_a: int, k_b: int, n_b: int) -> dict:
             "p_a_greater": float(stats.fisher_exact(table, alternative="greater").pvalue)}
 
 
+def cmh_test(strata: list) -> dict:
+    """Cochran-Mantel-Haenszel test of a common difference across strata (e.g. training seeds):
+    strata = [(k_a, n_a, k_b, n_b), ...], success counts of a and b in each. Two-sided, with the
+    continuity correction (R's mantelhaen.test); the Mantel-Haenszel common odds ratio (a vs b)."""
+    obs = exp = var = num = den = 0.0
+    for k_a, n_a, k_b, n_b in strata:
+        n, k = n_a + n_b, k_a + k_b
+        if n < 2:
+            continue
+        obs += k_a
+        exp += n_a * k / n
+        var += n_a * n_b * k * (n - k) / (n * n * (n - 1))
+        num += k_a * (n_b - k_b) / n
+        den += (n_a - k_a) * k_b / n
+    if var == 0:
+        return {"chi2": 0.0, "p_two_sided": 1.0, "odds_ratio": float("nan")}
+    chi2 = max(abs(obs - exp) - 0.5, 0.0) ** 2 / var
+    return {"chi2": float(chi2), "p_two_sided": float(stats.chi2.sf(chi2, 1)),
+            "odds_ratio": num / den if den else float("inf")}
+
+
 def holm(ps: list) -> list:
     """Holm's step-down adjusted p-values (family-wise error over the tests given), in input order."""
     order = sorted(range(len(ps)), key=lambda i: ps[i])

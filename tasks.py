@@ -134,6 +134,19 @@ _MUG_PHYSICS = PhysicsGap(object_mass_scale=2.0, object_friction_scale=0.5, obje
 # tree moves 3 cm back and 2 cm right.
 _HANG_PHYSICS = PhysicsGap(object_mass_scale=2.0, object_friction_scale=0.5, object_size_scale=0.9,
                            fixture_shift=(0.03, -0.02), placement_shift=(0.0, -0.02))
+# The agentview camera's framing for image policies, the same in every domain (a domain's
+# camera_shift moves it further). "wide": robosuite's agentview (fovy 45 deg: the whole table and
+# the robot base; at 64 px the nut is ~12 px across). "workspace": fovy 36 deg, moved 2 cm to the
+# image's right and 2 cm down in the camera's own frame: the nut's start region and both pegs fill
+# the frame, ~1.25x the pixels along each axis (results/tasks/NutAssembly_framings.png).
+@dataclass(frozen=True)
+class Framing:
+    fovy: float = None          # vertical field of view (deg); None: robosuite's
+    shift: tuple = (0.0, 0.0)   # (right, up) in the camera's frame (m)
+
+
+FRAMINGS = {"wide": Framing(), "workspace": Framing(fovy=36.0, shift=(0.02, -0.02))}
+
 DOMAINS = {
     "MugHang": {
         "source": Domain("source"),
@@ -219,12 +232,13 @@ class TaskEnv:
     fixture_body = None     # body the object goes to
 
     def __init__(self, task, domain="source", control="osc", cameras=(), image_size=84, joint_kp=JOINT_KP,
-                 offscreen=False, render="every"):
+                 offscreen=False, render="every", framing="wide"):
         import robosuite as suite  # noqa: PLC0415 (slow: robosuite (~2 s), imported once an env is built)
         _quiet_robosuite()
         self.task, self.domain, self.control = task, get_domain(task, domain), control
         self.cameras = tuple(cameras)
         self.image_size = image_size
+        self.framing = FRAMINGS[framing]
         self.env = suite.make(
             self.robosuite_env, robots="Panda", controller_configs=controller_config(control, joint_kp),
             has_renderer=False, has_offscreen_renderer=bool(self.cameras) or offscreen,
@@ -273,7 +287,7 @@ class TaskEnv:
                     friction=m.geom_friction.copy(), fixture_pos=m.body_pos[m.body_name2id(self.fixture_body)].copy(),
                     mat_rgba=m.mat_rgba.copy(), geom_rgba=m.geom_rgba.copy(),
                     light_diffuse=m.light_diffuse.copy(), light_dir=m.light_dir.copy(),
-                    cam_pos=m.cam_pos.copy())
+                    cam_pos=m.cam_pos.copy(), cam_fovy=m.cam_fovy.copy())
 
     def _apply_domain(self):
         """Write the domain's parameters into the compiled model, starting from the defaults."""
@@ -295,6 +309,8 @@ class TaskEnv:
         m.light_diffuse[:] = d0["light_diffuse"]
         m.light_dir[:] = d0["light_dir"]
         m.cam_pos[:] = d0["cam_pos"]
+        m.cam_fovy[:] = d0["cam_fovy"]
+        self._frame_agentview(m)
         if v.table_rgba is not None:
             self._tint(self._table_geoms(), v.table_rgba)
         if v.object_rgba is not None:
@@ -311,6 +327,14 @@ class TaskEnv:
         if v.camera_shift is not None:
             m.cam_pos[m.camera_name2id("agentview")] += np.array(v.camera_shift)
         self.sim.forward()
+
+    def _frame_agentview(self, m):
+        """Point the agentview camera as self.framing says (FRAMINGS)."""
+        cam, f = m.camera_name2id("agentview"), self.framing
+        if f.fovy is not None:
+            m.cam_fovy[cam] = f.fovy
+        R = quat_wxyz_to_mat(m.cam_quat[cam])  # columns: the camera's right, up, -view axes
+        m.cam_pos[cam] += R[:, 0] * f.shift[0] + R[:, 1] * f.shift[1]
 
     def _tint(self, geoms, rgba):
         """Color geoms: through their material when they have one, else the geom color."""
@@ -567,7 +591,8 @@ RENDER_MODES = ("every", "demand")
 
 
 def make_env(task: str, domain: str = "source", control: str = "osc", cameras=(), image_size: int = 84,
-             joint_kp: float = JOINT_KP, offscreen: bool = False, render: str = "every") -> TaskEnv:
+             joint_kp: float = JOINT_KP, offscreen: bool = False, render: str = "every",
+             framing: str = "wide") -> TaskEnv:
     """A task env; `cameras` are rendered into the observations: every step (render="every"), or
     at the steps whose observation a policy will read (render="demand": step(a, frames=...);
     run_episode asks the agent's reads_next()). `offscreen` only makes a renderer available (for
@@ -577,7 +602,9 @@ def make_env(task: str, domain: str = "source", control: str = "osc", cameras=()
         raise TaskError(f"unknown control mode {control!r}; choose osc or joint")
     if render not in RENDER_MODES:
         raise TaskError(f"unknown render mode {render!r}; choose {' or '.join(RENDER_MODES)}")
-    return TASK_CLASSES[task](task, domain, control, cameras, image_size, joint_kp, offscreen, render)
+    if framing not in FRAMINGS:
+        raise TaskError(f"unknown camera framing {framing!r}; choose {' or '.join(FRAMINGS)}")
+    return TASK_CLASSES[task](task, domain, control, cameras, image_size, joint_kp, offscreen, render, framing)
 
 
 def frame_pose(task: str, frame: str, obs: dict) -> np.ndarray:
@@ -786,6 +813,10 @@ def save_frames(task_names, out_dir: str, seed: int = 0, size: int = 256):
         parts = [row[0]] + [make_env(task, d, cameras=("agentview",), image_size=size).reset(seed)["agentview_image"]
                             for d in PART_DOMAINS] + [row[1]]
         imageio.imwrite(os.path.join(out_dir, f"{task}_visual_parts.png"), np.concatenate(parts, axis=1))
+        # the agentview framings (FRAMINGS), source and target_visual
+        framed = [make_env(task, d, cameras=("agentview",), image_size=size, framing=f).reset(seed)["agentview_image"]
+                  for f in FRAMINGS for d in DOMAIN_NAMES[:2]]
+        imageio.imwrite(os.path.join(out_dir, f"{task}_framings.png"), np.concatenate(framed, axis=1))
 
 
 def main(argv=None):

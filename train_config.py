@@ -75,6 +75,8 @@ class Args(methods.MethodArgs):  # + the methods' settings (methods.MethodArgs)
     ema_power: float = arg(0.75, "EMA warm-up power (Diffusion Policy)")
     ema_max: float = arg(0.9999, "EMA maximum decay")
     seed: int = arg(0, "seed of the model init, batch sampler and noise")
+    compile: bool = arg(False, "training only: torch.compile the encoder and denoiser and run the vision "
+                               "stem channels-last (bench/bench_images.py --compile)")
     # running
     out: str = arg("", "run folder (default runs/train/<task>_<domain>_<method>_r<w>_<arch>_s<seed>)")
     resume: bool = arg(False, "continue from <out>/ckpt.pt if it exists")

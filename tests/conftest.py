@@ -36,17 +36,19 @@ PANDA_HOME = [0.0, 0.19635, 0.0, -2.61799, 0.0, 2.94159, 0.78540]  # robosuite's
 
 
 def make_fake_dataset(path, num_demos=3, T=20, seed=0, domain="target", images=0, lowdim=None,
-                      action_dim=8, nan=False, home=False):
+                      action_dim=8, nan=False, home=False, framing=None):
     """A small robomimic-format file with random low-dim observations (joint, gripper, an object
     position), optional `images`-sized camera frames and 8-D joint actions, for training tests.
     home: joints and joint targets stay within a few hundredths of a radian of the Panda's
-    initial pose (a policy trained on it commands safe, slow targets: deployment tests)."""
+    initial pose (a policy trained on it commands safe, slow targets: deployment tests).
+    framing: the agentview framing recorded in env_args (None: none recorded, i.e. "wide")."""
     rng = np.random.default_rng(seed)
     lowdim = lowdim or {"robot0_joint_pos": 7, "robot0_gripper_qpos": 2, "nut_pos": 3}
     with h5py.File(path, "w") as f:
         data = f.create_group("data")
         data.attrs["total"] = num_demos * T
-        data.attrs["env_args"] = json.dumps({"env_name": "NutAssembly", "type": 1, "env_kwargs": {}})
+        kwargs = {"framing": framing} if framing else {}
+        data.attrs["env_args"] = json.dumps({"env_name": "NutAssembly", "type": 1, "env_kwargs": kwargs})
         data.attrs["task"], data.attrs["domain"] = "NutAssembly", domain
         for i in range(num_demos):
             d = data.create_group(f"demo_{i}")

@@ -16,6 +16,7 @@ import common
 import figures
 import methods
 import records
+import tables
 from conftest import ROOT, load_stage, make_fake_dataset, run_stage
 
 
@@ -299,6 +300,20 @@ def test_failures_table_counts_where_episodes_failed(an, tmp_path):
     (row,), _, _ = an.failures_table(str(tmp_path))  # the cut last line is skipped, as 03_eval.py does
     assert (row["episodes"], row["successes"], row["failures"], row["failed_grasped"], row["failed_lifted"],
             row["failed_above_peg"], row["off_axis_mm_q25_50_75"]) == (5, 1, 4, 3, 3, 3, "15 / 20 / 25")
+
+
+def test_cmh_test_matches_r_on_ucb_admissions():
+    """tables.cmh_test against R's mantelhaen.test(UCBAdmissions) (admitted / applicants, men vs
+    women, stratified by department): X-squared = 1.4269 with the continuity correction (1.5246
+    without), p = 0.2323, common odds ratio 0.9047. One stratum alone is the uncorrected Pearson
+    chi-square less the correction, and no variance gives p = 1."""
+    ucb = [(512, 825, 89, 108), (353, 560, 17, 25), (120, 325, 202, 593), (138, 417, 131, 375),
+           (53, 191, 94, 393), (22, 373, 24, 341)]
+    r = tables.cmh_test(ucb)
+    assert abs(r["chi2"] - 1.4269) < 1e-4 and abs(r["p_two_sided"] - 0.2323) < 1e-4
+    assert abs(r["odds_ratio"] - 0.9046968) < 1e-6
+    assert tables.cmh_test([(150, 200, 125, 200)])["p_two_sided"] < 0.01  # 0.75 vs 0.625, one seed
+    assert tables.cmh_test([(0, 200, 0, 200)])["p_two_sided"] == 1.0
 
 
 def test_fisher_and_superseded_runs(an):

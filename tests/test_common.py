@@ -449,7 +449,8 @@ def test_help_shows_what_a_plain_run_uses_and_every_profile_and_preset():
 def test_every_committed_model_config_loads_with_its_values():
     """diffusion_policy.ModelConfig reads every committed run's config["model"] (any version):
     nothing it holds is dropped or changed, and only settings added later are filled, at the value
-    those runs had (action_space abs, vision_pool avg, image_size 84 with cameras else 0)."""
+    those runs had (action_space abs, vision_pool avg, image_size 84 with cameras else 0, the
+    agentview framing "wide")."""
     names = {f.name for f in fields(diffusion_policy.ModelConfig)}
     filled = set()
     paths = glob.glob(os.path.join(ROOT, "results", "**", "config.json"), recursive=True)
@@ -463,4 +464,6 @@ def test_every_committed_model_config_loads_with_its_values():
         filled |= set(up) - set(m)
         if "image_size" not in m:
             assert up["image_size"] == (84 if m["image_keys"] else 0)
-    assert len(paths) > 20 and filled <= {"action_space", "vision_pool", "image_size"}
+        if "framing" not in m:
+            assert up["framing"] == "wide"
+    assert len(paths) > 20 and filled <= {"action_space", "vision_pool", "image_size", "framing"}

@@ -352,6 +352,29 @@ def test_image_policy_rendered_at_its_training_size(tmp_path):
         agent.act(obs)
 
 
+def test_image_policy_rendered_with_its_training_framing(tmp_path, monkeypatch):
+    """Frames rendered with the "workspace" framing train a policy that records it, and 03_eval.py
+    renders that policy's episodes with it; a target and a source file of different framings
+    are refused (one line, exit 2, no run folder)."""
+    tgt = make_fake_dataset(tmp_path / "t.hdf5", 2, 12, seed=0, images=32, framing="workspace")
+    src = make_fake_dataset(tmp_path / "s.hdf5", 2, 12, seed=1, images=32, domain="source", framing="workspace")
+    wide = make_fake_dataset(tmp_path / "w.hdf5", 2, 12, seed=1, images=32, domain="source")
+    train = ("02_train.py", "--profile", "smoke", "--target-data", tgt, "--images", "--crop", "28", "--steps", "5")
+    r = run_stage(*train, "--source-data", wide, "--out", str(tmp_path / "bad"))
+    assert r.returncode == 2 and "different camera framings: workspace" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    r = run_stage(*train, "--source-data", src, "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    ckpt = str(tmp_path / "run" / "ckpt.pt")
+    assert diffusion_policy.load_policy(ckpt)[1]["model"]["framing"] == "workspace"
+    made, make_env = [], tasks.make_env
+    monkeypatch.setattr(tasks, "make_env", lambda *a, **k: made.append(k.get("framing")) or make_env(*a, **k))
+    ev = load_stage("03_eval.py")
+    (e,) = ev.plan(ev.Args(ckpt=[ckpt], domain="target_visual"))
+    ev.Worker().episode(ev.make_job(e, 5, max_steps=4))
+    assert made == ["workspace"]
+
+
 def test_rendering_on_demand_gives_the_same_episodes_and_frames(tmp_path, monkeypatch):
     """Issue 43: an image policy reads 2 frames of every 8 steps (n_obs 2, n_action 8 at the cpu
     profile; 2 of 4 here), so cameras render only at those steps (--render demand). Rendering

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import cli
+import common
 import train_config
 from conftest import ROOT, load_stage, run_stage
 from experts import rotvec, rotvec_to_mat
@@ -240,6 +241,16 @@ def test_images_rendered_from_states(files):
         assert not np.array_equal(a[0], b[0]) and a[0].std() > 5     # two cameras, real pictures
         assert json.loads(f["data"].attrs["env_args"])["env_kwargs"]["camera_names"] == \
             ["agentview", "robot0_eye_in_hand"]
+        assert common.camera_framing(out) == "wide"
+    # the workspace framing: recorded (02_train.py keeps it for 03_eval.py), another picture
+    ws = str(files["dir"] / "img_ws.hdf5")
+    r = run_stage(GEN, "--mode", "import", "--task", TASK, "--input", files["seed"], "--num-demos", "1",
+                  "--images", "--cameras", "agentview", "--image-size", "32", "--framing", "workspace", "--out", ws)
+    assert r.returncode == 0, r.stderr
+    assert common.camera_framing(ws) == "workspace"
+    r = run_stage(GEN, "--mode", "import", "--task", TASK, "--input", files["seed"], "--images",
+                  "--framing", "closeup", "--out", str(files["dir"] / "bad.hdf5"))
+    assert r.returncode == 2 and "--framing" in r.stderr and not os.path.exists(files["dir"] / "bad.hdf5")
 
 
 # --- import ----------------------------------------------------------------------------------------

@@ -45,6 +45,30 @@ def test_visual_gap_one_part_at_a_time(envs):
     assert not np.array_equal(m["source"].cam_pos, m["target_visual"].cam_pos)
 
 
+def test_workspace_framing_zooms_agentview_in_every_domain():
+    """The "workspace" framing narrows agentview and moves it in its own frame, the same way in
+    every domain (a domain's camera shift still applies on top); "wide" is robosuite's camera.
+    Only agentview moves; the nut covers more pixels."""
+    wide, ws = (tasks.make_env(TASK, "target_visual", cameras=("agentview",), image_size=64, framing=f)
+                for f in ("wide", "workspace"))
+    cam = wide.sim.model.camera_name2id("agentview")
+    assert ws.sim.model.cam_fovy[cam] == 36.0 and wide.sim.model.cam_fovy[cam] == 45.0
+    moved = ws.sim.model.cam_pos - wide.sim.model.cam_pos
+    assert np.abs(moved[cam]).max() > 0.01 and not np.delete(moved, cam, 0).any()
+    assert np.isclose(np.linalg.norm(moved[cam]), np.hypot(*tasks.FRAMINGS["workspace"].shift))
+    src = tasks.make_env(TASK, "source", framing="workspace").sim.model  # the domain's shift on top
+    shift = tasks.DOMAINS[TASK]["target_visual"].visual.camera_shift
+    assert np.allclose(ws.sim.model.cam_pos[cam] - src.cam_pos[cam], shift)
+    # the nut and the square peg (wood, on a white table in the source) cover ~1.25^2 the pixels
+    def wood(framing):
+        img = tasks.make_env(TASK, "source", cameras=("agentview",), image_size=64, framing=framing).reset(0)
+        img = img["agentview_image"].astype(int)
+        return int((img[..., 0] - img[..., 2] > 40).sum())
+    assert wood("workspace") > 1.4 * wood("wide")
+    with pytest.raises(tasks.TaskError, match="unknown camera framing"):
+        tasks.make_env(TASK, "source", framing="closeup")
+
+
 def test_cli_bad_names_exit_2():
     r = run_stage("tasks.py", "experts", "--tasks", "Stacking", "--episodes", "1")
     assert r.returncode == 2 and "unknown task" in r.stderr
