@@ -106,15 +106,16 @@ PROFILES = {
     "cpu_v1": dict(images=False, d_feat=128, d_model=128, n_layers=2, n_cond_layers=1, dropout=0.0,
                    unet_dims=[64, 128, 256], steps=15000, batch_size=128, lr=3e-4, warmup=500,
                    disc_warmup=2000, save_every=1000, snapshot_every=5000, log_every=100),
-    # Image policies on this CPU (RESULTS "Image policies"; bench/bench_images.py): the cpu
+    # Image policies on this CPU (RESULTS "The instrument"; bench/bench_images.py): the cpu
     # recipe's transformer on proprioception + one agentview camera at 64x64 (crop 58, 90 %), a
     # width-8 ResNet18-GN (a camera costs ~30 ms per env step whatever its size, a second one
-    # doubles both rendering and training), batch 64, 20k steps: ~25 min alone (880 samples/s).
+    # doubles both rendering and training), batch 64, 40k steps (20k: sim_only 0.12 in its source
+    # domain, 40k: 0.45), compiled (1.26-1.53x, the same loss curve: bench/bench_compile_loss.py).
     "cpu_img": dict(images=True, image_suffix="_img64", image_keys=["agentview_image"], resnet_width=8,
                     vision_dim=64, crop=58, action_space="rel", d_feat=128, d_model=128,
-                    n_layers=2, n_cond_layers=1, dropout=0.0, unet_dims=[64, 128, 256], steps=20000,
-                    batch_size=64, lr=3e-4, warmup=500, disc_warmup=2000, grl_ramp=2000, save_every=1000,
-                    snapshot_every=5000, log_every=100),
+                    n_layers=2, n_cond_layers=1, dropout=0.0, unet_dims=[64, 128, 256], steps=40000,
+                    batch_size=64, lr=3e-4, warmup=500, disc_warmup=2000, grl_ramp=2000, compile=True,
+                    save_every=1000, snapshot_every=5000, log_every=100),
     # Seconds, for tests.
     "smoke": dict(images=False, d_feat=32, d_model=32, n_heads=2, n_layers=1, n_cond_layers=1,
                   dropout=0.0, horizon=8, n_action=4, unet_dims=[16, 32], resnet_width=8,

@@ -81,6 +81,24 @@ def test_runner_names_steps_and_batch_equal_the_stages_for_every_profile(capsys)
 NUT = "NutAssembly_target_visual_physics_"
 
 
+def test_img_study_plan_expands_to_exactly_the_issues_runs():
+    """plans/img_study.toml (issue 43): image policies on target_visual; real_only and co-training
+    at auto = 0.17 with training seeds 0, 1, 2; the sweep at seed 0; sim_only also in its source;
+    200 episodes per policy in target_visual."""
+    runs = study.load_plan(os.path.join(ROOT, "plans", "img_study.toml"))
+    img = "NutAssembly_target_visual_img64_"
+    by = {r.name[len(img):]: r for r in runs if r.name.startswith(img)}
+    assert len(by) == len(runs) == 12
+    assert sorted(by) == sorted(
+        [*[f"{m}_encdec_s{s}" for m in ("cotrain_r0.17", "real_only_r1") for s in (0, 1, 2)], "sim_only_r0_encdec_s0",
+         *[f"cotrain_r{w}_encdec_s0" for w in ("0.03", "0.0909", "0.316", "0.5", "0.8")]])
+    for name, r in by.items():
+        a = study.stage_args(r.train, r.name)
+        assert (a.profile, a.images, a.target_domain) == ("cpu_img", True, "target_visual")
+        domains = sorted((e.domain, e.episodes) for e in r.evals)
+        assert domains == ([("", 200), ("source", 200)] if name.startswith("sim_only") else [("", 200)])
+
+
 def test_nut_study_plan_expands_to_exactly_the_issues_runs():
     """plans/nut_study.toml: every run of the NutAssembly study, its flags and evaluations."""
     runs = study.load_plan(os.path.join(ROOT, "plans", "nut_study.toml"))
