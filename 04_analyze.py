@@ -340,10 +340,11 @@ def alignment_rows(runs: list, a) -> tuple:
         ev, args = r["eval"], r["cfg"]["args"]
         rows.append({"run": r["run"], "setting": setting(r), "task": r["task"], "target_domain": r["target_domain"],
                      "method": r["method"], "arch": r["arch"], "mixing_ratio": r["mixing_ratio"], "steps": r["step"],
-                     "superseded": r["superseded"], "headline": r["headline"],
+                     "superseded": r["superseded"], "headline": r["headline"] and not r["replicate"],
                      "data": data_version(r),
                      "note": "superseded" if r.get("superseded") else (f"control ({r['control']})" if r.get("control")
-                                                                       else None),
+                                                                       else f"seed {args['seed']} (C2's replicate)"
+                                                                       if r["replicate"] else None),
                      "disc_weight": args["disc_weight"] if METHODS[args["method"]].disc else None,
                      "success": ev["success_rate"] if ev else None, "trials": ev["trials"] if ev else None,
                      **metrics})
@@ -594,10 +595,11 @@ def analyze(a: Args):
         corr, md, miss = correlations(rows)
         tables["correlations"] = (corr, md)
         missing += miss
-    headline = [r for r in runs if r["headline"]]  # one run per comparison cell (no superseded, no control run)
-    controls = [r for r in runs if r["control"]]
+    # one run per comparison cell (no superseded, no control run, the lowest training seed)
+    headline = [r for r in runs if r["headline"] and not r["replicate"]]
+    controls, replicates = [r for r in runs if r["control"]], [r for r in runs if r["replicate"]]
     for name, build in (("methods", methods_table), ("table1", table1), ("table2", table2), ("table3", table3),
-                        ("comparisons", lambda rs: comparisons(rs, controls)), ("guidance", guidance_table),
+                        ("comparisons", lambda rs: comparisons(rs, controls, replicates)), ("guidance", guidance_table),
                         ("guideline", guideline_table)):
         if name in want:
             data, md, miss = build(headline)

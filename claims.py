@@ -30,6 +30,11 @@ RULES = {r.id: r for r in (
          "reproduced when the paper's direction holds at Fisher two-sided p < 0.05; otherwise not "
          "reproduced: the opposite difference (p < 0.05) or no difference detected, with the test's "
          "power at the paper's effect"),
+    Rule("difference-2", "965a426 (before any of its policies was evaluated)",
+         "C2 with several training seeds on both sides (seed i against seed i): the Cochran-Mantel-Haenszel "
+         "test stratified by seed (two-sided, continuity-corrected) decides as difference-1's Fisher test "
+         "does; the power, of Fisher's test on the pooled episodes; each seed's test and the pooled one "
+         "reported beside it (comparisons.md)"),
     Rule("range-1", "e7889c0",
          "reproduced when the best co-training ratio lies in [w_n, w_q] and the in-range ratios' pooled "
          "episodes beat the out-of-range ones' (0 < w < 1) at two-sided p < 0.05; not reproduced when the "
@@ -88,13 +93,13 @@ TITLES = {
 }
 
 
-def claim_command(claim: str) -> str:
-    """The one command that reruns a claim (its runs, then its products)."""
+def claim_command(claim: str, plan: str = "plans/nut_study.toml") -> str:
+    """The one command that reruns a claim (its runs in the plan of its setting, then its products)."""
     if claim.startswith("C1"):
         return "python 00_toy.py --design paper --out results/toy_paper; python 00_toy.py --out results/toy"
     c = claim.split("-")[0]
     runs = "" if c == "C5" else f" --claim {c}"  # C5 probes every checkpoint of the study
-    return f"python study.py plans/nut_study.toml{runs}; python 04_analyze.py --runs results --claim {c}"
+    return f"python study.py {plan}{runs}; python 04_analyze.py --runs results --claim {c}"
 
 
 def gap_seen(setting: str, images: bool) -> str:
@@ -145,9 +150,11 @@ def difference_verdict(c: dict, claim: str, gap: str) -> str:
 
 
 def row(claim, setting, ours, test, p, verdict, rule, data="same") -> dict:
+    plan = "plans/img_study.toml" if ", images:" in setting else "plans/nut_study.toml"  # the setting's plan
     return {"claim": claim, "title": TITLES[claim], "setting": setting, "paper": PAPER[claim][1],
             "paper_where": PAPER[claim][0], "ours": ours, "test": test, "p": p, "verdict": verdict, "rule": rule,
-            "rule_fixed": RULES[rule].fixed, "data": data, "command": claim_command(claim)}
+            "rule_fixed": RULES[rule].fixed, "data": data,
+            "command": claim_command(claim, plan)}
 
 
 def data_note(c: dict) -> str:
@@ -168,8 +175,10 @@ def robot_rows(comparisons: list, guideline: list, correlations: list, alignment
             if c is None:
                 return row(label or claim, where, "not measured", "", None, "pending: no evaluated pair",
                            "difference-1")
-            return row(label or claim, where, f"{c['a_cell']} vs {c['b_cell']}", f"Fisher exact, {c['claim']}",
-                       c["p_two_sided"], difference_verdict(c, label or claim, gap), "difference-1", data_note(c))
+            test = c.get("test", "Fisher exact")
+            return row(label or claim, where, f"{c['a_cell']} vs {c['b_cell']}", f"{test}, {c['claim']}",
+                       c["p_two_sided"], difference_verdict(c, label or claim, gap),
+                       "difference-2" if test.startswith("CMH") else "difference-1", data_note(c))
 
         out.append(diff("C2", "C2 "))
         out.append(c3_row(s, where, cs, guideline))
@@ -304,5 +313,5 @@ def markdown(rows: list) -> str:
     lines += ["", "Rules (each fixed at the commit named, before its data unless it says otherwise):", ""]
     lines += [f"- **{k}** (fixed: {RULES[k].fixed}): {RULES[k].text}." for k in used]
     lines += ["", "One command per claim (its runs, resumable, then its products):", ""]
-    lines += [f"- {c}: `{claim_command(c)}`" for c in sorted({r["claim"] for r in rows})]
+    lines += [f"- {c}: `{cmd}`" for c, cmd in sorted({(r["claim"], r["command"]) for r in rows})]
     return "\n".join(lines)

@@ -430,14 +430,17 @@ def mark_superseded(runs: list) -> list:
     15k one) compare through the one trained longest, and a run whose run.json names a finished
     run that supersedes it (a method fixed since: "superseded_by") through that one; the others get
     superseded=True and stay in the alignment table only. A control run (run.json "control") takes no
-    part: it is not superseded and supersedes nothing. headline = neither: the run of its table cell."""
+    part: it is not superseded and supersedes nothing. headline = neither: the run of its table cell.
+    replicate: a headline run trained with another seed beside a headline run of a lower seed that
+    is otherwise the same (the image study's C2 seeds): the tables and the sweep use the lowest
+    seed's run; C2's comparison uses every seed (tables.comparisons)."""
     finished = {r.get("run") for r in runs}
     replaced = {r.get("run") for r in runs if r.get("superseded_by") and r["superseded_by"] in finished}
-    def key(r):
+    def key(r, seed=True):
         a = r["cfg"]["args"]
         return (setting(r), r["method"], round(r["mixing_ratio"], 6), r["arch"], r["n_target"], r["n_source"],
-                a["seed"], a.get("disc_weight"), r["cfg"].get("guidance_scale"), a.get("init_from", ""),
-                data_version(r))
+                a["seed"] if seed else None, a.get("disc_weight"), r["cfg"].get("guidance_scale"),
+                a.get("init_from", ""), data_version(r))
     longest = {}
     for r in runs:
         k = key(r)
@@ -448,6 +451,13 @@ def mark_superseded(runs: list) -> list:
     for r in runs:
         r["superseded"] = not r.get("control") and (r.get("run") in replaced or longest[key(r)] is not r)
         r["headline"] = not r["superseded"] and not r.get("control")
+    lowest = {}
+    for r in runs:
+        if r["headline"]:
+            k = key(r, seed=False)
+            lowest[k] = min(lowest.get(k, r["cfg"]["args"]["seed"]), r["cfg"]["args"]["seed"])
+    for r in runs:
+        r["replicate"] = r["headline"] and r["cfg"]["args"]["seed"] > lowest[key(r, seed=False)]
     return runs
 
 

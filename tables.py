@@ -5,6 +5,7 @@ share and the paper's numbers printed beside ours. Each table returns (json rows
 missing runs)."""
 import os
 
+import numpy as np
 from scipy import stats
 
 import common
@@ -238,9 +239,10 @@ def cmh_test(strata: list) -> dict:
         num += k_a * (n_b - k_b) / n
         den += (n_a - k_a) * k_b / n
     if var == 0:
-        return {"chi2": 0.0, "p_two_sided": 1.0, "odds_ratio": float("nan")}
+        return {"chi2": 0.0, "p_two_sided": 1.0, "p_a_greater": 1.0, "odds_ratio": float("nan")}
     chi2 = max(abs(obs - exp) - 0.5, 0.0) ** 2 / var
-    return {"chi2": float(chi2), "p_two_sided": float(stats.chi2.sf(chi2, 1)),
+    z = float(np.sign(obs - exp) * np.sqrt(chi2))  # one-sided: a above b, the same corrected statistic
+    return {"chi2": float(chi2), "p_two_sided": float(stats.chi2.sf(chi2, 1)), "p_a_greater": float(stats.norm.sf(z)),
             "odds_ratio": num / den if den else float("inf")}
 
 
@@ -254,26 +256,45 @@ def holm(ps: list) -> list:
     return out
 
 
-def comparisons(runs: list, controls: list = ()) -> tuple:
+def pool(evs: list):
+    """Evaluations pooled into one (successes, trials, rate, Wilson interval); None for none."""
+    if not evs:
+        return None
+    k, n = sum(e["successes"] for e in evs), sum(e["trials"] for e in evs)
+    return {"successes": k, "trials": n, "success_rate": k / n, "wilson95": common.wilson_interval(k, n)}
+
+
+def seed_pairs(a_runs: list, b_runs: list) -> list:
+    """(a, b) runs of the same training seed, by seed, for the seeds both sides have."""
+    seed = lambda r: r["cfg"]["args"]["seed"]  # noqa: E731
+    bs = {seed(r): r for r in b_runs}
+    return [(r, bs[seed(r)]) for r in sorted(a_runs, key=seed) if seed(r) in bs]
+
+
+def comparisons(runs: list, controls: list = (), replicates: list = ()) -> tuple:
     """The paper's claimed differences, each as a (a > b) Fisher exact test on the evaluation
     episodes, per setting at its shared ratio: C2 co-training > real-only; C6 CFG-ADDA > co-training
     and each method vs co-training, CFG-ADDA's lambda = -0.5 > lambda = 0 (its guidance sweep, the
     same seeds); C7 co-training > +discrimination; C8 co-training > pre-train + fine-tune; C3 the
     ratios inside [w_n, w_q] (pooled) > those outside (pooled, 0 < w < 1); and each control run
     (`controls`: run.json "control", e.g. co-training at pre-train + fine-tune's step budget) in the
-    comparison it controls (C8). p-values are per test; p_holm corrects them over the table's tests."""
-    rows = []
+    comparison it controls (C8). C2 with more than one training seed on both sides (`replicates`: the
+    other seeds' runs) is the Cochran-Mantel-Haenszel test stratified by seed (rule difference-2),
+    the pooled cells beside it, and each seed's Fisher test in a table of its own. p-values are per
+    test; p_holm corrects them over the table's tests."""
+    rows, by_seed = [], []
 
-    def add(name, claim, a_label, ev_a, b_label, ev_b, runs_a=(), runs_b=()):
+    def add(name, claim, a_label, ev_a, b_label, ev_b, runs_a=(), runs_b=(), test=None):
         if ev_a is None or ev_b is None:  # Tables 1-3, the guidance and guideline tables say which run is missing
             return
-        f = fisher_exact(ev_a["successes"], ev_a["trials"], ev_b["successes"], ev_b["trials"])
+        f = test or fisher_exact(ev_a["successes"], ev_a["trials"], ev_b["successes"], ev_b["trials"])
         diff = ev_a["successes"] / ev_a["trials"] - ev_b["successes"] / ev_b["trials"]
         rows.append({"setting": name, "claim": claim, "a": a_label, "b": b_label, "a_cell": cell(ev_a),
                      "b_cell": cell(ev_b), "a_successes": ev_a["successes"], "a_trials": ev_a["trials"],
                      "b_successes": ev_b["successes"], "b_trials": ev_b["trials"], "difference": diff, **f,
                      "outcome": ("a > b" if diff > 0 else "a < b") if f["p_two_sided"] < 0.05
-                     else "no difference detected", "data": data_mark(runs_a, runs_b)})
+                     else "no difference detected", "data": data_mark(runs_a, runs_b),
+                     "test": f.get("test", "Fisher exact")})
 
     def ev_of(r):
         return r["eval"] if r else None
@@ -289,7 +310,25 @@ def comparisons(runs: list, controls: list = ()) -> tuple:
         if w is None:
             continue
         co = find(rs, "cotrain", w)
-        pair(name, "C2 co-training > real-only", co, find(rs, "real_only", like=co), b_label="real_only")
+        reps = [r for r in replicates if setting(r) == name and r["eval"]]  # the other training seeds' runs
+        seeds = seed_pairs([co] + [r for r in reps if r["method"] == "cotrain" and abs(r["mixing_ratio"] - w) < 1e-6],
+                           [r for r in rs + reps if r["method"] == "real_only" and r["eval"]]) if co and reps else []
+        if len(seeds) > 1:  # difference-2: stratified by training seed
+            counts = [(a["eval"]["successes"], a["eval"]["trials"], b["eval"]["successes"], b["eval"]["trials"])
+                      for a, b in seeds]
+            test = {**cmh_test(counts), "test": f"CMH over {len(seeds)} training seeds"}
+            pooled = [pool([a["eval"] for a, _ in seeds]), pool([b["eval"] for _, b in seeds])]
+            test["p_fisher_pooled"] = fisher_exact(pooled[0]["successes"], pooled[0]["trials"],
+                                                   pooled[1]["successes"], pooled[1]["trials"])["p_two_sided"]
+            add(name, f"C2 co-training > real-only ({len(seeds)} seeds)", f"cotrain w={w:.3g}", pooled[0],
+                "real_only", pooled[1], [a for a, _ in seeds], [b for _, b in seeds], test)
+            for a, b in seeds:
+                f = fisher_exact(a["eval"]["successes"], a["eval"]["trials"],
+                                 b["eval"]["successes"], b["eval"]["trials"])
+                by_seed.append({"setting": name, "seed": a["cfg"]["args"]["seed"], "a_cell": cell(a["eval"]),
+                                "b_cell": cell(b["eval"]), "p_two_sided": f["p_two_sided"]})
+        else:
+            pair(name, "C2 co-training > real-only", co, find(rs, "real_only", like=co), b_label="real_only")
         for method in [x for x in METHODS if METHODS[x].ratio is None and x not in ("cotrain", "discriminate")]:
             r = find(rs, method, w)  # against co-training on its own data version where there is one
             pair(name, f"C6 {method} > co-training", r, find(rs, "cotrain", w, like=r) if r else None)
@@ -313,11 +352,6 @@ def comparisons(runs: list, controls: list = ()) -> tuple:
         sweep = [r for r in rs if r["method"] == "cotrain" and r["eval"]]
         inside = [r for r in sweep if w_n - 1e-6 <= r["mixing_ratio"] <= w_q + 1e-6]
         outside = [r for r in sweep if not w_n - 1e-6 <= r["mixing_ratio"] <= w_q + 1e-6]
-        pool = lambda evs: ({"successes": sum(e["successes"] for e in evs), "trials": sum(e["trials"] for e in evs),  # noqa: E731
-                             "success_rate": sum(e["successes"] for e in evs) / sum(e["trials"] for e in evs),
-                             "wilson95": common.wilson_interval(sum(e["successes"] for e in evs),
-                                                                sum(e["trials"] for e in evs))}
-                            if evs else None)
         add(name, f"C3 co-training inside [w_n, w_q] = [{w_n:.3g}, {w_q:.3g}] > outside",
             f"cotrain inside ({len(inside)} ratios)", pool([r["eval"] for r in inside]),
             f"cotrain outside ({len(outside)} ratios)", pool([r["eval"] for r in outside]), inside, outside)
@@ -331,6 +365,12 @@ def comparisons(runs: list, controls: list = ()) -> tuple:
            "two-sided p < 0.05, not corrected for the number of tests; p_holm: the two-sided p after Holm's "
            "correction over this table's tests; data: whether both sides trained on one data version "
            "(target/source dataset digests), else which.*")
+    if by_seed:
+        md = md[:-1] + (" A C2 row over several seeds pools their episodes in its cells and takes p from the "
+                        "Cochran-Mantel-Haenszel test stratified by seed (rule difference-2).*")
+        md += "\n\n### C2 by training seed\n\n" + markdown_table(
+            by_seed, ["setting", "seed", "a_cell", "b_cell", "p_two_sided"], {"p_two_sided": "{:.2g}"})
+        md += "\n\n*a: co-training at the shared ratio, b: real-only, the same training seed; Fisher's exact test.*"
     return rows, md, []
 
 

@@ -343,6 +343,36 @@ def test_fisher_and_superseded_runs(an):
     assert (std["superseded"], std["headline"], ctl["superseded"], ctl["headline"]) == (False, True, False, False)
 
 
+def test_c2_with_training_seeds_is_stratified_by_seed(an):
+    """The image study's C2 (rule difference-2): co-training and real-only at seeds 0, 1, 2. The
+    seed-0 runs are the headline (tables, the sweep); the others are replicates; C2 is one
+    Cochran-Mantel-Haenszel row over the three seed pairs, the cells pooled, each seed's Fisher
+    test in a table of its own, and the claims row names the CMH test and rule difference-2."""
+    def run(method, w, seed, k):
+        ev = {"successes": k, "trials": 200, "success_rate": k / 200, "wilson95": common.wilson_interval(k, 200)}
+        return {"run": f"{method}_s{seed}", "task": "NutAssembly", "target_domain": "target_visual",
+                "profile": "cpu_img", "method": method, "mixing_ratio": w, "arch": "encdec", "n_target": 50,
+                "n_source": 500, "step": 40000,
+                "cfg": {"args": {"seed": seed, "disc_weight": 0.1}, "guidance_scale": None}, "eval": ev}
+    co = [run("cotrain", 0.17, s, k) for s, k in ((0, 120), (1, 110), (2, 130))]
+    ro = [run("real_only", 1.0, s, k) for s, k in ((0, 100), (1, 95), (2, 105))]
+    runs = records.mark_superseded(co + ro)
+    assert [r["replicate"] for r in runs] == [False, True, True, False, True, True]
+    assert all(r["headline"] for r in runs)
+    headline = [r for r in runs if not r["replicate"]]
+    rows, md, _ = an.comparisons(headline, [], [r for r in runs if r["replicate"]])
+    (c2,) = [r for r in rows if r["claim"].startswith("C2")]
+    want = tables.cmh_test([(120, 200, 100, 200), (110, 200, 95, 200), (130, 200, 105, 200)])
+    assert c2["test"] == "CMH over 3 training seeds" and c2["p_two_sided"] == want["p_two_sided"] < 0.05
+    assert (c2["a_successes"], c2["a_trials"], c2["b_successes"], c2["b_trials"]) == (360, 600, 300, 600)
+    assert "C2 by training seed" in md and md.count("| NutAssembly/target_visual") >= 3
+    (one,) = [r for r in an.comparisons(headline, [], [])[0] if r["claim"].startswith("C2")]
+    assert one["test"] == "Fisher exact" and (one["a_successes"], one["b_successes"]) == (120, 100)
+    (claim,) = [r for r in claims.robot_rows(rows, [], [], [], {c2["setting"]: True}) if r["claim"] == "C2"]
+    assert claim["rule"] == "difference-2" and claim["test"].startswith("CMH") and "reproduced" in claim["verdict"]
+    assert "plans/img_study.toml --claim C2" in claim["command"]
+
+
 def test_state_probe_reads_back_a_linear_state_not_noise(an):
     """The task-state probe: ~0 error where the state is a linear function of the features, about
     the state's spread where the features carry nothing of it; deterministic."""
