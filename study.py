@@ -53,6 +53,9 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 # run beside another job trains ~745 samples/s (bench/bench_threads.py: two side by side, 1,491
 # in all); rollouts take ~3.6 s per episode per core (200 episodes in ~12 min on 2 workers).
 TRAIN_SAMPLES_PER_CPU_S = 745.0
+# Image profiles train slower per sample: cpu_img (one 64-px camera, compiled) 839 samples/s with 2
+# threads alone (the image study's first run, RESULTS "The instrument"), ~420 per CPU-second.
+TRAIN_SAMPLES_PER_CPU_S_BY_PROFILE = {"cpu_img": 420.0}
 EVAL_CPU_S_PER_EPISODE = 7.2
 RUN_KEYS = ("profile", "task", "target_domain", "method", "ratio", "seed", "arch", "target_name",
             "source_name", "steps", "flags", "name", "n_target", "n_source", "claims", "control")
@@ -77,6 +80,7 @@ class Run:
     claims: list = field(default_factory=list)  # the paper's claims it serves (C2 ... C8): --claim
     control: str = ""       # what the run controls for (run.json "control": the analysis keeps it out of
                             # the headline tables and uses it in that comparison only)
+    rate: float = TRAIN_SAMPLES_PER_CPU_S  # the cost model's training samples per CPU-second (its profile's)
 
 
 class PlanError(ValueError):
@@ -154,7 +158,8 @@ def make_run(s: dict) -> Run:
         raise PlanError(f"{name}: control must be a sentence (what the run controls for), got {s['control']!r}")
     return Run(name=name, train=train, steps=steps, batch=batch, evals=evals,
                eval_profile=profile if profile in ("smoke", "paper") else "cpu", claims=claims,
-               control=s.get("control", ""))
+               control=s.get("control", ""),
+               rate=TRAIN_SAMPLES_PER_CPU_S_BY_PROFILE.get(profile, TRAIN_SAMPLES_PER_CPU_S))
 
 
 def demos_in(file_name: str, key: str) -> int:
@@ -346,7 +351,7 @@ def eval_done(ev: Evaluation, results: str) -> bool:
 def cpu_hours(run: Run, runs_dir: str, results: str, rate: float = 0, episode_s: float = 0) -> tuple:
     """(CPU-hours left, CPU-hours in all) of one run: training + its evaluations, at `rate` training
     samples per CPU-second and `episode_s` CPU-seconds per episode (default: the cost model's)."""
-    rate, episode_s = rate or TRAIN_SAMPLES_PER_CPU_S, episode_s or EVAL_CPU_S_PER_EPISODE
+    rate, episode_s = rate or run.rate, episode_s or EVAL_CPU_S_PER_EPISODE
     left_steps = run.steps - train_progress(run, runs_dir, results)
     total = run.steps * run.batch / rate
     left = left_steps * run.batch / rate
@@ -409,7 +414,7 @@ def train_minutes(run: Run, runs_dir: str, results: str, threads: int, rate: flo
     """Wall minutes the run's training still needs at `rate` samples/s (default: the cost model's
     rate per thread)."""
     left = run.steps - train_progress(run, runs_dir, results)
-    return left * run.batch / (rate or TRAIN_SAMPLES_PER_CPU_S * threads) / 60
+    return left * run.batch / (rate or run.rate * threads) / 60
 
 
 def mark_control(run: Run, results: str):
