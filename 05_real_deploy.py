@@ -565,7 +565,7 @@ def make_robot(a: Args, settings: dict, cams, cam_specs):
         except tasks.TaskError as e:
             raise UsageError(str(e))
         return SimRobot(settings["task"], settings["domain"], cams, a.image_size, a.max_steps,
-                        settings.get("framing", "wide"))
+                        settings["framing"])
     return FrankaRobot(a.robot_ip, cam_specs, a.image_size, a.dynamics, a.max_steps)
 
 

@@ -156,16 +156,19 @@ class ResNet18GN(nn.Module):
         return self.proj(self.pool(y) if self.pool else y.mean((2, 3)))
 
 
-def speed_up(policy: nn.Module):
-    """Faster CPU training, same network: the vision stems' weights and inputs channels-last, and
-    torch.compile (inductor) on the encoder and the denoiser, in place (the state_dict's keys and
-    the weights' values do not change; bench/bench_images.py --compile measures it)."""
-    for m in policy.encoder.modules():
-        if isinstance(m, ResNet18GN):
-            m.to(memory_format=torch.channels_last)
-            m.register_forward_pre_hook(lambda _, x: (x[0].contiguous(memory_format=torch.channels_last),))
-    policy.encoder.compile()
-    policy.denoiser.compile()
+def speed_up(policy: nn.Module, channels_last: bool = True, compile: bool = True):
+    """Faster CPU training, same network (02_train.py --compile: both): the vision stems' weights
+    and inputs channels-last, and torch.compile (inductor) on the encoder and the denoiser, in place
+    (the state_dict's keys and the weights' values do not change; bench/bench_images.py --compile
+    measures each)."""
+    if channels_last:
+        for m in policy.encoder.modules():
+            if isinstance(m, ResNet18GN):
+                m.to(memory_format=torch.channels_last)
+                m.register_forward_pre_hook(lambda _, x: (x[0].contiguous(memory_format=torch.channels_last),))
+    if compile:
+        policy.encoder.compile()
+        policy.denoiser.compile()
 
 
 def random_crop(x: torch.Tensor, size: int, generator: torch.Generator = None) -> torch.Tensor:

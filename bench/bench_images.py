@@ -8,8 +8,8 @@
    random crop to 90 % of the side), for 1 and 2 cameras, 64 and 84 px, base widths 8 and 16,
    against the same network without images (proprioception only) in the same run.
 
-4. (--compile, alone) The cpu_img training step (1 camera, 64 px, width 8, batch 64) as 02_train.py
-   runs it (the baseline) against the same step with the vision stem in channels-last memory
+4. (--compile, alone) The cpu_img training step (1 camera, 64 px, width 8, batch 64) plain (the
+   baseline) against the same step with the vision stem in channels-last memory
    format, with torch.compile (inductor) on the encoder and the denoiser, and with both, in one
    run; compile time is reported apart and not counted in the step time (issue 43's lever: adopt
    only at >= 1.15x).
@@ -64,13 +64,7 @@ def policy_cfg(n_cams, size, width):
 def train_step_time(cfg, size, batch, steps, variant=""):
     torch.manual_seed(0)
     policy = diffusion_policy.DiffusionPolicy(cfg)
-    if "channels_last" in variant:  # the stem's weights and its input images in NHWC
-        for m in policy.encoder.modules():
-            if isinstance(m, diffusion_policy.ResNet18GN):
-                m.to(memory_format=torch.channels_last)
-                m.register_forward_pre_hook(lambda _, x: (x[0].contiguous(memory_format=torch.channels_last),))
-    if "compile" in variant:
-        policy.encoder, policy.denoiser = torch.compile(policy.encoder), torch.compile(policy.denoiser)
+    diffusion_policy.speed_up(policy, "channels_last" in variant, "compile" in variant)  # as 02_train --compile
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     obs = {k: torch.randn(batch, cfg["n_obs"], d) for k, d in LOWDIM.items()}
@@ -95,11 +89,11 @@ def train_step_time(cfg, size, batch, steps, variant=""):
 def compile_table(batch: int, steps: int):
     cfg = policy_cfg(1, 64, 8)  # the cpu_img profile's stem and camera
     print(f"\n4. The cpu_img training step (1 camera, 64 px, width 8), batch {batch}, {steps} steps each\n")
-    print("| variant | ms per step | samples/s | vs as trained | first step (compile + allocation) s |")
+    print("| variant | ms per step | samples/s | vs plain | first step (compile + allocation) s |")
     print("|---|---|---|---|---|")
     base, _, _ = train_step_time(cfg, 64, batch, steps)
-    print(f"| as 02_train.py runs it (baseline) | {1e3 * base:.0f} | {batch / base:.0f} | 1.00x | - |", flush=True)
-    for variant in ("channels_last", "compile", "channels_last+compile"):
+    print(f"| plain (baseline) | {1e3 * base:.0f} | {batch / base:.0f} | 1.00x | - |", flush=True)
+    for variant in ("channels_last", "compile", "channels_last+compile"):  # the last: 02_train.py --compile
         dt, _, first = train_step_time(cfg, 64, batch, steps, variant)
         print(f"| {variant} | {1e3 * dt:.0f} | {batch / dt:.0f} | {base / dt:.2f}x | {first:.1f} |", flush=True)
 
