@@ -121,8 +121,10 @@ def make_obs_set(dataset: str, n: int = FEATURE_SAMPLES, seed: int = OBS_SET_SEE
 
 
 def save_npz(path: str, arrays: dict):
+    """Atomic write; the temporary file is the process's own, as two study chains collecting at
+    once may both make the same (deterministic) observation set."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp.npz"
+    tmp = f"{path}.tmp{os.getpid()}.npz"
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, path)
 
